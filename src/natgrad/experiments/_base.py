@@ -1,0 +1,102 @@
+"""The contract every reproduced result follows: settings, run, claims, figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+_RELATIONS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One checkable statement: ``value <relation> threshold``.
+
+    Args:
+        id: short stable identifier, unique within the experiment (e.g. ``"projector-idempotent"``).
+        statement: what is claimed, in words a reader of the paper understands.
+        value: the measured number.
+        relation: one of ``<``, ``<=``, ``>``, ``>=``.
+        threshold: the bound the measured value is compared against.
+    """
+
+    id: str
+    statement: str
+    value: float
+    relation: str
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if self.relation not in _RELATIONS:
+            raise ValueError(
+                f"Claim({self.id!r}): relation must be one of {sorted(_RELATIONS)}, got {self.relation!r}"
+            )
+
+    @property
+    def holds(self) -> bool:
+        value = float(self.value)
+        return math.isfinite(value) and _RELATIONS[self.relation](value, float(self.threshold))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "statement": self.statement,
+            "value": float(self.value),
+            "relation": self.relation,
+            "threshold": float(self.threshold),
+            "holds": self.holds,
+        }
+
+
+class Progress(Protocol):
+    """What an experiment may call to report progress on long work."""
+
+    def __call__(self, iterable: Sequence[Any] | Any, description: str = "", total: int | None = None) -> Any:
+        """Wrap an iterable, showing progress while it is consumed."""
+        ...
+
+
+def no_progress(iterable: Any, description: str = "", total: int | None = None) -> Any:
+    """A progress reporter that reports nothing (used in tests)."""
+    return iterable
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One reproduced result.
+
+    Args:
+        name: command-line name (lowercase, dashes), unique across the registry.
+        title: one line for listings and the report.
+        config: ``config(quick: bool, seed: int) -> frozen dataclass`` with every setting of the run.
+        run: ``run(config, progress) -> dict`` of JSON-serialisable results (lists, floats, strings).
+        claims: ``claims(results) -> list[Claim]``, computed from the stored results only.
+        figures: ``figures(results, out_dir) -> list[Path]``, PNG files rebuilt from the stored results only.
+        paper: which paper the result belongs to.
+    """
+
+    name: str
+    title: str
+    config: Callable[[bool, int], Any]
+    run: Callable[[Any, Progress], dict[str, Any]]
+    claims: Callable[[dict[str, Any]], list[Claim]]
+    figures: Callable[[dict[str, Any], Path], list[Path]]
+    paper: str = ""
+    tags: tuple[str, ...] = field(default=())
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A frozen config dataclass as a JSON-serialisable dict."""
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    return dict(config)
