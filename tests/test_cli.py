@@ -221,3 +221,31 @@ def test_python_dash_m_natgrad_runs_the_cli():
     )
     assert done.returncode == 0, done.stderr
     assert "reproduce" in done.stdout and "report" in done.stdout and "list" in done.stdout
+
+
+def test_broken_experiment_module_exits_one_naming_it(monkeypatch):
+    def broken():
+        raise _registry.ExperimentImportError(
+            "discover: experiment module 'natgrad.experiments.oops' failed to import: SyntaxError: x"
+        )
+
+    monkeypatch.setattr(_registry, "all_experiments", broken)
+    result = invoke("list")
+    assert result.exit_code == 1
+    assert (
+        "cannot load the experiments: discover: experiment module 'natgrad.experiments.oops'" in result.output
+    )
+
+
+def test_hand_corrupted_results_exit_two_with_advice(register, calls, tmp_path):
+    register(make_experiment("a", calls))
+    out = tmp_path / "run"
+    assert invoke("reproduce", "--out", out).exit_code == 0
+    (out / "a" / "results.json").write_text("{not json")
+    result = invoke("reproduce", "--out", out)
+    assert (
+        result.exit_code == 2
+        and "is not valid JSON" in result.output
+        and "delete it to recompute a" in result.output
+    )
+    assert invoke("report", out).exit_code == 2

@@ -135,9 +135,8 @@ def _claims_table(outcomes: list[Outcome]) -> Table:
     return table
 
 
-def _finish(console: Console, folder: RunFolder, selected: list[str]) -> int:
+def _finish(console: Console, folder: RunFolder, registry: dict[str, Experiment], selected: list[str]) -> int:
     """Write claims.json and report.html for the whole folder; print the selected experiments' claims."""
-    registry = _registry.all_experiments()
     everything = read_outcomes(folder, registry)
     write_claims_summary(folder, everything)
     report = write_report(folder, everything)
@@ -224,16 +223,16 @@ def reproduce_command(
         reproduce(
             folder, selected, quick=quick, seed=seed, force=force, device=device, hooks=_ConsoleHooks(console)
         )
-    except ConfigConflictError as exc:
+    except (ConfigConflictError, RunFolderError) as exc:
         raise _fail(console, str(exc), EXIT_USAGE) from exc
     except KeyboardInterrupt:
-        _finish(console, folder, [e.name for e in selected])
+        _finish(console, folder, registry, [e.name for e in selected])
         raise _fail(
             console,
             f"interrupted; finished experiments are stored. Resume with: --out {folder.path}",
             EXIT_INTERRUPTED,
         ) from None
-    raise typer.Exit(_finish(console, folder, [e.name for e in selected]))
+    raise typer.Exit(_finish(console, folder, registry, [e.name for e in selected]))
 
 
 @app.command("report")
@@ -247,8 +246,11 @@ def report_command(
     except RunFolderError as exc:
         raise _fail(console, f"natgrad report: {exc}", EXIT_USAGE) from exc
     registry = _registry_or_exit(console)
-    outcomes = rebuild(folder, registry)
-    raise typer.Exit(_finish(console, folder, [o.name for o in outcomes]))
+    try:
+        outcomes = rebuild(folder, registry)
+    except RunFolderError as exc:
+        raise _fail(console, f"natgrad report: {exc}", EXIT_USAGE) from exc
+    raise typer.Exit(_finish(console, folder, registry, [o.name for o in outcomes]))
 
 
 def main() -> None:

@@ -156,7 +156,12 @@ class RunFolder:
         path = self.experiment_dir(name) / "results.json"
         if not path.is_file():
             return None
-        envelope = read_json(path)
+        try:
+            envelope = read_json(path)
+        except ValueError as exc:  # only a hand edit can corrupt it: every write is atomic
+            raise RunFolderError(
+                f"RunFolder: {path} is not valid JSON ({exc}); delete it to recompute {name}"
+            ) from exc
         if not isinstance(envelope, dict) or "record" not in envelope or "results" not in envelope:
             raise RunFolderError(f"RunFolder: {path} is not a natgrad results file (no record/results)")
         return envelope
