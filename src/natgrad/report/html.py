@@ -33,7 +33,7 @@ figcaption { font-size: 0.85rem; color: #555; } .muted { color: #666; font-size:
 
 
 def _fmt(value: Any) -> str:
-    """A number as a compact string (``repr`` of floats loses nothing; large/small values use e-notation)."""
+    """A number to 6 significant digits for reading; PASS/FAIL and claims.json use the exact value."""
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
