@@ -35,6 +35,7 @@ from natgrad.report import (
 from natgrad.report.device import VALID_DEVICES, validate_device
 from natgrad.report.environment import collect_environment
 from natgrad.report.progress import make_progress
+from natgrad.report.summary import format_number
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -114,13 +115,9 @@ def _claims_table(outcomes: list[Outcome]) -> Table:
             table.add_row(
                 Text(outcome.name),
                 Text(str(claim.get("id"))),
-                Text(
-                    f"{claim.get('value'):.6g}"
-                    if isinstance(claim.get("value"), float)
-                    else str(claim.get("value"))
-                ),
+                Text(format_number(claim.get("value"))),
                 Text(str(claim.get("relation"))),
-                Text(f"{claim.get('threshold'):.6g}" if isinstance(claim.get("threshold"), float) else "?"),
+                Text(format_number(claim.get("threshold"))),
                 Text("PASS", style="bold green") if holds else Text("FAIL", style="bold red"),
             )
         if outcome.status != "done":

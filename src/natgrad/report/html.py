@@ -11,7 +11,7 @@ from typing import Any
 
 from natgrad.report._atomic import atomic_write_text
 from natgrad.report.run_folder import RunFolder
-from natgrad.report.summary import Outcome
+from natgrad.report.summary import Outcome, format_number
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 
@@ -32,13 +32,6 @@ figcaption { font-size: 0.85rem; color: #555; } .muted { color: #666; font-size:
 """
 
 
-def _fmt(value: Any) -> str:
-    """A number to 6 significant digits for reading; PASS/FAIL and claims.json use the exact value."""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
 def _verdict(holds: bool) -> str:
     return '<td class="pass">PASS</td>' if holds else '<td class="fail">FAIL</td>'
 
@@ -54,9 +47,9 @@ def _claim_rows(outcome: Outcome, with_experiment: bool) -> list[str]:
         rows.append(
             f"<tr>{experiment}<td>{escape(str(claim.get('id', '')))}</td>"
             f"<td>{escape(str(claim.get('statement', '')))}</td>"
-            f'<td class="num">{escape(_fmt(claim.get("value")))}</td>'
+            f'<td class="num">{escape(format_number(claim.get("value")))}</td>'
             f'<td class="num">{escape(str(claim.get("relation", "")))}</td>'
-            f'<td class="num">{escape(_fmt(claim.get("threshold")))}</td>'
+            f'<td class="num">{escape(format_number(claim.get("threshold")))}</td>'
             f"{_verdict(bool(claim.get('holds', False)))}</tr>"
         )
     return rows

@@ -56,6 +56,13 @@ class Outcome:
         return lines[-1] if lines else "unknown error"
 
 
+def format_number(value: Any) -> str:
+    """A number to 6 significant digits for reading; PASS/FAIL and claims.json use the exact value."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
 def read_outcome(folder: RunFolder, name: str, experiment: Experiment | None = None) -> Outcome:
     """Assemble the :class:`Outcome` of ``name`` from the files of ``folder`` (nothing is recomputed)."""
     envelope = folder.read_results_file(name)
