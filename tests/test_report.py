@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+import natgrad
+
 from _fake_experiments import make_experiment, tiny_png
 from natgrad.report import RunFolder, RunFolderError, read_outcomes, render_report
 from natgrad.report._atomic import atomic_write_json, atomic_write_text, dumps_json, read_json
@@ -166,6 +168,7 @@ def test_environment_record_matches_this_interpreter():
     env = collect_environment("cpu")
     assert env["python"] == platform.python_version() == sys.version.split()[0]
     assert env["torch"] == torch.__version__ and env["numpy"] == np.__version__
+    assert env["natgrad"] == getattr(natgrad, "__version__", "unknown")
     assert env["cpu_count"] == os.cpu_count() and env["device"] == "cpu"
     assert env["default_dtype"] == str(torch.get_default_dtype()).removeprefix("torch.")
     json.dumps(env)  # serialisable

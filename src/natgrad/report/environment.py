@@ -49,7 +49,7 @@ def collect_environment(device: str | None = None) -> dict[str, Any]:
         device: the torch default device the run uses (``None``: torch's own default).
 
     Returns:
-        A JSON-serialisable dict with python, torch and numpy versions, platform, CPU count, device,
+        A JSON-serialisable dict with python, natgrad, torch and numpy versions, platform, CPU count, device,
         the torch default dtype, CUDA availability and device name, the git commit (or None)
         and the local time with its UTC offset.
     """
@@ -60,6 +60,7 @@ def collect_environment(device: str | None = None) -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "natgrad": _version("natgrad"),
         "numpy": _version("numpy"),
         "torch": None,
         "device": device or "cpu",
