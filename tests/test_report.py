@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import natgrad
-
 from _fake_experiments import make_experiment, tiny_png
 from natgrad.report import RunFolder, RunFolderError, read_outcomes, render_report
 from natgrad.report._atomic import atomic_write_json, atomic_write_text, dumps_json, read_json
