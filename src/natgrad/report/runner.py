@@ -49,6 +49,7 @@ class _Planned:
     config: Any
     record: dict[str, Any]
     reuse: bool
+    stored: dict[str, Any] | None = None  # the results envelope to reuse
     config_error: str | None = None
 
 
@@ -80,14 +81,14 @@ def plan(
         except Exception:
             # a broken config is that experiment's error; the others still run
             record = {"quick": bool(quick), "seed": int(seed), "config": None}
-            planned.append(_Planned(experiment, None, record, False, traceback.format_exc()))
+            planned.append(_Planned(experiment, None, record, False, config_error=traceback.format_exc()))
             continue
         envelope = folder.read_results_file(experiment.name)
         reuse = envelope is not None and not force and envelope["record"] == record
         if envelope is not None and not force and not reuse:
             changes = "; ".join(_differences(envelope["record"], record))
             conflicts.append(f"  {experiment.name}: {changes}")
-        planned.append(_Planned(experiment, config, record, reuse))
+        planned.append(_Planned(experiment, config, record, reuse, envelope if reuse else None))
     if conflicts:
         raise ConfigConflictError(
             f"reproduce: {folder.path} holds results computed with other settings:\n"
@@ -207,8 +208,7 @@ def reproduce(
         hooks.started(item.experiment, index, len(planned), item.reuse)
         if item.reuse:
             folder.set_record(item.experiment.name, item.record)
-            envelope = folder.read_results_file(item.experiment.name)
-            outcome = derive(folder, item.experiment, envelope)
+            outcome = derive(folder, item.experiment, item.stored)
         else:
             outcome = _run_one(folder, item, seed, device, hooks)
         hooks.finished(outcome, item.reuse)
