@@ -122,3 +122,18 @@ def test_rebuild_of_unregistered_experiment_keeps_stored_claims_and_flags_it(tmp
     [outcome] = rebuild(folder, {})
     assert outcome.status == "error" and "not registered" in outcome.error
     assert [c["id"] for c in outcome.claims] == ["value-bound"]
+
+
+def test_broken_config_is_that_experiments_error_only(tmp_path):
+    calls = Counter()
+
+    def bad_config(quick, seed):
+        raise ValueError("config: steps must be positive")
+
+    broken = dataclasses.replace(make_experiment("broken", calls), config=bad_config)
+    folder = RunFolder.create(tmp_path / "run")
+    outcomes = reproduce(folder, [broken, make_experiment("fine", calls)], quick=True, seed=0)
+    assert [o.status for o in outcomes] == ["error", "done"]
+    assert outcomes[0].error_summary == "ValueError: config: steps must be positive"
+    assert outcomes[0].error.startswith("config failed:")
+    assert calls == Counter({"fine": 1})
