@@ -91,6 +91,7 @@ def _drift(results: dict[str, Any], path: Path) -> Path:
             )
     right.set_yscale("log")
     right.set_xscale("symlog", linthresh=1e-3)
+    right.set_xlim(left=0)
     right.set_xlabel("time")
     right.set_ylabel("RMS change of unobserved entries")
     right.set_title(f"discrete runs, |Ω| = {key}", fontsize=9)
