@@ -56,8 +56,8 @@ def config(quick: bool, seed: int = 0) -> NonlinearConfig:
         bias_std=1.0,
         ngd_lr=0.01 if quick else 0.005,
         ngd_steps=150 if quick else 600,
-        gd_lr=0.002,
-        gd_steps=500 if quick else 1500,
+        gd_lr=0.001,
+        gd_steps=600 if quick else 2000,
         grid_size=21 if quick else 41,
         grid_extent=2.0,
     )
