@@ -20,6 +20,7 @@ from natgrad.matrix import (
     layer_gradients,
     make_completion_problem,
     natural_direction,
+    natural_gradient_descent,
     observed_entries,
 )
 
@@ -174,3 +175,21 @@ def test_quick_run_claims_hold():
     assert not failed, failed
     flow = results["flow"]["3"]
     assert flow["max_closed_form_error"] < 1e-8  # observed entries follow W* + e^{−t}(E₀ − W*)
+
+
+def test_natural_gradient_descent_caps_relative_layer_change():
+    problem = make_completion_problem(6, 2, 15, seed=2)
+    layers = arora_layers(6, 3, 1e-3, seed=3)
+    kappa = 0.2
+    result = natural_gradient_descent(
+        problem, layers, fisher="full", max_step=1.0, max_relative_change=kappa, max_steps=4
+    )
+    # replay the first step: η₀ = min(1, κ / max_j ‖V_j‖/‖W_j‖) and no layer moves by more than κ‖W_j‖
+    direction = natural_direction(problem, layers, "full").direction
+    ratios = [float(direction[k].norm() / layers[k].norm()) for k in layers]
+    assert result["step_sizes"][0] == pytest.approx(min(1.0, kappa / max(ratios)), rel=1e-10)
+    assert result["steps"] == 4 and len(result["step_sizes"]) == 4
+    with pytest.raises(ValueError, match="natural_gradient_descent: expected max_step > 0"):
+        natural_gradient_descent(
+            problem, layers, fisher="full", max_step=0.0, max_relative_change=0.1, max_steps=1
+        )
