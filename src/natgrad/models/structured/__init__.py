@@ -1,0 +1,16 @@
+"""Structured route: exact output-side kernels of networks assembled layer by layer, never forming J."""
+
+from ._factors import BlockFactor, categorical_fisher_factor, categorical_mc_factor, normalise_factor
+from ._kernel import StructuredContext, structured_kernel, structured_vjp
+from ._modules import structure_of
+
+__all__ = [
+    "BlockFactor",
+    "StructuredContext",
+    "categorical_fisher_factor",
+    "categorical_mc_factor",
+    "normalise_factor",
+    "structure_of",
+    "structured_kernel",
+    "structured_vjp",
+]
