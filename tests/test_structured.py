@@ -352,3 +352,24 @@ def test_errors_name_the_call_and_the_fix():
         structured_kernel(TimeFirst().double(), (torch.randn(2, 4, 5, dtype=torch.float64),))
     with pytest.raises(ValueError, match=r"categorical_mc_factor: samples must be >= 1"):
         categorical_mc_factor(torch.zeros(2, 3), 0)
+
+
+@pytest.mark.parametrize("metric_name", ["Categorical", "Euclidean"])
+def test_engine_bridge_matches_dual_route(metric_name):
+    import natgrad
+    from natgrad.models.structured._engine import structured_natural_gradient
+
+    model, inputs = _build("conv2d")
+    metric = getattr(natgrad.metrics, metric_name)()
+    labels = torch.tensor([0, 2, 1])
+
+    def loss(z):
+        return nn.functional.cross_entropy(z, labels, reduction="sum")
+
+    phi, params = natgrad.from_module(model, inputs)
+    expected = natgrad.natural_gradient(phi, params, loss, metric, method="dual")
+    direction, rank = structured_natural_gradient(model, inputs, loss, metric)
+    flat = torch.cat([direction[k].reshape(-1) for k in params])
+    ref = torch.cat([expected.direction[k].reshape(-1) for k in params])
+    assert rank == expected.rank
+    assert _relative(flat, ref) <= 1e-9
