@@ -14,12 +14,14 @@ from natgrad._checks import check_like
 
 
 def default_rtol(dtype: torch.dtype, rows: int, cols: int) -> float:
-    """Default relative cutoff on the eigenvalues of G: max(r, d) · eps(dtype).
+    """Default relative cutoff on the eigenvalues of G: 10 · min(r, d) · eps(dtype).
 
-    Eigenvalues λ ≤ rtol · λ_max are treated as zero (the convention of ``torch.linalg.pinv`` and
-    ``numpy.linalg.matrix_rank``); r is the number of metric-weighted outputs and d the parameter count.
+    Eigenvalues λ ≤ rtol · λ_max are treated as zero. min(r, d) is the size of the smaller Gram matrix
+    (G = AᵀA is d×d, K = AAᵀ is r×r; they share their nonzero eigenvalues), and eigenvalues of a Gram matrix
+    computed in floating point carry rounding errors of a few eps · λ_max times its size: below this level a
+    direction cannot be told from zero. r is the number of metric-weighted outputs, d the parameter count.
     """
-    return max(rows, cols) * torch.finfo(dtype).eps
+    return 10 * max(1, min(rows, cols)) * torch.finfo(dtype).eps
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class MoorePenrose:
 
     Args:
         rtol: eigenvalues of G at or below ``rtol · λ_max`` count as zero. ``None`` uses
-            :func:`default_rtol`, max(r, d)·eps. The numerical rank is reported in the result.
+            :func:`default_rtol`, 10·min(r, d)·eps. The numerical rank is reported in the result.
     """
 
     rtol: float | None = None
