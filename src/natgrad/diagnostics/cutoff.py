@@ -46,6 +46,7 @@ def cutoff_sensitivity(
     rtols: Sequence[float],
     metric: Any = None,
     reference: Tensor | None = None,
+    method: str = "auto",
 ) -> CutoffReport:
     """Sweep the Moore–Penrose cutoff and measure the pushforward error against a reference.
 
@@ -57,6 +58,8 @@ def cutoff_sensitivity(
         metric: output metric g (default Euclidean).
         reference: the correct pushforward (e.g. grad^M L); default Π^g_{im J} g⁻¹∇z L with im J of the full
             numerical rank (cutoff max(n, d)·eps on σ(J)).
+        method: the engine route. Near a rank drop the conditioning matters: the SVD of A = g^{1/2}J
+            (``"lstsq"``) loses about eps·cond(A), eigendecompositions of a Gram matrix up to eps·cond(A)².
     """
     if len(rtols) == 0 or any(not (r >= 0) for r in rtols):
         raise ValueError(f"cutoff_sensitivity: rtols must be a non-empty list of floats >= 0, got {rtols!r}")
@@ -70,7 +73,9 @@ def cutoff_sensitivity(
     reference = reference.reshape(-1)
     ranks, errors = [], []
     for rtol in rtols:
-        res = ng.natural_gradient(phi, params, loss, metric=metric, inverse=ng.MoorePenrose(rtol=float(rtol)))
+        res = ng.natural_gradient(
+            phi, params, loss, metric=metric, inverse=ng.MoorePenrose(rtol=float(rtol)), method=method
+        )
         ranks.append(res.rank)
         errors.append(relative(res.pushforward.detach().reshape(-1), reference.to(res.pushforward)))
     s = torch.linalg.svdvals(jac)

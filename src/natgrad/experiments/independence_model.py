@@ -44,12 +44,14 @@ class IndependenceConfig:
     n_points: int = 6
     horizon: float = 4.0
     n_times: int = 9
-    ode_rtol: float = 1e-11
-    ode_atol: float = 1e-13
+    ode_rtol: float = 1e-9
+    ode_atol: float = 1e-11
 
 
 def config(quick: bool = False, seed: int = 0) -> IndependenceConfig:
-    return IndependenceConfig(seed=seed, n_points=2 if quick else 6, n_times=5 if quick else 9)
+    if quick:
+        return IndependenceConfig(seed=seed, n_points=2, horizon=2.0, n_times=5)
+    return IndependenceConfig(seed=seed)
 
 
 def independence(params: dict[str, torch.Tensor]) -> torch.Tensor:

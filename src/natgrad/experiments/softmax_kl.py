@@ -42,13 +42,13 @@ class SoftmaxKLConfig:
     flow_size: int = 4
     horizon: float = 4.0
     n_times: int = 17
-    ode_rtol: float = 1e-11
-    ode_atol: float = 1e-13
+    ode_rtol: float = 1e-9
+    ode_atol: float = 1e-11
 
 
 def config(quick: bool = False, seed: int = 0) -> SoftmaxKLConfig:
     if quick:
-        return SoftmaxKLConfig(seed=seed, sizes=(3, 6), n_points=2, horizon=3.0, n_times=7)
+        return SoftmaxKLConfig(seed=seed, sizes=(3, 6), n_points=2, horizon=2.5, n_times=6)
     return SoftmaxKLConfig(seed=seed)
 
 
