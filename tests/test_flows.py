@@ -164,3 +164,32 @@ def test_compare_errors():
     c = natural_gradient_descent(lambda x: x, xi0, lambda z: (z**2).sum(), n_steps=2)
     with pytest.raises(ValueError, match=r"compare_parametrisations: model outputs must have the same shape"):
         compare_parametrisations(a, c)
+
+
+def test_routes_agree_on_a_flow_step():
+    _, _, xi0, phi, loss = _linear_problem()
+    steps = [
+        natural_gradient_descent(phi, xi0, loss, n_steps=1, route=r).params[1] for r in ("primal", "lstsq")
+    ]
+    assert float((steps[0] - steps[1]).abs().max()) <= 1e-12
+
+
+def test_core_modules_import_only_torch_and_natgrad():
+    """diagnostics and flows: module-level imports are torch, natgrad and the standard library only."""
+    import ast
+    import pathlib
+
+    import natgrad
+
+    allowed = {"__future__", "collections", "dataclasses", "math", "typing", "torch", "natgrad"}
+    root = pathlib.Path(natgrad.__file__).parent
+    for path in [*root.joinpath("diagnostics").glob("*.py"), *root.joinpath("flows").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level only: torchdiffeq is imported lazily inside a function
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert all(n.split(".")[0] in allowed for n in names), (path.name, names)

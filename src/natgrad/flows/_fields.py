@@ -24,12 +24,18 @@ def cast_params(params0: Any, dtype: torch.dtype | None) -> Any:
 
 
 def natural_direction(
-    phi: Callable[[Any], Tensor], template: Any, loss: Callable[[Tensor], Tensor], metric: Any, inverse: Any
+    phi: Callable[[Any], Tensor],
+    template: Any,
+    loss: Callable[[Tensor], Tensor],
+    metric: Any,
+    inverse: Any,
+    route: str = "auto",
 ) -> Callable[[Tensor], Tensor]:
-    """y ↦ G⁻ ∇ξ(L∘φ) at ξ = unflatten(y), flattened, from the engine."""
+    """y ↦ G⁻ ∇ξ(L∘φ) at ξ = unflatten(y), flattened, from the engine (``route`` is its ``method``)."""
 
     def direction(y: Tensor) -> Tensor:
-        res = ng.natural_gradient(phi, ng.unflatten_like(y, template), loss, metric=metric, inverse=inverse)
+        params = ng.unflatten_like(y, template)
+        res = ng.natural_gradient(phi, params, loss, metric=metric, inverse=inverse, method=route)
         return ng.flatten_params(res.direction).detach()
 
     return direction

@@ -23,6 +23,7 @@ def natural_gradient_descent(
     step_size: float = 0.1,
     n_steps: int = 10,
     dtype: torch.dtype | None = torch.float64,
+    route: str = "auto",
 ) -> Trajectory:
     """Fixed-step natural gradient descent ξ_{k+1} = ξ_k − ε·G(ξ_k)⁻∇ξ(L∘φ)(ξ_k), recording every iterate.
 
@@ -37,6 +38,7 @@ def natural_gradient_descent(
         step_size: ε > 0.
         n_steps: number of steps K ≥ 0; the trajectory holds K + 1 iterates at times k·ε.
         dtype: dtype of the iterates (default float64; None keeps the parameters' dtype).
+        route: the engine's ``method`` for each natural gradient ("auto", "primal", "dual", "lstsq", "krylov").
 
     Returns:
         A :class:`Trajectory`.
@@ -48,7 +50,7 @@ def natural_gradient_descent(
     metric = ng.metrics.Euclidean() if metric is None else metric
     inverse = ng.MoorePenrose() if inverse is None else inverse
     template = cast_params(params0, dtype)
-    direction = natural_direction(phi, template, loss, metric, inverse)
+    direction = natural_direction(phi, template, loss, metric, inverse, route)
     y = ng.flatten_params(template).detach()
     ys = [y]
     for _ in range(n_steps):

@@ -64,6 +64,7 @@ def natural_gradient_flow(
     method: str = "dopri5",
     dtype: torch.dtype | None = torch.float64,
     options: dict[str, Any] | None = None,
+    route: str = "auto",
 ) -> Trajectory:
     """Integrate the natural gradient flow ξ̇ = −G(ξ)⁻ ∇ξ(L∘φ)(ξ), G = Jᵀ g J, with torchdiffeq.
 
@@ -82,6 +83,7 @@ def natural_gradient_flow(
         method: a torchdiffeq method (``"dopri5"``, ``"dopri8"``, ``"rk4"``, ...).
         dtype: dtype of the integrated state (default float64; None keeps the parameters' dtype).
         options: extra torchdiffeq solver options (e.g. ``{"step_size": 0.01}`` for fixed-step methods).
+        route: the engine's ``method`` for each natural gradient ("auto", "primal", "dual", "lstsq", "krylov").
 
     Returns:
         A :class:`Trajectory` with times, parameters, model points and losses.
@@ -90,7 +92,7 @@ def natural_gradient_flow(
     inverse = ng.MoorePenrose() if inverse is None else inverse
     template = cast_params(params0, dtype)
     y0 = ng.flatten_params(template).detach()
-    field = natural_direction(phi, template, loss, metric, inverse)
+    field = natural_direction(phi, template, loss, metric, inverse, route)
     times, ys = _integrate("natural_gradient_flow", field, y0, t_eval, rtol, atol, method, options)
     outputs, losses = record(phi, template, loss, ys)
     return Trajectory(times=times, params=ys, outputs=outputs, losses=losses)
