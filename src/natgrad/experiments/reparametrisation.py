@@ -231,7 +231,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_title(
         "softmax + Fisher–Rao: which reparametrisations leave the natural parameter gradient invariant"
     )
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     fig.tight_layout()
     path = figure_path(out_dir, "reparametrisation")
     fig.savefig(path, dpi=120)
