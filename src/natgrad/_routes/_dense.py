@@ -62,7 +62,18 @@ def _complement(thin: Thin, x: Tensor) -> Tensor:
     return x - thin.V @ (thin.V.T @ x)
 
 
-def _damped(A: Tensor, grad: Tensor, lam: float, route: str, rtol: float) -> tuple[Tensor, int]:
+def _damped(
+    A: Tensor, grad: Tensor, c: Tensor | None, lam: float, route: str, rtol: float
+) -> tuple[Tensor, int]:
+    if route == "dual" and c is not None:
+        # ∇ = Aᵀc: (AᵀA + λI)⁻¹Aᵀc = Aᵀ(AAᵀ + λI)⁻¹c, no pseudo-inverse needed.
+        K = A @ A.T
+        rank = int(_keep(torch.linalg.eigvalsh(K), rtol).sum())
+        eye = torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
+        return A.T @ torch.linalg.solve(K + lam * eye, c), rank
+    if route == "lstsq" and c is not None:
+        U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+        return Vh.T @ ((s / (s**2 + lam)) * (U.T @ c)), int(_keep(s**2, rtol).sum())
     if route == "primal":
         evals, V = torch.linalg.eigh(A.T @ A)
         rank = int(_keep(evals, rtol).sum())
@@ -87,7 +98,7 @@ def solve_dense(problem: Problem, inverse: Inverse, route: str, chunk: int) -> t
     info: dict = {"consistent": c is not None}
     if isinstance(inverse, Damped):
         rtol = MoorePenrose().resolve_rtol(grad.dtype, problem.r, problem.d)
-        v, rank = _damped(A, grad, float(inverse.damping), route, rtol)
+        v, rank = _damped(A, grad, c, float(inverse.damping), route, rtol)
         return v, rank, info
     if isinstance(inverse, MinNorm):
         h_is = inverse.inv_sqrt("natural_gradient")
