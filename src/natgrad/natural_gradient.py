@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.func import grad as func_grad
 
-from natgrad._checks import check_finite, check_params
+from natgrad._checks import check_finite, check_params, check_real
 from natgrad._routes._dense import solve_dense
 from natgrad._routes._krylov import solve_krylov
 from natgrad._routes._problem import Problem, output_factor_coefficients
@@ -58,6 +59,15 @@ def route_memory(route: str, r: int, d: int, itemsize: int) -> int:
     if route == "lstsq":
         return itemsize * (3 * r * d + 2 * min(r, d) ** 2)
     return itemsize * 8 * (r + d)
+
+
+def _format_bytes(size: float) -> str:
+    """Human-readable size: 512 B, 3.2 KiB, 1.0 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def choose_route(r: int, d: int, itemsize: int, budget: int) -> str:
@@ -136,6 +146,19 @@ def natural_gradient(
         raise TypeError(f"{CALL}: metric must be a natgrad.metrics.Metric, got {type(metric).__name__}")
     dtype, device = check_params(CALL, params)
     d = num_params(params)
+    if d == 0:
+        raise ValueError(f"{CALL}: params have no entries (d = 0); expected at least one scalar parameter")
+    budget = (
+        DEFAULT_MEMORY_BUDGET
+        if memory_budget is None
+        else int(check_real(CALL, "memory_budget", memory_budget))
+    )
+    if tol is not None and not (0 < check_real(CALL, "tol", tol) < 1):
+        raise ValueError(f"{CALL}: tol must be in (0, 1) (a relative residual), got {tol!r}")
+    if max_iter is not None and (
+        isinstance(max_iter, bool) or not isinstance(max_iter, Integral) or max_iter < 1
+    ):
+        raise ValueError(f"{CALL}: max_iter must be a positive int, got {max_iter!r}")
 
     lin = Linearization(phi, params, call=CALL)
     z = lin.z
@@ -144,19 +167,37 @@ def natural_gradient(
             f"{CALL}: phi(params) returned {z.dtype} on {z.device} but the parameters are {dtype} on {device}; "
             "phi must keep the parameters' dtype and device"
         )
+    if z.numel() == 0:
+        raise ValueError(
+            f"{CALL}: phi(params) returned an empty tensor of shape {tuple(z.shape)}; expected n ≥ 1 outputs"
+        )
     check_finite(CALL, "phi(params) (the model outputs)", z, "check the parameters and inputs")
     loss_value, output_grad = _output_gradient(loss, z)
     check_finite(CALL, "loss(phi(params))", loss_value, "the loss must be finite at the current point")
-    check_finite(CALL, "the output gradient ∇z L", output_grad)
+    check_finite(
+        CALL,
+        "the output gradient ∇z L",
+        output_grad,
+        "the loss is not differentiable at z (e.g. sqrt or log at 0)",
+    )
     output_grad = output_grad.reshape(-1)
     inverse = _check_inverse(inverse, d, lin.flat)
     local = metric.at(z, call=CALL)
-    check_finite(CALL, "the metric factor", local.factor_t_matmul(torch.ones_like(output_grad)))
+    check_finite(
+        CALL,
+        "the metric factor",
+        local.factor_t_matmul(torch.ones_like(output_grad)),
+        f"{metric!r} is not finite at z",
+    )
     grad = lin.vjp(output_grad)
-    check_finite(CALL, "the parameter gradient ∇ξ(L∘φ)", grad)
+    check_finite(
+        CALL,
+        "the parameter gradient ∇ξ(L∘φ)",
+        grad,
+        "phi is not differentiable at params (e.g. sqrt at 0) or its derivative overflows",
+    )
     problem = Problem(lin, local, output_grad, grad, output_factor_coefficients(local, output_grad))
 
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     itemsize = lin.flat.element_size()
     r = local.r
     route = choose_route(r, d, itemsize, budget) if method == "auto" else method
@@ -166,8 +207,8 @@ def natural_gradient(
             "krylov"
         ]
         raise MemoryError(
-            f"{CALL}: method={route!r} needs about {need / 2**20:.1f} MiB for r={r} weighted outputs and "
-            f"d={d} parameters, over the memory budget of {budget / 2**20:.1f} MiB; use method={fits[0]!r} "
+            f"{CALL}: method={route!r} needs about {_format_bytes(need)} for r={r} weighted outputs and "
+            f"d={d} parameters, over the memory budget of {_format_bytes(budget)}; use method={fits[0]!r} "
             "or raise memory_budget"
         )
     if route == "krylov":

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from natgrad._checks import check_like
+from natgrad._checks import check_like, check_real, check_tensor
 
 
 def default_rtol(dtype: torch.dtype, rows: int, cols: int) -> float:
@@ -36,8 +36,10 @@ class MoorePenrose:
     rtol: float | None = None
 
     def __post_init__(self) -> None:
-        if self.rtol is not None and not (0 <= self.rtol < 1):
-            raise ValueError(f"MoorePenrose: rtol must be in [0, 1), got {self.rtol!r}")
+        if self.rtol is not None and not (0 <= check_real("MoorePenrose", "rtol", self.rtol) < 1):
+            raise ValueError(
+                f"MoorePenrose: rtol must be in [0, 1) (None for the default max(r, d)·eps), got {self.rtol!r}"
+            )
 
     def resolve_rtol(self, dtype: torch.dtype, rows: int, cols: int) -> float:
         return default_rtol(dtype, rows, cols) if self.rtol is None else float(self.rtol)
@@ -84,6 +86,7 @@ class MinNorm:
     rtol: float | None = None
 
     def check(self, call: str, d: int, like: Tensor) -> None:
+        check_tensor(call, "MinNorm h", self.h)
         shape = (d,) if self.h.ndim == 1 else (d, d)
         check_like(call, "MinNorm h", self.h, shape, like)
 
@@ -121,7 +124,7 @@ class Damped:
     damping: float
 
     def __post_init__(self) -> None:
-        lam = float(self.damping)
+        lam = check_real("Damped", "damping", self.damping)
         if not (lam > 0 and lam < float("inf")):
             raise ValueError(
                 f"Damped: damping must be finite and > 0, got {self.damping!r}; use MoorePenrose() for λ = 0"
