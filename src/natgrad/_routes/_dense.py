@@ -18,15 +18,28 @@ from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 
 @dataclass
 class Thin:
-    """A = U diag(s) Vᵀ on the retained rank k."""
+    """A = U diag(s) Vᵀ on the retained rank k.
 
-    U: Tensor  # (r, k)
+    The dual route keeps U and A instead of V = AᵀU S⁻¹, so that each use of V costs one product with Aᵀ
+    (r·d) rather than forming V (r·k·d); the primal route keeps V only.
+    """
+
     s: Tensor  # (k,)
-    V: Tensor  # (d, k)
+    U: Tensor | None = None  # (r, k)
+    V: Tensor | None = None  # (d, k)
+    A: Tensor | None = None  # (r, d), when V is implicit
 
     @property
     def rank(self) -> int:
         return int(self.s.numel())
+
+    def v_times(self, w: Tensor) -> Tensor:
+        """V w for w of shape (k,)."""
+        return self.V @ w if self.V is not None else self.A.T @ (self.U @ (w / self.s))
+
+    def vt_times(self, x: Tensor) -> Tensor:
+        """Vᵀ x for x of shape (d,)."""
+        return self.V.T @ x if self.V is not None else (self.U.T @ (self.A @ x)) / self.s
 
 
 def _keep(eigenvalues: Tensor, rtol: float) -> Tensor:
@@ -39,27 +52,25 @@ def thin_svd(A: Tensor, route: str, rtol: float) -> Thin:
     if route == "primal":
         lam, V = torch.linalg.eigh(A.T @ A)
         keep = _keep(lam, rtol)
-        V, s = V[:, keep], lam[keep].sqrt()
-        return Thin(A @ V / s, s, V)
+        return Thin(lam[keep].sqrt(), V=V[:, keep])
     if route == "dual":
         lam, U = torch.linalg.eigh(A @ A.T)
         keep = _keep(lam, rtol)
-        U, s = U[:, keep], lam[keep].sqrt()
-        return Thin(U, s, A.T @ U / s)
+        return Thin(lam[keep].sqrt(), U=U[:, keep], A=A)
     U, s, Vh = torch.linalg.svd(A, full_matrices=False)
     keep = _keep(s**2, rtol)
-    return Thin(U[:, keep], s[keep], Vh[keep].T)
+    return Thin(s[keep], U=U[:, keep], V=Vh[keep].T)
 
 
-def _moore_penrose(thin: Thin, grad: Tensor, c: Tensor | None, route: str) -> Tensor:
-    if c is not None and route != "primal":
-        return thin.V @ ((thin.U.T @ c) / thin.s)
-    return thin.V @ ((thin.V.T @ grad) / thin.s**2)
+def _moore_penrose(thin: Thin, grad: Tensor, c: Tensor | None) -> Tensor:
+    if c is not None and thin.U is not None:
+        return thin.v_times((thin.U.T @ c) / thin.s)
+    return thin.v_times(thin.vt_times(grad) / thin.s**2)
 
 
 def _complement(thin: Thin, x: Tensor) -> Tensor:
     """(I − G⁺G) x: the part of x in ker G = ker A."""
-    return x - thin.V @ (thin.V.T @ x)
+    return x - thin.v_times(thin.vt_times(x))
 
 
 def _damped(
@@ -108,7 +119,7 @@ def solve_dense(problem: Problem, inverse: Inverse, route: str, chunk: int) -> t
     rtol = mp.resolve_rtol(grad.dtype, problem.r, problem.d)
     info["rtol"] = rtol
     thin = thin_svd(A, route, rtol)
-    v = _moore_penrose(thin, grad, c, route)
+    v = _moore_penrose(thin, grad, c)
     if isinstance(inverse, MinNorm):
         v = h_is * v if h_is.ndim == 1 else h_is @ v
     elif isinstance(inverse, GInverse):
