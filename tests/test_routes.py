@@ -203,4 +203,17 @@ def test_structured_refuses_unsupported_models_and_auto_falls_back(build, messag
     res = ng.natural_gradient(phi, params, _square_loss)
     ref = ng.reference.natural_gradient(phi, params, _square_loss)
     assert res.method == "dual"
+    if build is _centred:  # refused only once the kernel is built: auto records why it fell back
+        assert res.info["structured_refused"].startswith("the layer kernel does not reproduce A Aᵀ")
     assert relative_error(ng.flatten_params(res.direction), ng.flatten_params(ref.direction)) <= TOL64
+
+
+def test_structured_refuses_batchnorm_in_training_mode_before_running_phi():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).double().train()
+    phi, params = ng.from_module(model, torch.randn(5, 3, dtype=torch.float64))
+    with pytest.raises(
+        ValueError,
+        match=r"natural_gradient: method='structured' cannot be used here: BatchNorm1d '1'.*model.eval",
+    ):
+        ng.natural_gradient(phi, params, _square_loss, method="structured")

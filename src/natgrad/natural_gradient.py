@@ -157,6 +157,11 @@ def natural_gradient(
         raise TypeError(f"{CALL}: metric must be a natgrad.metrics.Metric, got {type(metric).__name__}")
     dtype, device = check_params(CALL, params)
     d = num_params(params)
+    record = module_record(phi)
+    if method == "structured":  # refuse before running phi (a BatchNorm in training mode breaks torch.func)
+        reason = unsupported_reason(record, params)
+        if reason is not None:
+            raise ValueError(_structured_error(reason))
 
     lin = Linearization(phi, params, call=CALL)
     z = lin.z
@@ -180,7 +185,7 @@ def natural_gradient(
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     itemsize = lin.flat.element_size()
     r = local.r
-    record = module_record(phi)
+    refused = None
     if method == "structured":
         reason = unsupported_reason(record, params, z)
         if reason is not None:
@@ -212,6 +217,7 @@ def natural_gradient(
         except StructuredUnsupported as error:
             if method != "auto":
                 raise ValueError(_structured_error(str(error))) from error
+            refused = str(error)
             route = choose_route(r, d, itemsize, budget)  # auto: the rule without the structured route
     if solved is None and route == "krylov":
         eps = torch.finfo(dtype).eps
@@ -221,6 +227,8 @@ def natural_gradient(
     elif solved is None:
         solved = solve_dense(problem, inverse, route, chunk)
     v, rank, info = solved
+    if refused is not None:
+        info = {**info, "structured_refused": refused}
     check_finite(CALL, "the natural gradient", v, "the Gram matrix may be too ill-conditioned; try Damped")
     pushforward = lin.jvp(v).reshape(z.shape)
     return NaturalGradient(

@@ -32,8 +32,11 @@ class StructuredUnsupported(Exception):
     """The structured route cannot handle this phi or model; the message says why."""
 
 
-def unsupported_reason(record: ModuleRecord | None, params: object, z: Tensor) -> str | None:
-    """Why the structured route cannot run on (phi, params), or None when it can (checks before any work)."""
+def unsupported_reason(record: ModuleRecord | None, params: object, z: Tensor | None = None) -> str | None:
+    """Why the structured route cannot run on (phi, params), or None when it can (checks before any work).
+
+    ``z`` (the model output) is checked for a batch axis when given.
+    """
     if record is None:
         return "phi is a plain callable; the structured route needs phi from ng.from_module(module, inputs)"
     module = record.module
@@ -52,9 +55,9 @@ def unsupported_reason(record: ModuleRecord | None, params: object, z: Tensor) -
         if isinstance(sub, nn.modules.batchnorm._BatchNorm) and (sub.training or sub.running_mean is None):
             return (
                 f"{type(sub).__name__} {name!r} normalises with batch statistics (training mode or "
-                "track_running_stats=False), which couples the examples"
+                "track_running_stats=False), which couples the examples; call model.eval() to use running statistics"
             )
-    if z.dim() == 0:
+    if z is not None and z.dim() == 0:
         return "the model output must have a leading batch axis (N, ...), got a scalar"
     return None
 
