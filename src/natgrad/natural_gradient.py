@@ -15,13 +15,14 @@ from natgrad._checks import check_finite, check_params, check_real
 from natgrad._routes._dense import solve_dense
 from natgrad._routes._krylov import solve_krylov
 from natgrad._routes._problem import Problem, output_factor_coefficients
+from natgrad._routes._structured import StructuredUnsupported, solve_structured, unsupported_reason
 from natgrad._tree import Params, num_params, unflatten_like
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 from natgrad.metrics import Euclidean, Metric
-from natgrad.models import Linearization
+from natgrad.models import Linearization, module_record
 
 CALL = "natural_gradient"
-ROUTES = ("auto", "primal", "dual", "lstsq", "krylov")
+ROUTES = ("auto", "primal", "dual", "lstsq", "krylov", "structured")
 DEFAULT_MEMORY_BUDGET = 2**30  # bytes
 
 
@@ -34,7 +35,7 @@ class NaturalGradient:
         pushforward: J v, shaped like ``phi(params)``.
         gradient: the Euclidean gradient ∇ξ(L∘φ) = Jᵀ ∇z L, structured like ``params``.
         rank: numerical rank of G (= of g^{1/2} J) retained by the solve; None on the krylov route.
-        method: the route that ran: "primal", "dual", "lstsq" or "krylov".
+        method: the route that ran: "primal", "dual", "lstsq", "krylov" or "structured".
         output: z = phi(params).
         loss: L(z).
         info: route details (cutoff used, whether ∇z L lies in the range of g, Krylov iterations).
@@ -51,7 +52,13 @@ class NaturalGradient:
 
 
 def route_memory(route: str, r: int, d: int, itemsize: int) -> int:
-    """Bytes a route allocates for its matrices: A (r×d) plus G (d×d), K (r×r) or the SVD workspace."""
+    """Bytes a route allocates for its matrices: A (r×d) plus G (d×d), K (r×r) or the SVD workspace.
+
+    The structured route holds K (r×r) and its eigenvectors but never A; the per-layer signals it also keeps
+    (r × the activations of one example, summed over layers) are not counted.
+    """
+    if route == "structured":
+        return itemsize * (3 * r * r + 8 * (r + d))
     if route == "primal":
         return itemsize * (r * d + 3 * d * d)
     if route == "dual":
@@ -70,12 +77,18 @@ def _format_bytes(size: float) -> str:
     raise AssertionError("unreachable")
 
 
-def choose_route(r: int, d: int, itemsize: int, budget: int) -> str:
+def choose_route(r: int, d: int, itemsize: int, budget: int, structured: bool = False) -> str:
     """The ``method="auto"`` rule.
 
-    Materialise A = Bᵀ J when it fits the memory budget and decompose the smaller Gram matrix: primal (G, d×d)
-    when d ≤ r, dual (K, r×r) when r < d. When neither fits, the matrix-free krylov route.
+    With ``structured=True`` (phi from ``from_module``, a supported model, an inverse other than MinNorm) and
+    r < d: the structured route, which assembles K (r×r) layer by layer without A, whenever K fits the budget.
+    Otherwise materialise A = Bᵀ J when it fits the memory budget and decompose the smaller Gram matrix:
+    primal (G, d×d) when d ≤ r, dual (K, r×r) when r < d. When neither fits, the matrix-free krylov route.
+    If the structured route turns out not to apply while it runs (a layer it cannot handle), ``auto`` falls
+    back to the rule without it.
     """
+    if structured and r < d and route_memory("structured", r, d, itemsize) <= budget:
+        return "structured"
     preferred = "primal" if d <= r else "dual"
     return preferred if route_memory(preferred, r, d, itemsize) <= budget else "krylov"
 
@@ -108,6 +121,13 @@ def _output_gradient(loss: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tenso
     return value_box[0].detach(), g
 
 
+def _structured_error(reason: str) -> str:
+    return (
+        f"{CALL}: method='structured' cannot be used here: {reason}; use method='dual' (same result with A "
+        "materialised) or method='auto'"
+    )
+
+
 def natural_gradient(
     phi: Callable[[Params], Tensor],
     params: Params,
@@ -128,7 +148,8 @@ def natural_gradient(
         loss: callable from phi's output to a scalar L(z).
         metric: output metric g (default ``Euclidean()``).
         inverse: generalized inverse (default ``MoorePenrose()``; also ``GInverse``, ``MinNorm``, ``Damped``).
-        method: "auto" (see :func:`choose_route`), "primal", "dual", "lstsq" or "krylov".
+        method: "auto" (see :func:`choose_route`), "primal", "dual", "lstsq", "krylov" or "structured"
+            (phi from :func:`~natgrad.from_module` only; the kernel K is built layer by layer).
         memory_budget: bytes the dense routes may allocate (default 1 GiB). An explicit route that would
             exceed it raises an error naming a route that fits.
         tol: relative tolerance of the krylov route (default 1e-12 in float64, 1e-6 in float32).
@@ -159,6 +180,11 @@ def natural_gradient(
         isinstance(max_iter, bool) or not isinstance(max_iter, Integral) or max_iter < 1
     ):
         raise ValueError(f"{CALL}: max_iter must be a positive int, got {max_iter!r}")
+    record = module_record(phi)
+    if method == "structured":  # refuse before running phi (a BatchNorm in training mode breaks torch.func)
+        reason = unsupported_reason(record, params)
+        if reason is not None:
+            raise ValueError(_structured_error(reason))
 
     lin = Linearization(phi, params, call=CALL)
     z = lin.z
@@ -200,25 +226,50 @@ def natural_gradient(
 
     itemsize = lin.flat.element_size()
     r = local.r
-    route = choose_route(r, d, itemsize, budget) if method == "auto" else method
-    need = route_memory(route, r, d, itemsize)
+    refused = None
+    if method == "structured":
+        reason = unsupported_reason(record, params, z)
+        if reason is not None:
+            raise ValueError(_structured_error(reason))
+        route = method
+    elif method == "auto":
+        structured = not isinstance(inverse, MinNorm) and unsupported_reason(record, params, z) is None
+        route = choose_route(r, d, itemsize, budget, structured=structured)
+    else:
+        route = method
+    # MinNorm on the structured route runs the dual route (see _routes/_structured.py).
+    sized = "dual" if route == "structured" and isinstance(inverse, MinNorm) else route
+    need = route_memory(sized, r, d, itemsize)
     if route != "krylov" and need > budget:
-        fits = [m for m in ("primal", "dual", "lstsq") if route_memory(m, r, d, itemsize) <= budget] + [
-            "krylov"
+        fits = [
+            m for m in ("primal", "dual", "lstsq", "structured") if route_memory(m, r, d, itemsize) <= budget
         ]
+        fits = [m for m in fits if m != "structured" or record is not None] + ["krylov"]
         raise MemoryError(
             f"{CALL}: method={route!r} needs about {_format_bytes(need)} for r={r} weighted outputs and "
             f"d={d} parameters, over the memory budget of {_format_bytes(budget)}; use method={fits[0]!r} "
             "or raise memory_budget"
         )
-    if route == "krylov":
+    chunk = max(1, min(r, d, budget // max(1, 4 * itemsize * (lin.n + d))))
+    solved = None
+    if route == "structured":
+        try:
+            solved = solve_structured(problem, inverse, record, params, chunk)
+        except StructuredUnsupported as error:
+            if method != "auto":
+                raise ValueError(_structured_error(str(error))) from error
+            refused = str(error)
+            route = choose_route(r, d, itemsize, budget)  # auto: the rule without the structured route
+    if solved is None and route == "krylov":
         eps = torch.finfo(dtype).eps
         tol = (1e-12 if eps < 1e-10 else 1e-6) if tol is None else float(tol)
         max_iter = 10 * min(r, d) + 50 if max_iter is None else int(max_iter)
-        v, rank, info = solve_krylov(problem, inverse, tol, max_iter)
-    else:
-        chunk = max(1, min(r, d, budget // max(1, 4 * itemsize * (lin.n + d))))
-        v, rank, info = solve_dense(problem, inverse, route, chunk)
+        solved = solve_krylov(problem, inverse, tol, max_iter)
+    elif solved is None:
+        solved = solve_dense(problem, inverse, route, chunk)
+    v, rank, info = solved
+    if refused is not None:
+        info = {**info, "structured_refused": refused}
     check_finite(CALL, "the natural gradient", v, "the Gram matrix may be too ill-conditioned; try Damped")
     pushforward = lin.jvp(v).reshape(z.shape)
     return NaturalGradient(

@@ -47,6 +47,34 @@ def _keep(eigenvalues: Tensor, rtol: float) -> Tensor:
     return (eigenvalues > rtol * top) & (eigenvalues > 0)
 
 
+def kernel_eigh(K: Tensor, rtol: float) -> tuple[Tensor, Tensor, Tensor]:
+    """K = U diag(λ) Uᵀ and the mask of retained eigenvalues λ > rtol·λ_max (the cutoff of every route)."""
+    evals, U = torch.linalg.eigh(K)
+    return evals, U, _keep(evals, rtol)
+
+
+def kernel_coefficients(evals: Tensor, U: Tensor, keep: Tensor, c: Tensor | None, a_grad: Tensor) -> Tensor:
+    """y with G⁺∇ = Aᵀy, from K = AAᵀ = U diag(λ) Uᵀ: y = K⁺c when ∇ = Aᵀc, else y = K⁺²A∇.
+
+    The second form is G⁺ = A⁺A⁺ᵀ with A⁺ = AᵀK⁺; both use only the retained eigenpairs.
+    """
+    Uk, ek = U[:, keep], evals[keep]
+    if c is not None:
+        return Uk @ ((Uk.T @ c) / ek)
+    return Uk @ ((Uk.T @ a_grad) / ek**2)
+
+
+def damped_kernel_coefficients(evals: Tensor, U: Tensor, keep: Tensor, a_grad: Tensor, lam: float) -> Tensor:
+    """w with (G + λI)⁻¹∇ = Aᵀw + ∇/λ, from K = AAᵀ = U diag(λ) Uᵀ and A∇ (any ∇).
+
+    ∇ = Aᵀy + ∇⊥ with y = K⁺A∇; (G + λI)⁻¹Aᵀy = Aᵀ(K + λI)⁻¹y and (G + λI)⁻¹∇⊥ = ∇⊥/λ, so
+    w = (K + λI)⁻¹y − y/λ.
+    """
+    Uk, ek = U[:, keep], evals[keep]
+    y = Uk @ ((Uk.T @ a_grad) / ek)
+    return U @ ((U.T @ y) / (evals.clamp_min(0) + lam)) - y / lam
+
+
 def thin_svd(A: Tensor, route: str, rtol: float) -> Thin:
     """Thin singular system of A keeping eigenvalues s² of G (= of K) above rtol · s²_max."""
     if route == "primal":
@@ -90,13 +118,8 @@ def _damped(
         rank = int(_keep(evals, rtol).sum())
         return V @ ((V.T @ grad) / (evals + lam)), rank
     if route == "dual":
-        evals, U = torch.linalg.eigh(A @ A.T)
-        keep = _keep(evals, rtol)
-        # ∇ = Aᵀy + ∇⊥ with y = K⁺A∇; (G + λI)⁻¹Aᵀy = Aᵀ(K + λI)⁻¹y and (G + λI)⁻¹∇⊥ = ∇⊥/λ.
-        Uk, ek = U[:, keep], evals[keep]
-        y = Uk @ ((Uk.T @ (A @ grad)) / ek)
-        row_part = A.T @ (U @ ((U.T @ y) / (evals.clamp_min(0) + lam)))
-        return row_part + (grad - A.T @ y) / lam, int(keep.sum())
+        evals, U, keep = kernel_eigh(A @ A.T, rtol)
+        return A.T @ damped_kernel_coefficients(evals, U, keep, A @ grad, lam) + grad / lam, int(keep.sum())
     U, s, Vh = torch.linalg.svd(A, full_matrices=False)
     coeff = Vh @ grad
     return Vh.T @ (coeff / (s**2 + lam)) + (grad - Vh.T @ coeff) / lam, int(_keep(s**2, rtol).sum())
