@@ -376,7 +376,8 @@ def test_unknown_method_lists_valid_ones():
     with pytest.raises(
         ValueError,
         match=_exact(
-            "natural_gradient: method must be one of 'auto', 'primal', 'dual', 'lstsq', 'krylov', got 'svd'"
+            "natural_gradient: method must be one of 'auto', 'primal', 'dual', 'lstsq', 'krylov', 'structured', "
+            "got 'svd'"
         ),
     ):
         _ng(method="svd")

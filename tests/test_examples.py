@@ -29,6 +29,6 @@ def test_quickstart_agrees_with_reference():
     agreement = float(re.search(r"agreement with reference: (\S+)", out).group(1))
     assert agreement < 1e-10
     # 10 inputs × 3 classes; the softmax Fisher drops one direction per input and d = 131 > 30,
-    # so rank G = 10 · (3 − 1), and the auto rule picks the dual route (r = 30 < d).
+    # so rank G = 10 · (3 − 1), and the auto rule picks the structured route (a module, r = 30 < d).
     assert re.search(r"rank of G: (\d+)", out).group(1) == "20"
-    assert re.search(r"method: (\w+)", out).group(1) == "dual"
+    assert re.search(r"method: (\w+)", out).group(1) == "structured"
