@@ -40,7 +40,7 @@ except ImportError:  # running from a checkout without installing
     import natgrad as ng
 from natgrad.natural_gradient import DEFAULT_MEMORY_BUDGET, route_memory  # noqa: E402
 
-ROUTES = ("primal", "dual", "lstsq", "krylov")
+ROUTES = ("primal", "dual", "lstsq", "krylov", "structured")
 WARMUP_BATCH = (
     2  # each route is first called once on this many inputs: first-call costs without the full price
 )
