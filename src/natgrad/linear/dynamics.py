@@ -52,7 +52,8 @@ def direction(
     phi = _phi(model, site)
     if method == "ngd":
         inverse = ng.MoorePenrose() if inverse is None else inverse
-        return ng.natural_gradient(phi, params, site.loss, metric=site.metric, inverse=inverse).direction
+        metric = site.metric_at(phi(params)) if site.factor is not None else site.metric
+        return ng.natural_gradient(phi, params, site.loss, metric=metric, inverse=inverse).direction
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     value = site.loss(phi(leaves))
     grads = torch.autograd.grad(value, list(leaves.values()))
@@ -175,6 +176,25 @@ def flow(
     return Trajectory(grid.to(torch.float64).cpu(), ws, final)
 
 
+def end_to_end_velocity(
+    model: LinearParametrisation,
+    site: FisherSite,
+    params: dict[str, Tensor] | None = None,
+    method: str = "ngd",
+) -> Tensor:
+    """``ẇ = −J_w v``: the end-to-end velocity induced by the parameter direction ``v`` (``J_w = ∂w/∂θ``)."""
+    params = model.params() if params is None else params
+    move = ng.flatten_params(direction(model, site, params, method))
+    _, tangent = torch.func.jvp(model.end_to_end, (params,), (ng.unflatten_like(-move, params),))
+    return tangent.detach()
+
+
+def jacobian_rank(model: LinearParametrisation, params: dict[str, Tensor] | None = None) -> int:
+    """Numerical rank of ``J = ∂w/∂θ`` (materialised; default cutoff of ``torch.linalg.matrix_rank``)."""
+    params = model.params() if params is None else params
+    return int(torch.linalg.matrix_rank(ng.jacobian(model.end_to_end, params)))
+
+
 def margins(X: Tensor, y: Tensor, w: Tensor) -> Tensor:
     """Margins ``m_i = y_i x_iᵀw`` (``w`` of shape (d,) or (T, d) → (n,) or (T, n))."""
     return (X @ w.T).T * y if w.ndim == 2 else y * (X @ w)
@@ -201,7 +221,9 @@ __all__ = [
     "cosine",
     "descend",
     "direction",
+    "end_to_end_velocity",
     "flow",
+    "jacobian_rank",
     "margins",
     "step",
     "training_fisher_margin",

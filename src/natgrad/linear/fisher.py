@@ -45,6 +45,8 @@ class FisherSite:
         loss: ``z ↦ L``, the training loss written as a function of ``z``.
         metric: the output-space metric ``g(z)`` passed to ``ng.natural_gradient``.
         true_fisher: False for the empirical Fisher (gradient outer products).
+        factor: optional ``z ↦ B(z)`` with ``B Bᵀ = g(z)`` in closed form; when given, :meth:`metric_at`
+            hands the engine ``ng.metrics.Factor(B(z))`` (the same metric, no eigendecomposition).
     """
 
     name: str
@@ -52,6 +54,13 @@ class FisherSite:
     loss: Callable[[Tensor], Tensor]
     metric: Any
     true_fisher: bool = True
+    factor: Callable[[Tensor], Tensor] | None = None
+
+    def metric_at(self, z: Tensor) -> Any:
+        """The metric to use at the point ``z`` (the closed-form factor when there is one)."""
+        if self.factor is None:
+            return self.metric
+        return ng.metrics.Factor(self.factor(z.detach()))
 
 
 def _check_data(name: str, X: Tensor, y: Tensor, loss: str) -> None:
@@ -155,6 +164,19 @@ def logistic_population_fisher(w: Tensor) -> Tensor:
     return a * (eye - outer) + b * outer
 
 
+def logistic_population_factor(w: Tensor) -> Tensor:
+    """The symmetric square root ``√a(r)(I − ŵŵᵀ) + √b(r)ŵŵᵀ`` of :func:`logistic_population_fisher`."""
+    w = w.detach().reshape(-1)
+    r = w.norm()
+    eye = torch.eye(w.numel(), dtype=w.dtype, device=w.device)
+    a, b = logistic_population_coefficients(r)
+    if float(r) == 0.0:
+        return a.sqrt() * eye
+    w_hat = w / r
+    outer = torch.outer(w_hat, w_hat)
+    return a.sqrt() * (eye - outer) + b.sqrt() * outer
+
+
 def population_fisher(
     X: Tensor, y: Tensor, loss: str = "logistic", *, sample: Tensor | None = None
 ) -> FisherSite:
@@ -175,11 +197,11 @@ def population_fisher(
         )
     w_loss = training_loss(X, y, loss)
     if sample is None:
-        if loss == "logistic":
-            metric = ng.metrics.PointDependent(lambda w: n * logistic_population_fisher(w.reshape(-1)))
-        else:
-            metric = ng.metrics.PointDependent(lambda w: n * torch.eye(d, dtype=w.dtype, device=w.device))
-        return FisherSite("population", lambda w: w, w_loss, metric)
+        if loss == "squared":
+            return FisherSite("population", lambda w: w, w_loss, ng.metrics.Gaussian(1.0 / n))
+        metric = ng.metrics.PointDependent(lambda w: n * logistic_population_fisher(w.reshape(-1)))
+        factor = lambda w: n**0.5 * logistic_population_factor(w)  # noqa: E731
+        return FisherSite("population", lambda w: w, w_loss, metric, factor=factor)
     scale = n / sample.shape[0]
 
     def sampled(w: Tensor) -> Tensor:
