@@ -30,7 +30,9 @@ class Config:
     seed: int = 0
     d: int = 10
     n: int = 8
-    ngf_times: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0, 1e3, 1e4)
+    # margins grow like t under training-Fisher NGF; beyond m ≈ 700 the Bernoulli weights σ(m)σ(−m) underflow
+    # in float64 and the Fisher degenerates, so this flow stops at t = 300
+    ngf_times: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0, 300.0)
     gd_times: tuple[float, ...] = (0.0, 1.0, 1e2, 1e4, 1e6, 1e8)
     newton_n: int = 30
     newton_times: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 6.0)
@@ -43,9 +45,7 @@ class Config:
 
 def config(quick: bool = False, seed: int = 0) -> Config:
     if quick:
-        return Config(
-            seed=seed, ngf_times=(0.0, 1.0, 10.0, 100.0, 1e3), population_inits=2, rtol=1e-8, atol=1e-10
-        )
+        return Config(seed=seed, ngf_times=(0.0, 1.0, 10.0, 100.0), population_inits=2, rtol=1e-8, atol=1e-10)
     return Config(seed=seed)
 
 
@@ -137,7 +137,7 @@ def run(cfg: Config, progress: Progress) -> dict[str, Any]:
     # population Fisher: the direction freezes where it is, depending on the start
     pop_site = nl.population_fisher(X, y)
     population = []
-    for k in progress(range(cfg.population_inits), description="population-Fisher NGF"):
+    for _ in progress(range(cfg.population_inits), description="population-Fisher NGF"):
         w_init = torch.randn(cfg.d, generator=gen, dtype=torch.float64)
         w_init = cfg.init_norm * w_init / w_init.norm()
         traj = nl.flow(
@@ -177,9 +177,9 @@ def claims(results: dict[str, Any]) -> list[Claim]:
     return [
         Claim(
             "ngf-training-direction-interpolant",
-            "training-Fisher NGF (n ≤ d) ends in the direction X⁺y: smallest final cosine over linear and "
-            "signed-diagonal-2",
-            min(v["cos_interpolant"][-1] for v in ngf.values()),
+            "training-Fisher NGF (n ≤ d), linear: final cosine to X⁺y (for deeper nets only the training "
+            "outputs are pinned; their off-data drift is reported, not claimed)",
+            ngf["linear"]["cos_interpolant"][-1],
             ">",
             0.9999,
         ),
