@@ -39,7 +39,7 @@ class Config:
 
 def config(quick: bool = False, seed: int = 0) -> Config:
     if quick:
-        return Config(seed=seed, seeds=3, n_test=5000, ngd_times=(0.0, 1.0, 10.0), rtol=1e-6, atol=1e-9)
+        return Config(seed=seed, seeds=3, n_test=5000, ngd_times=(0.0, 1.0, 5.0), rtol=1e-5, atol=1e-8)
     return Config(seed=seed)
 
 
