@@ -30,7 +30,10 @@ class Config:
     n: int = 40
     sparsity: int = 3
     n_test: int = 10_000
-    init_scales: tuple[float, ...] = (0.0, 0.01, 0.1)  # α per depth (depth 1 starts at w = 0)
+    init_scales: tuple[float, ...] = (0.0, 0.01, 0.1)  # GD: α per depth (depth 1 starts at w = 0)
+    # NGD: the same end-to-end start w = 0 with α = 0.1 at every depth; the end-to-end NGF does not depend on α
+    # (depth invariance), while a tiny α makes J tiny and the parameter flow stiff
+    ngd_init_scale: float = 0.1
     gd_times: tuple[float, ...] = (0.0, 1.0, 1e2, 1e4)
     ngd_times: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0)
     rtol: float = 1e-7
@@ -76,8 +79,9 @@ def run(cfg: Config, progress: Progress) -> dict[str, Any]:
         }
         for row, (site, method, times) in runs.items():
             for depth, alpha in zip(DEPTHS, cfg.init_scales, strict=True):
+                model = _model(depth, alpha if method == "gd" else cfg.ngd_init_scale, cfg.d)
                 traj = nl.flow(
-                    _model(depth, alpha, cfg.d),
+                    model,
                     site,
                     times,
                     method,
