@@ -40,6 +40,10 @@ class LocalMetric(ABC):
         b = self.factor()
         return b @ b.T
 
+    def factor_norm(self) -> Tensor:
+        """‖B‖₂ = √λ_max(g), the largest singular value of B."""
+        return torch.linalg.matrix_norm(self.factor(), ord=2)
+
     dtype: torch.dtype
     device: torch.device
 
@@ -84,6 +88,9 @@ class DiagonalLocal(LocalMetric):
 
     def factor(self) -> Tensor:
         return torch.diag(self.root)
+
+    def factor_norm(self) -> Tensor:
+        return self.root.max()
 
     def matrix(self) -> Tensor:
         return torch.diag(self.weights)
@@ -137,7 +144,10 @@ def psd_factor(call: str, matrix: Tensor, what: str = "metric matrix") -> Tensor
             f"{call}: {what} must be positive semi-definite, got smallest eigenvalue {float(evals.min()):.3g} "
             f"(largest {float(evals.max()):.3g}); a metric must satisfy vᵀ g v ≥ 0"
         )
-    return evecs * evals.clamp_min(0).sqrt()
+    # Eigenvalues at rounding level are exact zeros of g: drop them so that B has full column rank and
+    # matrix-free solvers, which have no cutoff, never divide by them.
+    keep = evals > tol
+    return evecs[:, keep] * evals[keep].sqrt()
 
 
 def check_output_size(call: str, metric: str, z: Tensor, n: int) -> None:
