@@ -6,11 +6,13 @@ import torch
 from torch import Tensor
 
 
-def sparse_teacher(d: int, k: int, *, dtype: torch.dtype = torch.float64) -> Tensor:
+def sparse_teacher(
+    d: int, k: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> Tensor:
     """``(1, …, 1, 0, …, 0)/√k`` with k ones: a unit-norm k-sparse teacher."""
     if not 1 <= k <= d:
         raise ValueError(f"sparse_teacher: need 1 <= k <= d, got k={k}, d={d}")
-    w = torch.zeros(d, dtype=dtype)
+    w = torch.zeros(d, dtype=dtype, device=device)
     w[:k] = 1.0 / k**0.5
     return w
 
@@ -19,7 +21,7 @@ def gaussian_inputs(
     n: int, d: int, generator: torch.Generator, *, dtype: torch.dtype = torch.float64
 ) -> Tensor:
     """``n`` rows ``x ~ N(0, I_d)``."""
-    return torch.randn(n, d, generator=generator, dtype=dtype)
+    return torch.randn(n, d, generator=generator, dtype=dtype, device=generator.device)
 
 
 def teacher_labels(X: Tensor, teacher: Tensor, task: str = "classification") -> Tensor:
