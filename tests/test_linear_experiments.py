@@ -45,5 +45,5 @@ def test_sparse_classification_small(tmp_path):
 
 
 def test_sparse_regression_small(tmp_path):
-    cfg = dataclasses.replace(sparse_regression.config(True, 0), seeds=1)
+    cfg = sparse_regression.config(True, 0)
     _check(sparse_regression, cfg, tmp_path)

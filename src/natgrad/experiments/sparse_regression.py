@@ -43,7 +43,7 @@ class Config:
 def config(quick: bool = False, seed: int = 0) -> Config:
     if quick:
         return Config(
-            seed=seed, seeds=2, gd_steps=3000, ngd_times=(0.0, 1.0, 5.0, 20.0), rtol=1e-6, atol=1e-9
+            seed=seed, seeds=1, gd_steps=3000, ngd_times=(0.0, 1.0, 5.0, 20.0), rtol=1e-6, atol=1e-9
         )
     return Config(seed=seed)
 
