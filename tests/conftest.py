@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 
 torch.set_num_threads(int(os.environ.get("NATGRAD_TEST_THREADS", "1")))
@@ -10,3 +11,11 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True)
+def _default_dtype_is_restored():
+    """A test that changes torch's default dtype must not leak it into the tests that follow."""
+    previous = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(previous)

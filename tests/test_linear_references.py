@@ -6,7 +6,14 @@ import torch
 import natgrad as ng
 import natgrad.linear as nl
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_by_default():
+    """These tests build their tensors in float64; the default is restored afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _data(n, d, seed):
