@@ -1,0 +1,333 @@
+"""Exact natural gradient steps: the structured route against peers, side by side in one run.
+
+Costs are quoted as ratios to one gradient computation measured in the same run. Peers are used from their
+packages (``pip install -e ".[benchmark]"``): nngeometry's GramMatrix (kernel only, completed here with the
+same solve and parameter direction as the structured route) and curvlinops' GGN operator solved by
+conjugate gradients. Peak memory is the growth of the process's resident set over its value before each
+measurement (Linux; on CUDA the allocator's peak).
+
+Usage:
+    python benchmarks/structured_vs_peers.py [--quick] [--threads 2] [--with-jacrev] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from natgrad.models.structured import categorical_fisher_factor, structured_kernel  # noqa: E402
+
+
+def peak_memory(fn: Callable[[], object]) -> tuple[object, float]:
+    """Run ``fn`` and return (result, peak resident-set growth in MiB)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn()
+        return out, (torch.cuda.max_memory_allocated() - base) / 2**20
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_kib("VmRSS")
+        out = fn()
+        return out, (_status_kib("VmHWM") - base) / 1024
+    except OSError:
+        return fn(), float("nan")
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise OSError(key)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time in seconds of ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def mlp(width: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(784, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 10)
+    )
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(32, 32, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(32 * 8 * 8, 10),
+    )
+
+
+class Case:
+    """A model, a batch, the summed cross-entropy loss and its categorical Fisher."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.model, self.x, self.y = model, x, y
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.d = sum(p.numel() for p in self.params)
+
+    def gradient(self) -> list[torch.Tensor]:
+        loss = nn.functional.cross_entropy(self.model(self.x), self.y, reduction="sum")
+        return list(torch.autograd.grad(loss, self.params))
+
+    def coefficients(self, logits: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """c with B c = ∇z L = p − e_y, per example (least squares in each C × k block)."""
+        p = torch.softmax(logits, 1)
+        grad_z = p - nn.functional.one_hot(self.y, p.shape[1]).to(p.dtype)
+        return torch.linalg.lstsq(factor, grad_z.unsqueeze(2)).solution.reshape(-1)
+
+
+def solve(kernel: torch.Tensor, c: torch.Tensor, how: str) -> torch.Tensor:
+    """y with K y = c: Cholesky (K nonsingular) or the eigendecomposition pseudo-inverse."""
+    if how == "cholesky":
+        chol, info = torch.linalg.cholesky_ex(kernel)
+        if int(info) == 0:
+            return torch.cholesky_solve(c[:, None], chol)[:, 0]
+    evals, evecs = torch.linalg.eigh(kernel)
+    keep = evals > evals.max() * kernel.shape[0] * torch.finfo(kernel.dtype).eps
+    return evecs[:, keep] @ ((evecs[:, keep].T @ c) / evals[keep])
+
+
+def structured_step(case: Case, how: str = "cholesky") -> list[torch.Tensor]:
+    """v = Aᵀ K⁻¹ c with A = Bᵀ J: structured kernel, one solve, one VJP."""
+    factor = categorical_fisher_factor(case.model(case.x).detach())
+    kernel, context = structured_kernel(case.model, case.x, factor)
+    c = case.coefficients(context.output, factor)
+    direction = context.vjp(solve(kernel, c, how))
+    return [direction[name] for name, _ in case.model.named_parameters()]
+
+
+def nngeometry_step(case: Case, how: str = "cholesky") -> list[torch.Tensor]:
+    """nngeometry's Gram matrix of the factored outputs Bᵀz, then the same solve and one VJP."""
+    from nngeometry import GramMatrix
+
+    logits = case.model(case.x)
+    factor = categorical_fisher_factor(logits.detach())
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(case.x, case.y), batch_size=len(case.x)
+    )
+    gram = GramMatrix(
+        case.model, loader, function=lambda x, y: torch.einsum("nck,nc->nk", factor, case.model(x))
+    )
+    k = factor.shape[2]
+    n = len(case.x)
+    kernel = gram.data.permute(1, 0, 3, 2).reshape(n * k, n * k)  # (k, N, k, N) -> rows (i, j)
+    c = case.coefficients(logits.detach(), factor)
+    y = solve(kernel, c, how)
+    cotangent = torch.einsum("nck,nk->nc", factor, y.reshape(n, k))
+    return list(torch.autograd.grad(logits, case.params, cotangent))
+
+
+def curvlinops_step(case: Case, tol: float, max_iter: int) -> tuple[list[torch.Tensor], int]:
+    """curvlinops' GGN operator (= Jᵀ F J for summed cross-entropy) and conjugate gradients from 0."""
+    from curvlinops import GGNLinearOperator
+
+    ggn = GGNLinearOperator(
+        case.model,
+        nn.CrossEntropyLoss(reduction="sum"),
+        case.params,
+        [(case.x, case.y)],
+        check_deterministic=False,
+    )
+    b = torch.cat([g.reshape(-1) for g in case.gradient()])
+    v, r = torch.zeros_like(b), b.clone()
+    p, rr = r.clone(), r @ r
+    iterations = 0
+    while iterations < max_iter and rr.sqrt() > tol * b.norm():
+        gp = ggn @ p
+        alpha = rr / (p @ gp)
+        v, r = v + alpha * p, r - alpha * gp
+        rr_new = r @ r
+        p, rr = r + (rr_new / rr) * p, rr_new
+        iterations += 1
+    return list(v.split([q.numel() for q in case.params])), iterations
+
+
+def jacrev_step(case: Case) -> list[torch.Tensor]:
+    """Full J by torch.func.jacrev, then A = Bᵀ J, K = A Aᵀ, the same solve and v = Aᵀ y."""
+    from torch.func import functional_call, jacrev
+
+    names = [n for n, _ in case.model.named_parameters()]
+    params = {n: p.detach() for n, p in case.model.named_parameters()}
+    jac = jacrev(lambda q: functional_call(case.model, q, (case.x,)))(params)
+    jac = torch.cat([jac[n].reshape(len(case.x), 10, -1) for n in names], dim=2)  # (N, C, d)
+    logits = case.model(case.x).detach()
+    factor = categorical_fisher_factor(logits)
+    a = torch.einsum("nck,ncd->nkd", factor, jac).reshape(-1, case.d)
+    y = solve(a @ a.T, case.coefficients(logits, factor), "cholesky")
+    return list((a.T @ y).split([p.numel() for p in case.params]))
+
+
+def relative_error(v: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    a = torch.cat([t.reshape(-1).double() for t in v])
+    b = torch.cat([t.reshape(-1).double() for t in ref])
+    return float((a - b).norm() / b.norm())
+
+
+def reference_direction(case: Case) -> list[torch.Tensor]:
+    """Float64 Moore–Penrose direction through the structured kernel (tested against jacrev) and eigh."""
+    clone = Case(_double(case.model), case.x.double(), case.y)
+    return structured_step(clone, "eigh")
+
+
+def _double(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).double()
+
+
+def measure_case(case: Case, repeats: int, peers: bool, cg: bool, jac: bool, cg_iter: int) -> dict:
+    row: dict = {"d": case.d, "N": len(case.x)}
+    grad_time = timed(case.gradient, repeats)
+    row["gradient_s"] = grad_time
+    ref = reference_direction(case)
+    routes: dict[str, Callable[[], object]] = {
+        "structured_cholesky": lambda: structured_step(case, "cholesky"),
+        "structured_eigh": lambda: structured_step(case, "eigh"),
+    }
+    if peers:
+        routes["nngeometry_gram_cholesky"] = lambda: nngeometry_step(case, "cholesky")
+    if jac:
+        routes["jacrev_cholesky"] = lambda: jacrev_step(case)
+    for name, fn in routes.items():
+        start = time.perf_counter()
+        out, peak = peak_memory(fn)
+        seconds = time.perf_counter() - start
+        if "jacrev" not in name:  # the full-Jacobian route is timed once
+            seconds = timed(fn, repeats)
+        row[name] = {
+            "seconds": seconds,
+            "gradients": seconds / grad_time,
+            "peak_mib": peak,
+            "relative_error_vs_float64": relative_error(out, ref),
+        }
+    if cg:
+        start = time.perf_counter()
+        (out, iterations), peak = peak_memory(lambda: curvlinops_step(case, 1e-6, cg_iter))
+        seconds = time.perf_counter() - start
+        row["curvlinops_ggn_cg"] = {
+            "seconds": seconds,
+            "gradients": seconds / grad_time,
+            "peak_mib": peak,
+            "cg_iterations": iterations,
+            "relative_error_vs_float64": relative_error(out, ref),
+        }
+    return row
+
+
+def environment(threads: int) -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "numpy", "nngeometry", "curvlinops-for-pytorch"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "torch_threads": threads,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "dtype": "float32",
+        "versions": versions,
+    }
+
+
+def make_mlp_case(width: int, n: int, seed: int = 0) -> Case:
+    torch.manual_seed(seed)
+    return Case(mlp(width), torch.randn(n, 784), torch.randint(0, 10, (n,)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and scaling points, no CG")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--with-jacrev", action="store_true", help="also time the full-Jacobian route once")
+    parser.add_argument("--cg-iter", type=int, default=20000)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else 7
+    results: dict = {"environment": environment(args.threads)}
+
+    print("MLP 784-512-512-10, N=64, categorical Fisher", flush=True)
+    results["mlp"] = measure_case(
+        make_mlp_case(512, 64), repeats, True, not args.quick, args.with_jacrev, args.cg_iter
+    )
+    print(json.dumps(results["mlp"], indent=1), flush=True)
+
+    print("CNN 3 conv layers on 32x32x3, N=32", flush=True)
+    torch.manual_seed(1)
+    cnn_case = Case(cnn(), torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,)))
+    results["cnn"] = measure_case(cnn_case, repeats, True, False, False, args.cg_iter)
+    print(json.dumps(results["cnn"], indent=1), flush=True)
+
+    widths = [64, 128, 256, 512] if args.quick else [64, 128, 256, 512, 1024]
+    sizes = [16, 32, 64] if args.quick else [16, 32, 64, 128]
+    results["scaling_width"] = [
+        measure_case(make_mlp_case(w, 64), repeats, True, False, False, 0) | {"width": w} for w in widths
+    ]
+    results["scaling_batch"] = [
+        measure_case(make_mlp_case(512, n), repeats, True, False, False, 0) | {"batch": n} for n in sizes
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "structured_vs_peers.json"
+    path.write_text(json.dumps(results, indent=1))
+    figure(results, args.out / "structured_vs_peers.png")
+    print(f"wrote {path}")
+
+
+def figure(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for col, (key, xkey) in enumerate((("scaling_width", "d"), ("scaling_batch", "N"))):
+        rows = results[key]
+        xs = [r[xkey] for r in rows]
+        for route in ("structured_cholesky", "structured_eigh", "nngeometry_gram_cholesky"):
+            axes[0, col].plot(xs, [r[route]["seconds"] for r in rows], "o-", label=route)
+            axes[1, col].plot(xs, [r[route]["peak_mib"] for r in rows], "o-", label=route)
+        axes[0, col].plot(xs, [r["gradient_s"] for r in rows], "k--", label="one gradient")
+        for row in range(2):
+            axes[row, col].set_xscale("log")
+            axes[row, col].set_yscale("log")
+            axes[row, col].set_xlabel(xkey)
+        axes[0, col].set_ylabel("seconds")
+        axes[1, col].set_ylabel("peak memory growth (MiB)")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Validation helpers: errors name the call, say what was expected and what came."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from natgrad._tree import Params, leaf_names, leaves
+
+
+def check_finite(call: str, what: str, tensor: Tensor, hint: str = "") -> None:
+    """Raise ``ValueError`` if ``tensor`` has NaN or inf entries."""
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        msg = f"{call}: {what} contains {bad} non-finite value(s) (NaN or inf)"
+        raise ValueError(msg + (f"; {hint}" if hint else ""))
+
+
+def check_params(call: str, params: Params) -> tuple[torch.dtype, torch.device]:
+    """Params must be floating tensors of one dtype and device, all finite. Returns (dtype, device)."""
+    if isinstance(params, dict) or hasattr(params, "items"):
+        if len(params) == 0:
+            raise ValueError(f"{call}: params is an empty dict; expected at least one parameter tensor")
+        for name, t in params.items():
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{call}: params[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
+    elif not isinstance(params, Tensor):
+        raise TypeError(f"{call}: params must be a Tensor or a dict of Tensors, got {type(params).__name__}")
+    tensors = leaves(params)
+    names = leaf_names(params)
+    dtype, device = tensors[0].dtype, tensors[0].device
+    for name, t in zip(names, tensors, strict=True):
+        if not t.is_floating_point():
+            raise TypeError(f"{call}: parameter {name!r} must be floating point, got dtype {t.dtype}")
+        if t.dtype != dtype or t.device != device:
+            raise TypeError(
+                f"{call}: all parameters must share one dtype and device; {names[0]!r} is "
+                f"{dtype}/{device} but {name!r} is {t.dtype}/{t.device}; convert them with .to()"
+            )
+        check_finite(call, f"parameter {name!r}", t)
+    return dtype, device
+
+
+def check_like(call: str, what: str, tensor: Tensor, shape: tuple[int, ...], like: Tensor) -> None:
+    """``tensor`` must have ``shape`` and the dtype and device of ``like``."""
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{call}: {what} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{call}: {what} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+    if tensor.dtype != like.dtype:
+        raise TypeError(
+            f"{call}: {what} must have dtype {like.dtype} (that of the parameters), got {tensor.dtype}"
+        )
+    if tensor.device != like.device:
+        raise TypeError(
+            f"{call}: {what} must be on device {like.device} (that of the parameters), got {tensor.device}"
+        )

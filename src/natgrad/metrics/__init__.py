@@ -1,0 +1,19 @@
+"""Output-space metrics g(z). Each is represented by a factor B with g = B Bᵀ."""
+
+from natgrad.metrics._base import LocalMetric, Metric
+from natgrad.metrics._categorical import Categorical
+from natgrad.metrics._dense import Dense, Factor, PointDependent
+from natgrad.metrics._diagonal import Bernoulli, Euclidean, FisherRao, Gaussian
+
+__all__ = [
+    "Bernoulli",
+    "Categorical",
+    "Dense",
+    "Euclidean",
+    "Factor",
+    "FisherRao",
+    "Gaussian",
+    "LocalMetric",
+    "Metric",
+    "PointDependent",
+]

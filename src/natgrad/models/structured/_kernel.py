@@ -1,0 +1,233 @@
+"""The structured route: kernel K = (Bᵀ J)(Bᵀ J)ᵀ layer by layer, and the direction Jᵀ B y by one VJP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._capture import ModuleCall, check_unchanged, output_signals, recording
+from ._factors import BlockFactor, Factor, normalise_factor
+from ._layers import add_rows, add_shared_linear
+from ._modules import (
+    conv_blocks,
+    embedding_blocks,
+    generic_rows,
+    linear_blocks,
+    norm_rows,
+    structure_of,
+)
+
+_CALL = "structured_kernel"
+_BLOCKS = {"linear": linear_blocks, "conv": conv_blocks, "embedding": embedding_blocks}
+
+
+@dataclass
+class StructuredContext:
+    """What a structured kernel computation leaves behind for the parameter direction.
+
+    Attributes:
+        output: the model output z (N, ...), detached.
+        params: the model's trainable parameters (``named_parameters`` that require grad, tied ones once).
+        factor: the per-example block factor the kernel was built with.
+        dense_factor: a dense (n, r) factor applied on top of the identity kernel, or None.
+        routes: module name -> formula used ("linear/pair", "conv/rows", "norm", "generic", "tied", ...).
+    """
+
+    output: torch.Tensor
+    params: dict[str, nn.Parameter]
+    factor: BlockFactor
+    dense_factor: torch.Tensor | None
+    routes: dict[str, str] = field(default_factory=dict)
+    _graph_output: torch.Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        """r, the kernel size."""
+        if self.dense_factor is not None:
+            return self.dense_factor.shape[1]
+        return self.factor.num_examples * self.factor.width
+
+    def vjp(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The parameter direction Jᵀ B y by one vector-Jacobian product.
+
+        Args:
+            y: coefficients, shape (r,) (or any shape with r entries).
+
+        Returns:
+            parameter name -> tensor of the parameter's shape.
+        """
+        if y.numel() != self.rows:
+            raise ValueError(
+                f"structured_vjp: y must have r = {self.rows} entries (the kernel size), "
+                f"got shape {tuple(y.shape)}"
+            )
+        if self._graph_output is None:
+            raise ValueError("structured_vjp: the context was released; recompute the kernel")
+        y = y.reshape(-1).to(self.output.dtype)
+        cotangent = self.dense_factor @ y if self.dense_factor is not None else self.factor.apply(y)
+        grads = torch.autograd.grad(
+            self._graph_output,
+            list(self.params.values()),
+            grad_outputs=cotangent.reshape(self._graph_output.shape),
+            retain_graph=True,
+            allow_unused=True,
+        )
+        return {
+            name: torch.zeros_like(p) if g is None else g
+            for (name, p), g in zip(self.params.items(), grads, strict=True)
+        }
+
+    def release(self) -> None:
+        """Free the autograd graph kept for :meth:`vjp`."""
+        self._graph_output = None
+
+
+def structured_vjp(context: StructuredContext, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Jᵀ B y for the model, inputs and factor of ``context`` (one VJP); see :meth:`StructuredContext.vjp`."""
+    return context.vjp(y)
+
+
+def _as_tuple(inputs: Any) -> tuple[Any, ...]:
+    return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def _check_batch(calls: Sequence[ModuleCall], num_examples: int) -> None:
+    for call in calls:
+        if call.output.dim() == 0 or call.output.shape[0] != num_examples:
+            raise ValueError(
+                f"{_CALL}: module {call.name or '<root>'!r} ({type(call.module).__name__}) returned shape "
+                f"{tuple(call.output.shape)}, but the structured route needs the batch axis first with "
+                f"N = {num_examples} examples in every parametrised layer (use batch_first layouts)"
+            )
+
+
+def _signals(
+    output: torch.Tensor, calls: list[ModuleCall], factor: BlockFactor, columns_per_pass: int
+) -> list[torch.Tensor]:
+    """Signals (k, N, *out) for every call, backpropagating ``columns_per_pass`` factor columns at a time."""
+    parts: list[list[torch.Tensor]] = [[] for _ in calls]
+    for start in range(0, factor.width, columns_per_pass):
+        stop = min(start + columns_per_pass, factor.width)
+        batch = output_signals(output, calls, factor.cotangents(start, stop, output))
+        for store, s in zip(parts, batch, strict=True):
+            store.append(s)
+    return [torch.cat(p, dim=0) if len(p) > 1 else p[0] for p in parts]
+
+
+def structured_kernel(
+    module: nn.Module,
+    inputs: Any,
+    output_factor: Factor = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, StructuredContext]:
+    """The output-side kernel K = (Bᵀ J)(Bᵀ J)ᵀ of a network, assembled layer by layer without forming J.
+
+    J = ∂ vec z / ∂ξ for z = module(*inputs) of shape (N, ...) flattened row-major to n = N·C entries and ξ
+    the trainable parameters (``requires_grad=True``; frozen ones are excluded). Per-layer formulas (see
+    ``_modules``) use the layer inputs and the signals of the factor columns backpropagated to the layer
+    output; other parametrised modules use batched VJPs; both may be mixed in one model. A parameter used by
+    more than one call (a module called twice, weights tied across modules) goes through batched VJPs too,
+    its rows summed over the calls.
+
+    Assumptions: examples are independent (example i's output depends on example i's input only; BatchNorm
+    must be in eval mode), every parametrised layer keeps the batch axis first, the forward pass is
+    deterministic, and each parameter is used only inside the forward of a module that registers it.
+
+    Args:
+        module: the network.
+        inputs: a tensor or a tuple of positional inputs.
+        output_factor: B, see :func:`~natgrad.models.structured._factors.normalise_factor`: None (identity,
+            r = n), per-example blocks (N, C, k) (r = N·k, row i·k + j), a dense (n, r) tensor, or a callable
+            of the detached output returning one of these.
+        chunk_size: at most this many kernel rows are processed together in the batched backward passes and
+            row formations (bounds memory; None processes everything at once). Results do not depend on it.
+
+    Returns:
+        ``(K, context)``: K of shape (r, r), and a :class:`StructuredContext` whose ``vjp(y)`` gives Jᵀ B y.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{_CALL}: module must be a torch.nn.Module, got {type(module).__name__}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"{_CALL}: chunk_size must be a positive integer or None, got {chunk_size}")
+    with torch.enable_grad(), recording(module) as recorder:
+        output = module(*_as_tuple(inputs))
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"{_CALL}: the module must return one tensor (N, ...), got {type(output).__name__}")
+    check_unchanged(recorder.calls)
+    factor, dense = normalise_factor(output_factor, output, _CALL)
+    num_examples, width = factor.num_examples, factor.width
+    calls = recorder.calls
+    _check_batch(calls, num_examples)
+    for call in calls:  # fail early on coupled examples
+        if structure_of(call.module) == "norm" and not isinstance(call.module, nn.LayerNorm | nn.GroupNorm):
+            if call.module.training or call.module.running_mean is None:
+                norm_rows(call, output.new_zeros((1, *call.output.shape)))
+
+    columns_per_pass = width if chunk_size is None else max(1, chunk_size // max(num_examples, 1))
+    examples_per_chunk = None if chunk_size is None else max(1, chunk_size // max(width, 1))
+    signals = _signals(output, calls, factor, columns_per_pass) if calls else []
+
+    uses: dict[int, int] = {}
+    for call in calls:
+        for p in call.params.values():
+            uses[id(p)] = uses.get(id(p), 0) + 1
+    r = num_examples * width
+    kernel = output.new_zeros((r, r))
+    tied_rows: dict[int, torch.Tensor] = {}
+    routes: dict[str, str] = {}
+
+    def pause():
+        return _Paused(recorder)
+
+    for index, call in enumerate(calls):
+        s = signals[index]
+        signals[index] = None  # free as we go
+        kind = structure_of(call.module)
+        if any(uses[id(p)] > 1 for p in call.params.values()):
+            for name, rows in generic_rows(call, s, examples_per_chunk, pause).items():
+                key = id(call.params[name])
+                flat = rows.reshape(r, -1)
+                tied_rows[key] = tied_rows[key] + flat if key in tied_rows else flat
+            routes[call.name] = "shared-parameter/vjp"
+        elif kind in _BLOCKS:
+            blocks = _BLOCKS[kind](call, s)
+            used = {add_shared_linear(kernel, x, sig, examples_per_chunk) for x, sig in blocks}
+            routes[call.name] = f"{kind}/{'+'.join(sorted(used))}"
+        elif kind == "norm":
+            add_rows(kernel, norm_rows(call, s))
+            routes[call.name] = "norm"
+        else:
+            rows = generic_rows(call, s, examples_per_chunk, pause)
+            add_rows(kernel, torch.cat([v.reshape(r, -1) for v in rows.values()], dim=1))
+            routes[call.name] = "generic/vjp"
+    for rows in tied_rows.values():
+        add_rows(kernel, rows)
+    if dense is not None:
+        kernel = dense.T @ kernel @ dense
+    params = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    context = StructuredContext(
+        output=output.detach(),
+        params=params,
+        factor=factor,
+        dense_factor=dense,
+        routes=routes,
+        _graph_output=output if output.requires_grad else None,
+    )
+    return kernel, context
+
+
+class _Paused:
+    """Suspends recording while a module is re-run for its own VJPs."""
+
+    def __init__(self, recorder) -> None:
+        self.recorder = recorder
+
+    def __enter__(self) -> None:
+        self.recorder.active = False
+
+    def __exit__(self, *exc) -> None:
+        self.recorder.active = True

@@ -1,0 +1,106 @@
+"""The literal float64 reference: materialised J, dense g, torch.linalg.pinv. Slow by design; tests use it.
+
+Every route of :func:`natgrad.natural_gradient` is checked against :func:`natural_gradient` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.func import grad as func_grad
+from torch.func import jacrev
+
+from natgrad._tree import Params, flatten_params, num_params, unflatten_like
+from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
+from natgrad.metrics import Euclidean, Metric
+from natgrad.natural_gradient import NaturalGradient
+
+
+def _to64(params: Params) -> Params:
+    if isinstance(params, Tensor):
+        return params.detach().to(torch.float64)
+    return {k: v.detach().to(torch.float64) for k, v in params.items()}
+
+
+def gram(phi: Callable[[Params], Tensor], params: Params, metric: Metric | None = None) -> dict[str, Tensor]:
+    """Literal float64 pieces at ξ: J (n×d), g (n×n), G = Jᵀ g J, z. Keys: "J", "g", "G", "z"."""
+    metric = Euclidean() if metric is None else metric
+    p64 = _to64(params)
+    flat = flatten_params(p64)
+
+    def phi_flat(x: Tensor) -> Tensor:
+        return phi(unflatten_like(x, p64)).reshape(-1)
+
+    z = phi(p64)
+    J = jacrev(phi_flat)(flat)
+    g = metric.matrix(z)
+    return {"J": J, "g": g, "G": J.T @ g @ J, "z": z}
+
+
+def pinv_rtol(inverse: MoorePenrose | GInverse | MinNorm, n: int, d: int) -> float:
+    """The eigenvalue cutoff the engine uses for this inverse, in float64."""
+    mp = inverse if isinstance(inverse, MoorePenrose) else MoorePenrose(inverse.rtol)
+    return mp.resolve_rtol(torch.float64, n, d)
+
+
+def apply_inverse(G: Tensor, grad: Tensor, inverse: Inverse, rows: int) -> tuple[Tensor, int]:
+    """v = G⁻ grad for the inverse, literally from ``torch.linalg.pinv``; returns (v, rank of the pinv)."""
+    d = G.shape[0]
+    if isinstance(inverse, Damped):
+        eye = torch.eye(d, dtype=G.dtype, device=G.device)
+        rank = int(
+            torch.linalg.matrix_rank(G, rtol=MoorePenrose().resolve_rtol(G.dtype, rows, d), hermitian=True)
+        )
+        return torch.linalg.solve(G + float(inverse.damping) * eye, grad), rank
+    rtol = pinv_rtol(inverse, rows, d)
+    if isinstance(inverse, MinNorm):
+        h = inverse.h.to(torch.float64)
+        h = torch.diag(h) if h.ndim == 1 else h
+        evals, evecs = torch.linalg.eigh(h)
+        h_is = (evecs * evals.rsqrt()) @ evecs.T
+        inner = h_is @ G @ h_is
+        pinv = torch.linalg.pinv(inner, rtol=rtol, hermitian=True)
+        rank = int(torch.linalg.matrix_rank(inner, rtol=rtol, hermitian=True))
+        return h_is @ pinv @ h_is @ grad, rank
+    pinv = torch.linalg.pinv(G, rtol=rtol, hermitian=True)
+    rank = int(torch.linalg.matrix_rank(G, rtol=rtol, hermitian=True))
+    if isinstance(inverse, GInverse):
+        eye = torch.eye(d, dtype=G.dtype, device=G.device)
+        U = torch.zeros_like(G) if inverse.U is None else inverse.U.to(torch.float64)
+        V = torch.zeros_like(G) if inverse.V is None else inverse.V.to(torch.float64)
+        pinv = pinv + (eye - pinv @ G) @ U + V @ (eye - G @ pinv)
+    return pinv @ grad, rank
+
+
+def natural_gradient(
+    phi: Callable[[Params], Tensor],
+    params: Params,
+    loss: Callable[[Tensor], Tensor],
+    metric: Metric | None = None,
+    inverse: Inverse | None = None,
+) -> NaturalGradient:
+    """v = G⁻ Jᵀ ∇z L computed literally in float64 (result tensors are float64).
+
+    The rank cutoff matches the engine's (``MoorePenrose.resolve_rtol`` with r = n outputs): the factored
+    routes cut on the eigenvalues of G = AᵀA, the same matrix decomposed here.
+    """
+    inverse = MoorePenrose() if inverse is None else inverse
+    pieces = gram(phi, params, metric)
+    J, G, z = pieces["J"], pieces["G"], pieces["z"]
+    u = func_grad(lambda x: loss(x).reshape(()))(z).reshape(-1)
+    grad = J.T @ u
+    rows = (Euclidean() if metric is None else metric).at(z).r
+    v, rank = apply_inverse(G, grad, inverse, rows)
+    p64 = _to64(params)
+    assert num_params(p64) == G.shape[0]
+    return NaturalGradient(
+        direction=unflatten_like(v, p64),
+        pushforward=(J @ v).reshape(z.shape),
+        gradient=unflatten_like(grad, p64),
+        rank=rank,
+        method="reference",
+        output=z.detach(),
+        loss=loss(z).detach().reshape(()),
+    )

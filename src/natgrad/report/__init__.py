@@ -1,0 +1,25 @@
+"""Run folders and the HTML report of ``natgrad reproduce``.
+
+Modules: ``run_folder`` (layout, reads and writes), ``runner`` (run, resume, rebuild), ``summary``
+(outcomes and the run-wide claims.json), ``html`` (report.html), ``environment`` (environment.json),
+``device`` (the torch default device of a run), ``_atomic`` (atomic file writes).
+"""
+
+from natgrad.report.html import render_report, write_report
+from natgrad.report.run_folder import RunFolder, RunFolderError
+from natgrad.report.runner import ConfigConflictError, Hooks, rebuild, reproduce
+from natgrad.report.summary import Outcome, read_outcomes, write_claims_summary
+
+__all__ = [
+    "ConfigConflictError",
+    "Hooks",
+    "Outcome",
+    "RunFolder",
+    "RunFolderError",
+    "read_outcomes",
+    "rebuild",
+    "render_report",
+    "reproduce",
+    "write_claims_summary",
+    "write_report",
+]
