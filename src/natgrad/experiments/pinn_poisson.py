@@ -51,7 +51,7 @@ class Config:
 def config(quick: bool, seed: int = 0) -> Config:
     if quick:
         return Config(seed, (24,), 12, 12, 48, 20.0, 1e-10, 1e-3, 30, 1e-3, 20, 1e-3, 10.0)
-    return Config(seed, (32,), 20, 20, 100, 120.0, 1e-10, 1e-3, 30, 1e-3, 20, 1e-5, 10.0)
+    return Config(seed, (32,), 16, 16, 100, 150.0, 1e-10, 1e-3, 30, 1e-3, 20, 1e-5, 10.0)
 
 
 def _layers(params: dict[str, torch.Tensor], names: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -143,7 +143,7 @@ def _train(method: str, cfg: Config, progress: Progress) -> dict[str, list[float
             return value
 
         def step() -> float:
-            return float(opt.step(closure))
+            return float(opt.step(closure).detach())
 
         eval_every = 1
     clock = _Clock()
