@@ -2,6 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
+CONSTRAINTS := benchmarks/constraints.txt
 
 .PHONY: demo test lint bench clean
 
@@ -18,6 +19,11 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
+# The constraints file pins torch so that the peers' requirements never pull another torch build.
+$(VENV)/.installed-bench: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test,benchmark]"
+	touch $@
+
 demo: $(VENV)/.installed-demo
 	$(BIN)/natgrad reproduce --quick
 
@@ -29,8 +35,8 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-bench: $(VENV)/.installed-test
-	$(BIN)/python benchmarks/routes.py
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/structured_vs_peers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

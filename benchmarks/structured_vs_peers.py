@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import natgrad as ng  # noqa: E402
 from natgrad.models.structured import categorical_fisher_factor, structured_kernel  # noqa: E402
 
 
@@ -121,6 +122,18 @@ def structured_step(case: Case, how: str = "cholesky") -> list[torch.Tensor]:
     return [direction[name] for name, _ in case.model.named_parameters()]
 
 
+def natgrad_step(case: Case) -> list[torch.Tensor]:
+    """The public API end to end: ng.natural_gradient with the categorical Fisher, method="auto"."""
+    phi, params = ng.from_module(case.model, case.x)
+    res = ng.natural_gradient(
+        phi,
+        params,
+        lambda z: nn.functional.cross_entropy(z, case.y, reduction="sum"),
+        ng.metrics.Categorical(),
+    )
+    return [res.direction[name] for name, _ in case.model.named_parameters()]
+
+
 def nngeometry_step(case: Case, how: str = "cholesky") -> list[torch.Tensor]:
     """nngeometry's Gram matrix of the factored outputs Bᵀz, then the same solve and one VJP."""
     from nngeometry import GramMatrix
@@ -208,6 +221,7 @@ def measure_case(case: Case, repeats: int, peers: bool, cg: bool, jac: bool, cg_
     routes: dict[str, Callable[[], object]] = {
         "structured_cholesky": lambda: structured_step(case, "cholesky"),
         "structured_eigh": lambda: structured_step(case, "eigh"),
+        "natgrad_natural_gradient_auto": lambda: natgrad_step(case),
     }
     if peers:
         routes["nngeometry_gram_cholesky"] = lambda: nngeometry_step(case, "cholesky")

@@ -22,6 +22,7 @@ class Case:
     name: str
     build: Callable[[torch.dtype], tuple[Callable, object]]
     kind: str  # "logits" (N, C) real outputs, or "probabilities" (a point of the simplex)
+    module: bool = True  # built with ng.from_module (so the structured route applies)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -117,8 +118,8 @@ CASES = [
         "logits",
     ),
     Case("frozen", _module_case(_frozen_model, lambda g: torch.randn(6, 3, generator=g), 5), "logits"),
-    Case("polynomial", _polynomial, "logits"),
-    Case("softmax", _softmax, "probabilities"),
+    Case("polynomial", _polynomial, "logits", module=False),
+    Case("softmax", _softmax, "probabilities", module=False),
 ]
 
 
@@ -219,6 +220,11 @@ def inverses(d: int, dtype: torch.dtype) -> dict[str, object]:
 
 INVERSE_NAMES = ["moore-penrose", "ginverse", "minnorm-diag", "minnorm-dense", "damped"]
 ROUTES = ["primal", "dual", "lstsq", "krylov"]
+
+
+def routes_for(case: Case) -> list[str]:
+    """The routes that apply to a case: the structured route needs phi from ng.from_module."""
+    return [*ROUTES, "structured"] if case.module else ROUTES
 
 
 def combos() -> list[tuple[Case, MetricCase]]:

@@ -9,6 +9,19 @@ from hypothesis import strategies as st
 import natgrad as ng
 from cases import relative_error
 
+EPS = torch.finfo(torch.float64).eps
+
+
+def _tolerance(phi, xi, metric, rows: int) -> float:
+    """1e-9, or the forward-error level eps·κ(G) of a backward-stable solve when G is worse conditioned.
+
+    κ(G) is the ratio of the largest to the smallest retained eigenvalue of the literal Gram matrix.
+    """
+    evals = torch.linalg.eigvalsh(ng.reference.gram(phi, xi, metric)["G"])
+    kept = evals[evals > ng.default_rtol(torch.float64, rows, xi.numel()) * evals.max()]
+    kappa = float(kept.max() / kept.min()) if kept.numel() else 1.0
+    return 1e-9 + 1e3 * EPS * kappa
+
 
 @st.composite
 def low_rank_problems(draw):
@@ -45,8 +58,9 @@ def test_moore_penrose_any_shape_and_rank(problem, route):
     # rank of G = JᵀBBᵀJ is at most min(k, rank B); the engine and the reference agree on it
     if route != "krylov":
         assert res.rank == ref.rank <= k
-    assert relative_error(res.direction, ref.direction) <= 1e-9
-    assert relative_error(res.pushforward, ref.pushforward) <= 1e-9
+    tol = _tolerance(phi, xi, metric, B.shape[1])
+    assert relative_error(res.direction, ref.direction) <= tol
+    assert relative_error(res.pushforward, ref.pushforward) <= tol
 
 
 @settings(max_examples=25, deadline=None)
@@ -63,4 +77,4 @@ def test_damped_any_shape(problem, lam, route):
     metric = ng.metrics.Factor(B)
     ref = ng.reference.natural_gradient(phi, xi, loss, metric, ng.Damped(lam))
     res = ng.natural_gradient(phi, xi, loss, metric, ng.Damped(lam), method=route)
-    assert relative_error(res.direction, ref.direction) <= 1e-9
+    assert relative_error(res.direction, ref.direction) <= 1e-9  # λ ≥ 1e-3 bounds the conditioning

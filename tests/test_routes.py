@@ -7,9 +7,10 @@ import functools
 
 import pytest
 import torch
+from torch import nn
 
 import natgrad as ng
-from cases import CASES, INVERSE_NAMES, METRICS, ROUTES, combos, inverses, relative_error
+from cases import CASES, INVERSE_NAMES, METRICS, ROUTES, combos, inverses, relative_error, routes_for
 
 TOL64 = 1e-9
 
@@ -30,7 +31,7 @@ PARAMS = [
     pytest.param(c.name, m.name, i, r, id=f"{c.name}-{m.name}-{i}-{r}")
     for c, m in combos()
     for i in INVERSE_NAMES
-    for r in ROUTES
+    for r in routes_for(c)
 ]
 
 
@@ -51,13 +52,15 @@ def test_route_matches_reference_float64(case, metric, inverse, route):
 FLOAT32_CASES = ["mlp-overparam", "mlp-underparam", "cnn", "polynomial"]
 
 
-@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("route", [*ROUTES, "structured"])
 @pytest.mark.parametrize("metric", ["euclidean", "categorical", "gaussian"])
 @pytest.mark.parametrize("case", FLOAT32_CASES)
 def test_route_float32_matches_reference(case, metric, route):
     """float32 agrees with the float64 reference to 1e-4 on well-conditioned cases (damped, λ = 0.1)."""
     if case == "polynomial" and metric == "categorical":
         pytest.skip("categorical needs (N, C) logits")
+    if case == "polynomial" and route == "structured":
+        pytest.skip("the structured route needs phi from ng.from_module")
     _, _, _, _, _, ref = _setup(case, metric, "damped")  # the float64 build of the same point
     case_obj = next(c for c in CASES if c.name == case)
     phi32, params32 = case_obj.build(torch.float32)
@@ -69,7 +72,7 @@ def test_route_float32_matches_reference(case, metric, route):
     assert relative_error(res.pushforward, ref.pushforward) <= 1e-4
 
 
-@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("route", [*ROUTES, "structured"])
 def test_moore_penrose_float32_well_conditioned(route):
     """Moore–Penrose in float32 on a full-row-rank, well-conditioned model agrees to 1e-4."""
     torch.manual_seed(0)
@@ -94,7 +97,8 @@ def test_auto_picks_the_smaller_gram(case):
     )
     res = ng.natural_gradient(phi, params, loss, metric, inverse)
     n, d = res.output.numel(), ng.num_params(params)
-    assert res.method == ("primal" if d <= n else "dual")
+    module = next(c for c in CASES if c.name == case).module
+    assert res.method == ("primal" if d <= n else "structured" if module else "dual")
     assert relative_error(ng.flatten_params(res.direction), ng.flatten_params(ref.direction)) <= TOL64
 
 
@@ -120,3 +124,96 @@ def test_jacobian_matches_reference():
     J = ng.jacobian(phi, params)
     ref = ng.reference.gram(phi, params)["J"]
     assert relative_error(J, ref) <= 1e-13
+
+
+def test_from_module_records_the_module_for_the_structured_route():
+    model = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    phi, params = ng.from_module(model, x)
+    module, args, kwargs = phi.natgrad_module
+    assert module is model and args[0] is x and kwargs == {}
+    assert torch.equal(phi(params), model(x))
+
+
+def test_structured_refuses_a_plain_callable():
+    phi, params, metric, loss, inverse, _ = _setup("polynomial", "euclidean", "moore-penrose")
+    with pytest.raises(
+        ValueError,
+        match=r"natural_gradient: method='structured' cannot be used here: phi is a plain callable; .*"
+        r"ng\.from_module.*use method='dual'",
+    ):
+        ng.natural_gradient(phi, params, loss, metric, inverse, method="structured")
+
+
+def _batchnorm_train():
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Linear(3, 6), nn.BatchNorm1d(6, track_running_stats=False), nn.Tanh(), nn.Linear(6, 2)
+    )
+    model = model.double().train()
+    return ng.from_module(model, torch.randn(5, 3, dtype=torch.float64))
+
+
+class _Centred(nn.Module):
+    """Subtracts the batch mean: couples the examples without any BatchNorm (caught by the kernel check)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        return h - h.mean(0)
+
+
+def _centred():
+    torch.manual_seed(2)
+    return ng.from_module(_Centred().double(), torch.randn(3, 3, dtype=torch.float64))
+
+
+def _moved_params():
+    torch.manual_seed(3)
+    phi, params = ng.from_module(
+        nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double(),
+        torch.randn(2, 3, dtype=torch.float64),
+    )
+    return phi, {k: v + 0.1 for k, v in params.items()}
+
+
+def _square_loss(z):
+    return 0.5 * (z**2).sum() + z.sum()
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (_batchnorm_train, r"BatchNorm1d '1' normalises with batch statistics"),
+        (_centred, r"the layer kernel does not reproduce A Aᵀ"),
+        (_moved_params, r"params\['0.weight'\] differs from the module's parameter"),
+    ],
+    ids=["batchnorm-train", "coupled-examples", "moved-params"],
+)
+def test_structured_refuses_unsupported_models_and_auto_falls_back(build, message):
+    phi, params = build()
+    with pytest.raises(
+        ValueError,
+        match=rf"natural_gradient: method='structured' cannot be used here: {message}.*method='dual'",
+    ):
+        ng.natural_gradient(phi, params, _square_loss, method="structured")
+    res = ng.natural_gradient(phi, params, _square_loss)
+    ref = ng.reference.natural_gradient(phi, params, _square_loss)
+    assert res.method == "dual"
+    if build is _centred:  # refused only once the kernel is built: auto records why it fell back
+        assert res.info["structured_refused"].startswith("the layer kernel does not reproduce A Aᵀ")
+    assert relative_error(ng.flatten_params(res.direction), ng.flatten_params(ref.direction)) <= TOL64
+
+
+def test_structured_refuses_batchnorm_in_training_mode_before_running_phi():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).double().train()
+    phi, params = ng.from_module(model, torch.randn(5, 3, dtype=torch.float64))
+    with pytest.raises(
+        ValueError,
+        match=r"natural_gradient: method='structured' cannot be used here: BatchNorm1d '1'.*model.eval",
+    ):
+        ng.natural_gradient(phi, params, _square_loss, method="structured")

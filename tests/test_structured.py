@@ -62,6 +62,20 @@ class TiedLM(nn.Module):
         return self.out(h).mean(1)
 
 
+class OutsideUse(nn.Module):
+    """Parameters used outside the modules that register them: a transposed tied weight in the parent's
+    forward, and the bias of a module that is never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(4, 3)
+        self.dec = nn.Linear(3, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.enc(x))
+        return nn.functional.linear(h, self.enc.weight.T, self.dec.bias)
+
+
 class Twice(nn.Module):
     """The same Linear applied twice (shared weights across calls) plus a sequence Linear."""
 
@@ -161,6 +175,7 @@ CASES = {
         nn.Sequential(nn.Linear(3, 5), ScaledResidual(5), nn.PReLU(), nn.Linear(5, 3)),
         (torch.randn(4, 3),),
     ),
+    "outside-use": lambda: (OutsideUse(), (torch.randn(3, 4),)),
     "tied-embedding": lambda: (TiedLM(6, 4), (torch.tensor([[1, 2, 0], [5, 5, 3], [0, 4, 2]]),)),
     "module-called-twice": lambda: (Twice(), (torch.randn(3, 2, 4),)),
     "frozen": lambda: (_frozen_mlp(), (torch.randn(4, 5),)),
@@ -373,3 +388,12 @@ def test_engine_bridge_matches_dual_route(metric_name):
     ref = torch.cat([expected.direction[k].reshape(-1) for k in params])
     assert rank == expected.rank
     assert _relative(flat, ref) <= 1e-9
+
+
+def test_parameters_used_outside_their_modules_get_whole_model_rows():
+    model, inputs = _build("outside-use")
+    jac = reference_jacobian(model, inputs)
+    kernel, context = structured_kernel(model, inputs)
+    assert context.routes["<outside modules>"] == "whole-model/vjp: enc.weight, dec.bias"
+    assert context.routes["enc"] == "linear/pair"  # enc.bias alone still takes the layer formula
+    assert _relative(kernel, jac @ jac.T) <= 1e-12

@@ -41,10 +41,27 @@ def check_params(call: str, params: Params) -> tuple[torch.dtype, torch.device]:
     return dtype, device
 
 
+def check_tensor(call: str, what: str, value: object) -> None:
+    """``value`` must be a ``torch.Tensor`` (not a list or array)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{call}: {what} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def check_real(call: str, what: str, value: object) -> float:
+    """``value`` as a float; a TypeError naming ``what`` if it is not a real number (bools and strings refused)."""
+    if isinstance(value, Tensor):
+        ok = value.numel() == 1 and not value.is_complex()
+    else:
+        ok = not isinstance(value, bool | str | complex) and hasattr(value, "__float__")
+    if not ok:
+        got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else repr(value)
+        raise TypeError(f"{call}: {what} must be a real number, got {got}")
+    return float(value)
+
+
 def check_like(call: str, what: str, tensor: Tensor, shape: tuple[int, ...], like: Tensor) -> None:
-    """``tensor`` must have ``shape`` and the dtype and device of ``like``."""
-    if not isinstance(tensor, Tensor):
-        raise TypeError(f"{call}: {what} must be a torch.Tensor, got {type(tensor).__name__}")
+    """``tensor`` must have ``shape``, the dtype and device of ``like``, and finite entries."""
+    check_tensor(call, what, tensor)
     if tuple(tensor.shape) != tuple(shape):
         raise ValueError(f"{call}: {what} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
     if tensor.dtype != like.dtype:
@@ -55,3 +72,4 @@ def check_like(call: str, what: str, tensor: Tensor, shape: tuple[int, ...], lik
         raise TypeError(
             f"{call}: {what} must be on device {like.device} (that of the parameters), got {tensor.device}"
         )
+    check_finite(call, what, tensor)

@@ -18,15 +18,28 @@ from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 
 @dataclass
 class Thin:
-    """A = U diag(s) Vᵀ on the retained rank k."""
+    """A = U diag(s) Vᵀ on the retained rank k.
 
-    U: Tensor  # (r, k)
+    The dual route keeps U and A instead of V = AᵀU S⁻¹, so that each use of V costs one product with Aᵀ
+    (r·d) rather than forming V (r·k·d); the primal route keeps V only.
+    """
+
     s: Tensor  # (k,)
-    V: Tensor  # (d, k)
+    U: Tensor | None = None  # (r, k)
+    V: Tensor | None = None  # (d, k)
+    A: Tensor | None = None  # (r, d), when V is implicit
 
     @property
     def rank(self) -> int:
         return int(self.s.numel())
+
+    def v_times(self, w: Tensor) -> Tensor:
+        """V w for w of shape (k,)."""
+        return self.V @ w if self.V is not None else self.A.T @ (self.U @ (w / self.s))
+
+    def vt_times(self, x: Tensor) -> Tensor:
+        """Vᵀ x for x of shape (d,)."""
+        return self.V.T @ x if self.V is not None else (self.U.T @ (self.A @ x)) / self.s
 
 
 def _keep(eigenvalues: Tensor, rtol: float) -> Tensor:
@@ -34,32 +47,58 @@ def _keep(eigenvalues: Tensor, rtol: float) -> Tensor:
     return (eigenvalues > rtol * top) & (eigenvalues > 0)
 
 
+def kernel_eigh(K: Tensor, rtol: float) -> tuple[Tensor, Tensor, Tensor]:
+    """K = U diag(λ) Uᵀ and the mask of retained eigenvalues λ > rtol·λ_max (the cutoff of every route)."""
+    evals, U = torch.linalg.eigh(K)
+    return evals, U, _keep(evals, rtol)
+
+
+def kernel_coefficients(evals: Tensor, U: Tensor, keep: Tensor, c: Tensor | None, a_grad: Tensor) -> Tensor:
+    """y with G⁺∇ = Aᵀy, from K = AAᵀ = U diag(λ) Uᵀ: y = K⁺c when ∇ = Aᵀc, else y = K⁺²A∇.
+
+    The second form is G⁺ = A⁺A⁺ᵀ with A⁺ = AᵀK⁺; both use only the retained eigenpairs.
+    """
+    Uk, ek = U[:, keep], evals[keep]
+    if c is not None:
+        return Uk @ ((Uk.T @ c) / ek)
+    return Uk @ ((Uk.T @ a_grad) / ek**2)
+
+
+def damped_kernel_coefficients(evals: Tensor, U: Tensor, keep: Tensor, a_grad: Tensor, lam: float) -> Tensor:
+    """w with (G + λI)⁻¹∇ = Aᵀw + ∇/λ, from K = AAᵀ = U diag(λ) Uᵀ and A∇ (any ∇).
+
+    ∇ = Aᵀy + ∇⊥ with y = K⁺A∇; (G + λI)⁻¹Aᵀy = Aᵀ(K + λI)⁻¹y and (G + λI)⁻¹∇⊥ = ∇⊥/λ, so
+    w = (K + λI)⁻¹y − y/λ.
+    """
+    Uk, ek = U[:, keep], evals[keep]
+    y = Uk @ ((Uk.T @ a_grad) / ek)
+    return U @ ((U.T @ y) / (evals.clamp_min(0) + lam)) - y / lam
+
+
 def thin_svd(A: Tensor, route: str, rtol: float) -> Thin:
     """Thin singular system of A keeping eigenvalues s² of G (= of K) above rtol · s²_max."""
     if route == "primal":
         lam, V = torch.linalg.eigh(A.T @ A)
         keep = _keep(lam, rtol)
-        V, s = V[:, keep], lam[keep].sqrt()
-        return Thin(A @ V / s, s, V)
+        return Thin(lam[keep].sqrt(), V=V[:, keep])
     if route == "dual":
         lam, U = torch.linalg.eigh(A @ A.T)
         keep = _keep(lam, rtol)
-        U, s = U[:, keep], lam[keep].sqrt()
-        return Thin(U, s, A.T @ U / s)
+        return Thin(lam[keep].sqrt(), U=U[:, keep], A=A)
     U, s, Vh = torch.linalg.svd(A, full_matrices=False)
     keep = _keep(s**2, rtol)
-    return Thin(U[:, keep], s[keep], Vh[keep].T)
+    return Thin(s[keep], U=U[:, keep], V=Vh[keep].T)
 
 
-def _moore_penrose(thin: Thin, grad: Tensor, c: Tensor | None, route: str) -> Tensor:
-    if c is not None and route != "primal":
-        return thin.V @ ((thin.U.T @ c) / thin.s)
-    return thin.V @ ((thin.V.T @ grad) / thin.s**2)
+def _moore_penrose(thin: Thin, grad: Tensor, c: Tensor | None) -> Tensor:
+    if c is not None and thin.U is not None:
+        return thin.v_times((thin.U.T @ c) / thin.s)
+    return thin.v_times(thin.vt_times(grad) / thin.s**2)
 
 
 def _complement(thin: Thin, x: Tensor) -> Tensor:
     """(I − G⁺G) x: the part of x in ker G = ker A."""
-    return x - thin.V @ (thin.V.T @ x)
+    return x - thin.v_times(thin.vt_times(x))
 
 
 def _damped(
@@ -79,13 +118,8 @@ def _damped(
         rank = int(_keep(evals, rtol).sum())
         return V @ ((V.T @ grad) / (evals + lam)), rank
     if route == "dual":
-        evals, U = torch.linalg.eigh(A @ A.T)
-        keep = _keep(evals, rtol)
-        # ∇ = Aᵀy + ∇⊥ with y = K⁺A∇; (G + λI)⁻¹Aᵀy = Aᵀ(K + λI)⁻¹y and (G + λI)⁻¹∇⊥ = ∇⊥/λ.
-        Uk, ek = U[:, keep], evals[keep]
-        y = Uk @ ((Uk.T @ (A @ grad)) / ek)
-        row_part = A.T @ (U @ ((U.T @ y) / (evals.clamp_min(0) + lam)))
-        return row_part + (grad - A.T @ y) / lam, int(keep.sum())
+        evals, U, keep = kernel_eigh(A @ A.T, rtol)
+        return A.T @ damped_kernel_coefficients(evals, U, keep, A @ grad, lam) + grad / lam, int(keep.sum())
     U, s, Vh = torch.linalg.svd(A, full_matrices=False)
     coeff = Vh @ grad
     return Vh.T @ (coeff / (s**2 + lam)) + (grad - Vh.T @ coeff) / lam, int(_keep(s**2, rtol).sum())
@@ -108,7 +142,7 @@ def solve_dense(problem: Problem, inverse: Inverse, route: str, chunk: int) -> t
     rtol = mp.resolve_rtol(grad.dtype, problem.r, problem.d)
     info["rtol"] = rtol
     thin = thin_svd(A, route, rtol)
-    v = _moore_penrose(thin, grad, c, route)
+    v = _moore_penrose(thin, grad, c)
     if isinstance(inverse, MinNorm):
         v = h_is * v if h_is.ndim == 1 else h_is @ v
     elif isinstance(inverse, GInverse):

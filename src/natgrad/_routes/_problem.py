@@ -53,11 +53,20 @@ class Problem:
 
 
 def output_factor_coefficients(metric: LocalMetric, output_grad: Tensor) -> Tensor | None:
-    """c = B⁺ ∇z L if B c reproduces ∇z L to rounding (∇z L in the range of g), else None."""
+    """c = B⁺ ∇z L if B c reproduces ∇z L to rounding (∇z L in the range of g) and c is well determined.
+
+    Returns None otherwise, and the routes use the general forms in ∇ = Jᵀ ∇z L. "Well determined" means
+    ‖B‖·‖c‖ ≤ ‖∇z L‖/√eps: a larger c lives along tiny singular values of B (e.g. Fisher weights σ(z)σ(−z)
+    ≈ e^{−|z|} at large logits), where the rounding of the factored routes' singular vectors, multiplied by
+    ‖c‖, would swamp the answer.
+    """
     c = metric.factor_solve(output_grad)
     scale = torch.linalg.vector_norm(output_grad)
     if scale == 0:
         return c
     mismatch = torch.linalg.vector_norm(metric.factor_matmul(c) - output_grad)
     tol = torch.finfo(output_grad.dtype).eps ** 0.5
-    return c if mismatch <= tol * scale else None
+    if not bool(mismatch <= tol * scale):
+        return None
+    amplification = metric.factor_norm() * torch.linalg.vector_norm(c)
+    return c if bool(amplification * tol <= scale) else None

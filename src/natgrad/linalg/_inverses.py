@@ -10,16 +10,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from natgrad._checks import check_like
+from natgrad._checks import check_like, check_real, check_tensor
 
 
 def default_rtol(dtype: torch.dtype, rows: int, cols: int) -> float:
-    """Default relative cutoff on the eigenvalues of G: max(r, d) · eps(dtype).
+    """Default relative cutoff on the eigenvalues of G: 10 · min(r, d) · eps(dtype).
 
-    Eigenvalues λ ≤ rtol · λ_max are treated as zero (the convention of ``torch.linalg.pinv`` and
-    ``numpy.linalg.matrix_rank``); r is the number of metric-weighted outputs and d the parameter count.
+    Eigenvalues λ ≤ rtol · λ_max are treated as zero. min(r, d) is the size of the smaller Gram matrix
+    (G = AᵀA is d×d, K = AAᵀ is r×r; they share their nonzero eigenvalues), and eigenvalues of a Gram matrix
+    computed in floating point carry rounding errors of a few eps · λ_max times its size: below this level a
+    direction cannot be told from zero. r is the number of metric-weighted outputs, d the parameter count.
     """
-    return max(rows, cols) * torch.finfo(dtype).eps
+    return 10 * max(1, min(rows, cols)) * torch.finfo(dtype).eps
 
 
 @dataclass(frozen=True)
@@ -28,14 +30,16 @@ class MoorePenrose:
 
     Args:
         rtol: eigenvalues of G at or below ``rtol · λ_max`` count as zero. ``None`` uses
-            :func:`default_rtol`, max(r, d)·eps. The numerical rank is reported in the result.
+            :func:`default_rtol`, 10·min(r, d)·eps. The numerical rank is reported in the result.
     """
 
     rtol: float | None = None
 
     def __post_init__(self) -> None:
-        if self.rtol is not None and not (0 <= self.rtol < 1):
-            raise ValueError(f"MoorePenrose: rtol must be in [0, 1), got {self.rtol!r}")
+        if self.rtol is not None and not (0 <= check_real("MoorePenrose", "rtol", self.rtol) < 1):
+            raise ValueError(
+                f"MoorePenrose: rtol must be in [0, 1) (None for the default max(r, d)·eps), got {self.rtol!r}"
+            )
 
     def resolve_rtol(self, dtype: torch.dtype, rows: int, cols: int) -> float:
         return default_rtol(dtype, rows, cols) if self.rtol is None else float(self.rtol)
@@ -82,6 +86,7 @@ class MinNorm:
     rtol: float | None = None
 
     def check(self, call: str, d: int, like: Tensor) -> None:
+        check_tensor(call, "MinNorm h", self.h)
         shape = (d,) if self.h.ndim == 1 else (d, d)
         check_like(call, "MinNorm h", self.h, shape, like)
 
@@ -119,7 +124,7 @@ class Damped:
     damping: float
 
     def __post_init__(self) -> None:
-        lam = float(self.damping)
+        lam = check_real("Damped", "damping", self.damping)
         if not (lam > 0 and lam < float("inf")):
             raise ValueError(
                 f"Damped: damping must be finite and > 0, got {self.damping!r}; use MoorePenrose() for λ = 0"

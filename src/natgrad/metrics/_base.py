@@ -40,6 +40,10 @@ class LocalMetric(ABC):
         b = self.factor()
         return b @ b.T
 
+    def factor_norm(self) -> Tensor:
+        """‖B‖₂ = √λ_max(g), the largest singular value of B."""
+        return torch.linalg.matrix_norm(self.factor(), ord=2)
+
     dtype: torch.dtype
     device: torch.device
 
@@ -84,6 +88,9 @@ class DiagonalLocal(LocalMetric):
 
     def factor(self) -> Tensor:
         return torch.diag(self.root)
+
+    def factor_norm(self) -> Tensor:
+        return self.root.max()
 
     def matrix(self) -> Tensor:
         return torch.diag(self.weights)

@@ -18,7 +18,6 @@ class _CategoricalLocal(LocalMetric):
         self.sqrt_p = self.p.sqrt()
         self.n = self.r = z.numel()
         self.dtype, self.device = z.dtype, z.device
-        self._pinv: Tensor | None = None
 
     def _rows(self, x: Tensor) -> tuple[Tensor, bool]:
         vector = x.ndim == 1
@@ -45,17 +44,28 @@ class _CategoricalLocal(LocalMetric):
         return self.sqrt_p[:, :, None] * eye - self.p[:, :, None] * self.sqrt_p[:, None, :]
 
     def factor_solve(self, u: Tensor) -> Tensor:
-        if self._pinv is None:
-            self._pinv = torch.linalg.pinv(self._blocks())
+        # B = diag(√p)(I − √p√pᵀ) on the support p > 0, zero elsewhere; its range is {y: Σ y = 0} there, so
+        # B⁺u = (u − mean_S(u)) / √p on the support S, 0 off it. Closed form: an SVD-based pinv would keep
+        # the rounding-level singular value of the null direction √p and blow it up.
         x, vector = self._rows(u)
-        return self._out(self._pinv @ x, vector)
+        support = (self.p > 0)[..., None]
+        count = support.sum(dim=1, keepdim=True)
+        centred = x - (x * support).sum(dim=1, keepdim=True) / count
+        root = torch.where(support, self.sqrt_p[..., None], 1.0)
+        return self._out(torch.where(support, centred / root, 0.0), vector)
 
     def factor(self) -> Tensor:
         return torch.block_diag(*self._blocks())
 
+    def _g_blocks(self) -> Tensor:
+        return torch.diag_embed(self.p) - self.p[:, :, None] * self.p[:, None, :]
+
     def matrix(self) -> Tensor:
-        blocks = torch.diag_embed(self.p) - self.p[:, :, None] * self.p[:, None, :]
-        return torch.block_diag(*blocks)
+        return torch.block_diag(*self._g_blocks())
+
+    def factor_norm(self) -> Tensor:
+        # ‖B‖₂² = largest eigenvalue over the rows' C×C blocks diag(p) − ppᵀ.
+        return torch.linalg.eigvalsh(self._g_blocks()).amax().clamp_min(0).sqrt()
 
 
 class Categorical(Metric):

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from natgrad._checks import check_finite, check_tensor
 from natgrad.metrics._base import DenseLocal, LocalMetric, Metric, check_output_size, psd_factor
 
 
@@ -22,6 +23,7 @@ class Dense(Metric):
     """g = matrix, a fixed symmetric PSD (n, n) matrix acting on ``z.flatten()``."""
 
     def __init__(self, matrix: Tensor) -> None:
+        check_tensor("Dense", "matrix", matrix)
         self._factor = psd_factor("Dense", matrix)
         self.n = matrix.shape[0]
 
@@ -34,8 +36,12 @@ class Factor(Metric):
     """g = B Bᵀ for a given factor B of shape (n, r): PSD by construction."""
 
     def __init__(self, factor: Tensor) -> None:
+        check_tensor("Factor", "B", factor)
         if factor.ndim != 2:
             raise ValueError(f"Factor: B must be a matrix (n, r), got shape {tuple(factor.shape)}")
+        if not factor.is_floating_point():
+            raise TypeError(f"Factor: B must be floating point, got dtype {factor.dtype}")
+        check_finite("Factor", "B", factor)
         self.b = factor
 
     def at(self, z: Tensor, call: str = "Factor") -> LocalMetric:

@@ -24,7 +24,14 @@ class Gaussian(Metric):
     """
 
     def __init__(self, variance: float | Tensor = 1.0) -> None:
-        v = torch.as_tensor(variance)
+        try:
+            v = torch.as_tensor(variance)
+        except (TypeError, ValueError, RuntimeError):
+            v = None
+        if v is None or v.is_complex() or v.dtype == torch.bool:
+            raise TypeError(
+                f"Gaussian: variance must be a positive float or a real tensor, got {type(variance).__name__}"
+            )
         if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
             raise ValueError(f"Gaussian: variance must be finite and > 0, got {variance!r}")
         self.variance = variance

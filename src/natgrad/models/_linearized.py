@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-from natgrad._tree import Params, flatten_params, unflatten_like
+from natgrad._tree import Params, flatten_params, leaves
 
 
 class Linearization:
@@ -27,31 +27,46 @@ class Linearization:
         self.d = self.flat.numel()
         self.call = call
         self.out_shape: torch.Size = torch.Size()
+        # Differentiate with respect to the parameter tensors themselves, not a flat vector split into views:
+        # slicing a flat vector makes every VJP zero-fill and add a d-sized buffer per tensor.
+        self._leaves = tuple(t.detach() for t in leaves(params))
+        self._sizes = [t.numel() for t in self._leaves]
 
-        def phi_flat(x: Tensor) -> Tensor:
-            out = phi(unflatten_like(x, params))
+        def phi_leaves(*tensors: Tensor) -> Tensor:
+            structured = (
+                tensors[0] if isinstance(params, Tensor) else dict(zip(params.keys(), tensors, strict=True))
+            )
+            out = phi(structured)
             if not isinstance(out, Tensor):
                 raise TypeError(f"{call}: phi(params) must return a Tensor, got {type(out).__name__}")
             self.out_shape = out.shape
             return out.reshape(-1)
 
-        self._phi_flat = phi_flat
-        z_flat, self._vjp_fn = vjp(phi_flat, self.flat)
+        self._phi_leaves = phi_leaves
+        z_flat, self._vjp_fn = vjp(phi_leaves, *self._leaves)
         self.z_flat = z_flat.detach()
         self.z = self.z_flat.reshape(self.out_shape)
         self.n = self.z_flat.numel()
 
+    def _split(self, t: Tensor) -> tuple[Tensor, ...]:
+        return tuple(
+            p.reshape(leaf.shape) for p, leaf in zip(t.split(self._sizes), self._leaves, strict=True)
+        )
+
+    def _vjp_flat(self, u: Tensor) -> Tensor:
+        return torch.cat([g.reshape(-1) for g in self._vjp_fn(u)])
+
     def vjp(self, u: Tensor) -> Tensor:
         """Jᵀ u for u of shape (n,)."""
-        return self._vjp_fn(u)[0]
+        return self._vjp_flat(u)
 
     def vjp_rows(self, u: Tensor) -> Tensor:
         """(Jᵀ uᵢ)ᵢ for u of shape (k, n): returns (k, d)."""
-        return vmap(lambda row: self._vjp_fn(row)[0])(u)
+        return vmap(self._vjp_flat)(u)
 
     def jvp(self, t: Tensor) -> Tensor:
         """J t for t of shape (d,)."""
-        return jvp(self._phi_flat, (self.flat,), (t,))[1]
+        return jvp(self._phi_leaves, self._leaves, self._split(t))[1]
 
     def jvp_rows(self, t: Tensor) -> Tensor:
         """(J tᵢ)ᵢ for t of shape (k, d): returns (k, n)."""

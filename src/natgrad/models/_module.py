@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 from torch.func import functional_call
+
+
+class ModuleRecord(NamedTuple):
+    """What ``from_module`` parametrised: the structured route re-runs ``module(*args, **kwargs)`` with hooks."""
+
+    module: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def module_record(phi: Any) -> ModuleRecord | None:
+    """The record ``from_module`` attached to ``phi`` (``phi.natgrad_module``), or None for other callables."""
+    record = getattr(phi, "natgrad_module", None)
+    return record if isinstance(record, ModuleRecord) else None
 
 
 def from_module(
@@ -25,7 +39,9 @@ def from_module(
 
     Returns:
         ``(phi, params)``: ``phi(params) == module(*inputs, **kwargs)``, and ``params`` a dict of detached
-        parameter tensors (sharing storage with the module).
+        parameter tensors (sharing storage with the module). ``phi`` is a plain function carrying the attribute
+        ``phi.natgrad_module``, a :class:`ModuleRecord` ``(module, args, kwargs)`` that lets
+        ``natural_gradient`` use the layer-structured route (``method="structured"``).
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"from_module: module must be a torch.nn.Module, got {type(module).__name__}")
@@ -47,4 +63,5 @@ def from_module(
             )
         return out
 
+    phi.natgrad_module = ModuleRecord(module, args, kw)  # type: ignore[attr-defined]
     return phi, params

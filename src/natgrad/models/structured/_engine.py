@@ -1,7 +1,7 @@
 """Bridge from the engine's metrics to the structured route: the Moore–Penrose natural gradient of a module.
 
-``structured_natural_gradient`` is the body the engine's ``method="structured"`` route needs: it takes the
-module and inputs (the structured route reads layer inputs, so a bare ``phi`` callable is not enough).
+``factor_for`` turns an engine metric into the kernel's factor; ``structured_natural_gradient`` is a shortcut to
+``natural_gradient(..., method="structured")`` from a module and its inputs.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from torch import Tensor, nn
 from natgrad.metrics import LocalMetric, Metric
 from natgrad.metrics._base import DiagonalLocal
 from natgrad.metrics._categorical import _CategoricalLocal
-
-from ._kernel import structured_kernel
 
 
 def factor_for(local: LocalMetric, output: Tensor) -> Tensor:
@@ -41,34 +39,20 @@ def structured_natural_gradient(
     rtol: float | None = None,
     chunk_size: int | None = None,
 ) -> tuple[dict[str, Tensor], int]:
-    """Moore–Penrose v = A⁺ c, A = Bᵀ J, ∇z L = B c, through the structured kernel K = A Aᵀ.
+    """Moore–Penrose v = G⁺∇ through the structured kernel K = A Aᵀ: ``natural_gradient(method="structured")``.
 
-    With K = U diag(λ) Uᵀ restricted to λ > rtol·λ_max: v = Aᵀ U diag(1/λ) Uᵀ c, one VJP.
-    Requires ∇z L in the range of g (the usual losses); raises otherwise.
+    v = Aᵀ K⁺ c when ∇z L = B c, else v = Aᵀ K⁺² A∇, with the engine's cutoff λ > rtol·λ_max on K's
+    eigenvalues. Kept as a shortcut from (module, inputs); ``chunk_size`` is accepted for compatibility and
+    does not change the result.
 
     Returns:
         (direction as a dict of parameter tensors, numerical rank).
     """
-    call = "structured_natural_gradient"
-    with torch.enable_grad():
-        z = module(*(inputs if isinstance(inputs, tuple) else (inputs,))).detach().requires_grad_(True)
-        value = loss(z)
-        (output_grad,) = torch.autograd.grad(value, z)
-    local = metric.at(z.detach(), call=call)
-    output_grad = output_grad.reshape(-1)
-    c = local.factor_solve(output_grad)
-    mismatch = torch.linalg.vector_norm(local.factor_matmul(c) - output_grad)
-    if mismatch > torch.finfo(z.dtype).eps ** 0.5 * torch.linalg.vector_norm(output_grad):
-        raise ValueError(
-            f"{call}: ∇z L is not in the range of the metric g; use natural_gradient with method='dual'"
-        )
-    kernel, context = structured_kernel(module, inputs, factor_for(local, z.detach()), chunk_size)
-    evals, evecs = torch.linalg.eigh(kernel)
-    if rtol is None:
-        rtol = (
-            max(kernel.shape[0], sum(p.numel() for p in context.params.values())) * torch.finfo(z.dtype).eps
-        )
-    keep = (evals > rtol * evals.max()) & (evals > 0)
-    u = evecs[:, keep]
-    y = u @ ((u.T @ c) / evals[keep])
-    return context.vjp(y), int(keep.sum())
+    from natgrad.linalg import MoorePenrose
+    from natgrad.models import from_module
+    from natgrad.natural_gradient import natural_gradient
+
+    del chunk_size
+    phi, params = from_module(module, inputs)
+    res = natural_gradient(phi, params, loss, metric, MoorePenrose(rtol), method="structured")
+    return res.direction, int(res.rank)

@@ -169,6 +169,18 @@ def structured_kernel(
 
     columns_per_pass = width if chunk_size is None else max(1, chunk_size // max(num_examples, 1))
     examples_per_chunk = None if chunk_size is None else max(1, chunk_size // max(width, 1))
+
+    def pause():
+        return _Paused(recorder)
+
+    params = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    outside = _outside_parameters(output, calls, params, pause)
+    if outside:
+        # Parameters (partly) used outside the modules that register them: their rows come from batched
+        # VJPs of the whole output, so the layer formulas must not count them again.
+        for call in calls:
+            call.params = {k: p for k, p in call.params.items() if id(p) not in outside}
+        calls = [call for call in calls if call.params]
     signals = _signals(output, calls, factor, columns_per_pass) if calls else []
 
     uses: dict[int, int] = {}
@@ -179,9 +191,10 @@ def structured_kernel(
     kernel = output.new_zeros((r, r))
     tied_rows: dict[int, torch.Tensor] = {}
     routes: dict[str, str] = {}
-
-    def pause():
-        return _Paused(recorder)
+    if outside:
+        names = [name for name, p in params.items() if id(p) in outside]
+        add_rows(kernel, _whole_model_rows(output, [params[k] for k in names], factor, examples_per_chunk))
+        routes["<outside modules>"] = "whole-model/vjp: " + ", ".join(names)
 
     for index, call in enumerate(calls):
         s = signals[index]
@@ -208,7 +221,6 @@ def structured_kernel(
         add_rows(kernel, rows)
     if dense is not None:
         kernel = dense.T @ kernel @ dense
-    params = {name: p for name, p in module.named_parameters() if p.requires_grad}
     context = StructuredContext(
         output=output.detach(),
         params=params,
@@ -218,6 +230,77 @@ def structured_kernel(
         _graph_output=output if output.requires_grad else None,
     )
     return kernel, context
+
+
+def _outside_parameters(
+    output: torch.Tensor, calls: list[ModuleCall], params: dict[str, nn.Parameter], pause
+) -> set[int]:
+    """Ids of parameters whose use is not fully inside recorded calls of modules that register them.
+
+    For a fixed random cotangent u, the full gradient ∂⟨u, z⟩/∂p must equal the sum over the calls owning p
+    of the call's local VJP (module re-run on its recorded inputs, signal of u at its output). A parameter
+    used directly in a parent's forward, or registered by a module that is never called, fails this.
+    """
+    plist = list(params.values())
+    if not plist or not output.requires_grad:
+        return set()
+    u = torch.randn(output.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u = u.to(dtype=output.dtype, device=output.device)
+    full = torch.autograd.grad(output, plist, u, retain_graph=True, allow_unused=True)
+    local = {id(p): torch.zeros_like(p) for p in plist}
+    if calls:
+        signals = output_signals(output, calls, u.reshape(1, output.shape[0], -1))
+        for call, s in zip(calls, signals, strict=True):
+            with torch.enable_grad(), pause():
+                out = call.module(*call.args, **call.kwargs)
+            owned = list(call.params.values())
+            for p, g in zip(owned, torch.autograd.grad(out, owned, s[0], allow_unused=True), strict=True):
+                if g is not None:
+                    local[id(p)] += g
+    outside = set()
+    tol = torch.finfo(output.dtype).eps ** 0.5
+    for p, g in zip(plist, full, strict=True):
+        g = torch.zeros_like(p) if g is None else g
+        gap = torch.linalg.vector_norm(g - local[id(p)])
+        if gap > tol * (torch.linalg.vector_norm(g) + torch.linalg.vector_norm(local[id(p)])):
+            outside.add(id(p))
+    return outside
+
+
+def _whole_model_rows(
+    output: torch.Tensor, plist: list[nn.Parameter], factor: BlockFactor, examples_per_chunk: int | None
+) -> torch.Tensor:
+    """Rows (Jᵀ B)ᵀ for the given parameters, (r, Σ numel), by batched VJPs of the whole output.
+
+    Row a = (i, j) uses the cotangent that is column j of B_i on example i and zero elsewhere.
+    """
+    n, width = factor.num_examples, factor.width
+    columns = factor.cotangents(0, width, output)  # (k, N, C)
+    step = n if not examples_per_chunk else max(1, examples_per_chunk)
+    parts = []
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        examples = torch.arange(start, stop, device=output.device)
+        cot = output.new_zeros((stop - start, width, n, columns.shape[2]))
+        cot[torch.arange(stop - start, device=output.device), :, examples] = columns[:, examples].transpose(
+            0, 1
+        )
+        grads = torch.autograd.grad(
+            output,
+            plist,
+            grad_outputs=cot.reshape(-1, *output.shape),
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+        rows = [
+            torch.zeros(((stop - start) * width, p.numel()), dtype=output.dtype, device=output.device)
+            if g is None
+            else g.reshape(g.shape[0], -1)
+            for g, p in zip(grads, plist, strict=True)
+        ]
+        parts.append(torch.cat(rows, dim=1))
+    return torch.cat(parts, dim=0)
 
 
 class _Paused:
