@@ -1,0 +1,29 @@
+"""Training with exact natural gradients: the `NGD` optimizer and the losses that carry their metric.
+
+Example::
+
+    opt = NGD(model.parameters(), lr=1.0, line_search="backtracking")
+    f = opt.functional(model)
+    for x, y in batches:
+        opt.step(lambda p: f(p, x), CrossEntropy(y))       # categorical Fisher from the loss
+
+    opt.step(lambda p: residuals(f, p))                     # Gauss–Newton on a residual vector
+"""
+
+from ._damping import LevenbergMarquardt
+from ._line_search import backtracking, default_grid, grid_search
+from ._losses import BinaryCrossEntropy, CrossEntropy, GaussianNLL, LeastSquares, monte_carlo_factor
+from .ngd import NGD
+
+__all__ = [
+    "NGD",
+    "BinaryCrossEntropy",
+    "CrossEntropy",
+    "GaussianNLL",
+    "LeastSquares",
+    "LevenbergMarquardt",
+    "backtracking",
+    "default_grid",
+    "grid_search",
+    "monte_carlo_factor",
+]
