@@ -139,8 +139,8 @@ def run_case(s: Settings, batch: int, dtype_name: str, device: torch.device, dua
         "n": n,
         "r": n,
         "gradient_seconds": grad_time,
-        "auto_route_default_budget": ng.choose_route(n, d, itemsize, DEFAULT_MEMORY_BUDGET),
-        "auto_route_this_budget": ng.choose_route(n, d, itemsize, s.memory_budget),
+        "auto_route_default_budget": ng.choose_route(n, d, itemsize, DEFAULT_MEMORY_BUDGET, structured=True),
+        "auto_route_this_budget": ng.choose_route(n, d, itemsize, s.memory_budget, structured=True),
         "routes": {},
     }
     print(
