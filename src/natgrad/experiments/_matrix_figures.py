@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from natgrad.experiments._figures import save_figure
+
 
 def _test_error_vs_observed(results: dict[str, Any], path: Path) -> Path:
     counts = sorted(int(k) for k in results["gd"])
@@ -30,9 +32,7 @@ def _test_error_vs_observed(results: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("test MSE on unobserved entries")
     ax.set_title(f"{results['size']}×{results['size']}, rank {results['rank']}")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -54,9 +54,7 @@ def _singular_values(results: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("time (GD: lr·steps; NGD: Σ η)")
         ax.set_title(label, fontsize=9)
     axes[0][0].set_ylabel(f"singular values of E (|Ω| = {key})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -96,9 +94,7 @@ def _drift(results: dict[str, Any], path: Path) -> Path:
     right.set_ylabel("RMS change of unobserved entries")
     right.set_title(f"discrete runs, |Ω| = {key}", fontsize=9)
     right.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

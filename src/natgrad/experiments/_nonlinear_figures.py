@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from natgrad.experiments._figures import save_figure
+
 _STYLES = ("-", "--", ":", "-.")
 
 
@@ -38,9 +40,7 @@ def _outputs_over_time(results: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("time (lr · steps)")
         ax.legend(fontsize=7, title="architecture (line style)", title_fontsize=7)
     axes[0].set_ylabel("training outputs (4 points, colour = point)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -69,8 +69,7 @@ def _grid_predictions(results: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("x₂")
         ax.set_ylabel("x₁")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, tight=False)
     return path
 
 

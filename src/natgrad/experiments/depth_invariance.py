@@ -18,6 +18,7 @@ import torch
 
 import natgrad.linear as nl
 from natgrad.experiments._base import Claim, Experiment, Progress
+from natgrad.experiments._figures import save_figure
 
 ARCHITECTURES = ("linear", "signed-diagonal-2", "signed-diagonal-3", "fully-connected-3", "fully-connected-4")
 
@@ -194,9 +195,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     )
     axes[1].legend(fontsize=7)
     paths = [out_dir / "depth_invariance_trajectories.png"]
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
+    save_figure(fig, paths[0])
     fig, ax = plt.subplots(figsize=(5, 4))
     for method in ("gd", "ngd"):
         for name, gap in results["gaps"][method].items():
@@ -206,8 +205,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.legend(fontsize=6)
     fig.tight_layout()
     paths.append(out_dir / "depth_invariance_gaps.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save_figure(fig, paths[-1], tight=False)
     return paths
 
 

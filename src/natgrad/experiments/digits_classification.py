@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from natgrad.experiments._base import Claim, Experiment, Progress
+from natgrad.experiments._figures import save_figure
 from natgrad.optim import NGD, CrossEntropy, LevenbergMarquardt
 
 METHODS = ("ngd", "sgd", "adam")
@@ -223,10 +224,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     fig.suptitle(
         f"Digits ({results['num_train']} train / {results['num_test']} test), MLP {results['num_params']} params"
     )
-    fig.tight_layout()
-    path = out_dir / "digits_accuracy.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, out_dir / "digits_accuracy.png")
     return [path]
 
 

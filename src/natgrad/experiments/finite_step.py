@@ -18,6 +18,7 @@ import torch
 
 import natgrad as ng
 from natgrad.experiments._base import Claim, Experiment, Progress
+from natgrad.experiments._figures import save_figure
 from natgrad.experiments._invariance_common import (
     F64,
     PAPER,
@@ -142,10 +143,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_xlabel("step size ε")
     ax.set_title("one natural gradient step: model gap O(ε²), parameter gap O(ε)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = figure_path(out_dir, "finite_step")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, figure_path(out_dir, "finite_step"))
     return [path]
 
 

@@ -17,6 +17,7 @@ import torch
 
 import natgrad as ng
 from natgrad.experiments._base import Claim, Experiment, Progress
+from natgrad.experiments._figures import save_figure
 from natgrad.experiments._invariance_common import (
     F64,
     PAPER,
@@ -165,10 +166,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     for ax in axes:
         ax.set_xlabel("t")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = figure_path(out_dir, "flows_two_charts")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, figure_path(out_dir, "flows_two_charts"))
     return [path]
 
 

@@ -21,6 +21,7 @@ import torch
 import natgrad as ng
 from natgrad.diagnostics import pushforward_check, submersion_test
 from natgrad.experiments._base import Claim, Experiment, Progress
+from natgrad.experiments._figures import save_figure
 from natgrad.experiments._invariance_common import (
     F64,
     FAILURE_MIN,
@@ -232,10 +233,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax2.set_xlabel("t")
     ax2.set_title("flow of the marginals")
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    path = figure_path(out_dir, "independence_model")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, figure_path(out_dir, "independence_model"))
     return [path]
 
 

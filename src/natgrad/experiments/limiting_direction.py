@@ -23,6 +23,7 @@ import torch
 
 import natgrad.linear as nl
 from natgrad.experiments._base import Claim, Experiment, Progress
+from natgrad.experiments._figures import save_figure
 
 
 @dataclass(frozen=True)
@@ -275,10 +276,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     axes[1].set_xlabel("t")
     axes[1].set_ylabel("margin y_i x_iᵀw (training-Fisher NGF)")
     axes[1].legend()
-    fig.tight_layout()
-    path = out_dir / "limiting_direction.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, out_dir / "limiting_direction.png")
     return [path]
 
 

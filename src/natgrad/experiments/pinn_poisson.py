@@ -27,6 +27,7 @@ import torch
 import natgrad as ng
 from natgrad.experiments import _poisson as poisson
 from natgrad.experiments._base import Claim, Experiment, Progress
+from natgrad.experiments._figures import save_figure
 from natgrad.optim import NGD
 
 
@@ -242,10 +243,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.axhline(results["error_target"], color="grey", linestyle=":", linewidth=1)
         ax.legend()
     fig.suptitle(f"Poisson PINN, {results['num_params']} parameters, {results['num_residuals']} residuals")
-    fig.tight_layout()
-    path = out_dir / "pinn_poisson_error.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, out_dir / "pinn_poisson_error.png")
     return [path]
 
 

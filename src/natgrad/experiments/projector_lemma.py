@@ -18,6 +18,7 @@ import torch
 import natgrad as ng
 from natgrad.diagnostics import ginverse_independence, projector_check, projector_matrix
 from natgrad.experiments._base import Claim, Experiment, Progress
+from natgrad.experiments._figures import save_figure
 from natgrad.experiments._invariance_common import (
     F64,
     FAILURE_MIN,
@@ -261,10 +262,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax2.set_xlabel("λ / λ_min(G)")
     ax2.set_title("damping and cutoff failures")
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    path = figure_path(out_dir, "projector_lemma")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, figure_path(out_dir, "projector_lemma"))
     return [path]
 
 

@@ -21,6 +21,7 @@ import torch
 import natgrad as ng
 from natgrad.diagnostics import chart_jacobian, pullback_metric, reparametrisation_check
 from natgrad.experiments._base import Claim, Experiment, Progress
+from natgrad.experiments._figures import save_figure
 from natgrad.experiments._invariance_common import (
     F64,
     FAILURE_MIN,
@@ -232,10 +233,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
         "softmax + Fisher–Rao: which reparametrisations leave the natural parameter gradient invariant"
     )
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
-    fig.tight_layout()
-    path = figure_path(out_dir, "reparametrisation")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, figure_path(out_dir, "reparametrisation"))
     return [path]
 
 

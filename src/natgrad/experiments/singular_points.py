@@ -23,6 +23,7 @@ import torch
 import natgrad as ng
 from natgrad.diagnostics import cutoff_sensitivity
 from natgrad.experiments._base import Claim, Experiment, Progress
+from natgrad.experiments._figures import save_figure
 from natgrad.experiments._invariance_common import (
     F64,
     FAILURE_MIN,
@@ -351,10 +352,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_xlabel("Moore–Penrose rtol")
     ax.set_title("cutoff near the rank drop of (ξ₁ξ₂, ξ₁ξ₃), ξ₁ = 1e-5")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = figure_path(out_dir, "singular_points")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, figure_path(out_dir, "singular_points"))
     return [path]
 
 

@@ -15,6 +15,7 @@ import torch
 
 import natgrad as ng
 from natgrad.experiments._base import Claim, Experiment, Progress
+from natgrad.experiments._figures import save_figure
 from natgrad.experiments._invariance_common import (
     IDENTITY_TOL,
     PAPER,
@@ -141,10 +142,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax2.set_xlabel("t")
     ax2.set_title("relative model error along the flow")
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    path = figure_path(out_dir, "softmax_kl")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, figure_path(out_dir, "softmax_kl"))
     return [path]
 
 

@@ -18,6 +18,7 @@ import torch
 
 import natgrad.linear as nl
 from natgrad.experiments._base import Claim, Experiment, Progress
+from natgrad.experiments._figures import save_figure
 
 DEPTHS = (1, 2, 3)
 
@@ -158,10 +159,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_ylabel("mean test accuracy")
     ax.set_title("sparse classification, d = 100, n = 40")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out_dir / "sparse_classification_accuracy.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, out_dir / "sparse_classification_accuracy.png")
     return [path]
 
 
