@@ -251,10 +251,10 @@ def natural_gradient(
             "or raise memory_budget"
         )
     chunk = max(1, min(r, d, budget // max(1, 4 * itemsize * (lin.n + d))))
-    solved = None
+    solved, pushforward = None, None
     if route == "structured":
         try:
-            solved = solve_structured(problem, inverse, record, params, chunk)
+            *solved, pushforward = solve_structured(problem, inverse, record, params, chunk)
         except StructuredUnsupported as error:
             if method != "auto":
                 raise ValueError(_structured_error(str(error))) from error
@@ -271,7 +271,7 @@ def natural_gradient(
     if refused is not None:
         info = {**info, "structured_refused": refused}
     check_finite(CALL, "the natural gradient", v, "the Gram matrix may be too ill-conditioned; try Damped")
-    pushforward = lin.jvp(v).reshape(z.shape)
+    pushforward = (lin.jvp(v) if pushforward is None else pushforward).reshape(z.shape)
     return NaturalGradient(
         direction=unflatten_like(v, params),
         pushforward=pushforward,

@@ -9,50 +9,71 @@ from natgrad.metrics._base import LocalMetric, Metric
 
 
 class _CategoricalLocal(LocalMetric):
-    """Per row p = softmax(z): g = diag(p) − ppᵀ = B Bᵀ with B = diag(√p) − p √pᵀ."""
+    """Per row p = softmax(z): g = diag(p) − ppᵀ = B Bᵀ with B = diag(√p) Q (C × (C−1)).
+
+    Q is an orthonormal basis of √p⊥: the first C−1 columns of the Householder reflection H = I − 2wwᵀ/wᵀw,
+    w = √p + e_C, which maps √p to −e_C. Then B Bᵀ = diag(√p)(I − √p√pᵀ)diag(√p) = diag(p) − ppᵀ, and B has
+    full column rank when every p > 0, so the factored problem has r = N·(C−1) rows and no built-in null
+    direction (the square root diag(√p) − p√pᵀ would have one per row).
+    """
 
     def __init__(self, z: Tensor) -> None:
         self.shape = z.shape
         self.classes = z.shape[-1]
         self.p = torch.softmax(z.reshape(-1, self.classes), dim=-1)
         self.sqrt_p = self.p.sqrt()
-        self.n = self.r = z.numel()
+        self.n = z.numel()
+        self.r = self.p.shape[0] * (self.classes - 1)
         self.dtype, self.device = z.dtype, z.device
+        self._w = self.sqrt_p.clone()
+        self._w[:, -1] += 1.0
+        self._w_sq = (self._w * self._w).sum(dim=1)[:, None, None]
 
-    def _rows(self, x: Tensor) -> tuple[Tensor, bool]:
+    def _reflect(self, y: Tensor) -> Tensor:
+        """H y per row, y of shape (rows, C, m)."""
+        w = self._w[..., None]
+        return y - 2.0 * w * (w * y).sum(dim=1, keepdim=True) / self._w_sq
+
+    def _q(self, x: Tensor) -> Tensor:
+        """Q x: (rows, C−1, m) -> (rows, C, m)."""
+        return self._reflect(torch.nn.functional.pad(x, (0, 0, 0, 1)))
+
+    def _qt(self, y: Tensor) -> Tensor:
+        """Qᵀ y: (rows, C, m) -> (rows, C−1, m)."""
+        return self._reflect(y)[:, :-1]
+
+    def _rows(self, x: Tensor, size: int) -> tuple[Tensor, bool]:
         vector = x.ndim == 1
-        x = x.reshape(-1, self.classes, 1) if vector else x.reshape(-1, self.classes, x.shape[-1])
+        x = x.reshape(-1, size, 1) if vector else x.reshape(-1, size, x.shape[-1])
         return x, vector
 
-    def _out(self, x: Tensor, vector: bool) -> Tensor:
-        return x.reshape(-1) if vector else x.reshape(self.n, -1)
+    @staticmethod
+    def _out(x: Tensor, vector: bool) -> Tensor:
+        return x.reshape(-1) if vector else x.reshape(-1, x.shape[-1])
 
     def factor_matmul(self, w: Tensor) -> Tensor:
-        x, vector = self._rows(w)
-        s, p = self.sqrt_p[..., None], self.p[..., None]
-        out = s * x - p * (s * x).sum(dim=1, keepdim=True)
-        return self._out(out, vector)
+        x, vector = self._rows(w, self.classes - 1)
+        return self._out(self.sqrt_p[..., None] * self._q(x), vector)
 
     def factor_t_matmul(self, u: Tensor) -> Tensor:
-        x, vector = self._rows(u)
-        s, p = self.sqrt_p[..., None], self.p[..., None]
-        out = s * x - s * (p * x).sum(dim=1, keepdim=True)
-        return self._out(out, vector)
+        x, vector = self._rows(u, self.classes)
+        return self._out(self._qt(self.sqrt_p[..., None] * x), vector)
 
     def _blocks(self) -> Tensor:
-        eye = torch.eye(self.classes, dtype=self.dtype, device=self.device)
-        return self.sqrt_p[:, :, None] * eye - self.p[:, :, None] * self.sqrt_p[:, None, :]
+        """The per-row factors diag(√p) Q, (rows, C, C−1)."""
+        eye = torch.eye(self.classes, self.classes - 1, dtype=self.dtype, device=self.device)
+        return self.sqrt_p[:, :, None] * self._reflect(eye.expand(self.p.shape[0], -1, -1))
 
     def factor_solve(self, u: Tensor) -> Tensor:
-        # B = diag(√p)(I − √p√pᵀ) on the support p > 0, zero elsewhere; its range is {y: Σ y = 0} there, so
-        # B⁺u = (u − mean_S(u)) / √p on the support S, 0 off it. Closed form: an SVD-based pinv would keep
-        # the rounding-level singular value of the null direction √p and blow it up.
-        x, vector = self._rows(u)
+        # diag(√p) Q c = u: on the support p > 0 the range of diag(√p)(I − √p√pᵀ) is {y: Σ y = 0}, solved by
+        # x = (u − mean_S(u)) / √p there and 0 off it; then c = Qᵀx, since Q Qᵀ = I − √p√pᵀ. Closed form: an
+        # SVD-based pinv would keep rounding-level singular values where p underflows and blow them up.
+        x, vector = self._rows(u, self.classes)
         support = (self.p > 0)[..., None]
         count = support.sum(dim=1, keepdim=True)
         centred = x - (x * support).sum(dim=1, keepdim=True) / count
         root = torch.where(support, self.sqrt_p[..., None], 1.0)
-        return self._out(torch.where(support, centred / root, 0.0), vector)
+        return self._out(self._qt(torch.where(support, centred / root, 0.0)), vector)
 
     def factor(self) -> Tensor:
         return torch.block_diag(*self._blocks())

@@ -123,6 +123,7 @@ def structured_kernel(
     inputs: Any,
     output_factor: Factor = None,
     chunk_size: int | None = None,
+    check_outside: bool = True,
 ) -> tuple[torch.Tensor, StructuredContext]:
     """The output-side kernel K = (Bᵀ J)(Bᵀ J)ᵀ of a network, assembled layer by layer without forming J.
 
@@ -145,6 +146,9 @@ def structured_kernel(
             of the detached output returning one of these.
         chunk_size: at most this many kernel rows are processed together in the batched backward passes and
             row formations (bounds memory; None processes everything at once). Results do not depend on it.
+        check_outside: look for parameters used outside the modules that register them (one extra
+            backward pass and a re-run of each layer) and give them whole-model rows. With False the layer
+            formulas are trusted as they are; callers then verify K against products with A (the engine does).
 
     Returns:
         ``(K, context)``: K of shape (r, r), and a :class:`StructuredContext` whose ``vjp(y)`` gives Jᵀ B y.
@@ -174,7 +178,7 @@ def structured_kernel(
         return _Paused(recorder)
 
     params = {name: p for name, p in module.named_parameters() if p.requires_grad}
-    outside = _outside_parameters(output, calls, params, pause)
+    outside = _outside_parameters(output, calls, params, pause) if check_outside else set()
     if outside:
         # Parameters (partly) used outside the modules that register them: their rows come from batched
         # VJPs of the whole output, so the layer formulas must not count them again.

@@ -62,11 +62,12 @@ def _add_pair(kernel: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> None:
     """K += Σ_{t,t'} (S_t S_t'ᵀ) ⊙ (X_t X_t'ᵀ ⊗ 1 1ᵀ)."""
     num_examples, width, positions, outputs = s.shape
     flat = s.reshape(num_examples * width, positions, outputs)
+    blocks = kernel.view(num_examples, width, num_examples, width)  # K[(i, a), (j, b)]
     for t in range(positions):
         for u in range(positions):
-            gram_x = x[:, t] @ x[:, u].T
-            gram_x = gram_x.repeat_interleave(width, 0).repeat_interleave(width, 1)
-            kernel.add_((flat[:, t] @ flat[:, u].T) * gram_x)
+            gram_x = x[:, t] @ x[:, u].T  # (N, N), broadcast over the factor columns a, b
+            signal = (flat[:, t] @ flat[:, u].T).view(num_examples, width, num_examples, width)
+            blocks.add_(signal * gram_x[:, None, :, None])
 
 
 def _rows(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
