@@ -54,6 +54,25 @@ def test_l1_max_margin_is_feasible_and_optimal_against_linprog_dual():
     assert float(w.abs().sum()) <= float(svm.abs().sum()) + 1e-9
 
 
+def test_normalised_margin_is_maximal_at_the_svm():
+    pytest.importorskip("scipy.optimize")
+    X, y = _data(8, 10, 0)
+    svm = nl.svm_l2(X, y)
+    gamma = nl.normalised_margin(X, y, svm.w)
+    torch.testing.assert_close(gamma, 1 / svm.w.norm(), atol=1e-12, rtol=0)
+    # scale-invariant, batched like a loop, and the literal min_i y_i x_iᵀw / ‖w‖
+    W = svm.w + 0.1 * torch.randn(50, 10, generator=torch.Generator().manual_seed(1))
+    batched = nl.normalised_margin(X, y, W)
+    torch.testing.assert_close(batched, torch.stack([nl.normalised_margin(X, y, 3.0 * w) for w in W]))
+    literal = torch.tensor([min(float(y[i] * X[i] @ w) for i in range(8)) / float(w.norm()) for w in W])
+    torch.testing.assert_close(batched, literal)
+    # every other direction, near or far, has a smaller normalised margin
+    far = torch.randn(200, 10, generator=torch.Generator().manual_seed(2))
+    assert float(torch.cat([batched, nl.normalised_margin(X, y, far)]).max()) < float(gamma)
+    with pytest.raises(ValueError, match=r"^normalised_margin: w = 0 has no direction"):
+        nl.normalised_margin(X, y, torch.zeros(10))
+
+
 def test_min_norm_interpolant():
     X, y = _data(6, 9, 4)
     w = nl.min_norm_interpolant(X, y)

@@ -4,7 +4,8 @@
   signed-diagonal nets, each constructible from an end-to-end ``w0``.
 * :mod:`~natgrad.linear.fisher`: where the Fisher is taken — training inputs, population (closed form or a
   fixed sample), empirical (not a true Fisher).
-* :mod:`~natgrad.linear.dynamics`: GD / NGD steps and flows, margins and their closed form.
+* :mod:`~natgrad.linear.dynamics`: GD / NGD steps and flows, margins (raw and normalised) and their closed
+  form.
 * :mod:`~natgrad.linear.references`: ℓ2 SVM, ℓ1 max-margin, minimum-norm interpolant.
 * :mod:`~natgrad.linear.data`: Gaussian inputs, sparse teachers.
 """
@@ -20,6 +21,7 @@ from .dynamics import (
     flow,
     jacobian_rank,
     margins,
+    normalised_margin,
     step,
     training_fisher_margin,
 )
@@ -60,6 +62,7 @@ __all__ = [
     "logistic_population_fisher",
     "margins",
     "min_norm_interpolant",
+    "normalised_margin",
     "population_fisher",
     "sparse_teacher",
     "step",

@@ -200,6 +200,18 @@ def margins(X: Tensor, y: Tensor, w: Tensor) -> Tensor:
     return (X @ w.T).T * y if w.ndim == 2 else y * (X @ w)
 
 
+def normalised_margin(X: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    """Normalised margin ``min_i y_i x_iᵀw / ‖w‖`` of the direction of ``w`` ((d,) → scalar, (T, d) → (T,)).
+
+    The ℓ2 SVM direction maximises it (its value there is ``1/‖w_svm‖``); a direction is max-margin exactly
+    when its normalised margin equals the SVM's. Negative when the direction misclassifies a point.
+    """
+    norms = w.norm(dim=-1)
+    if torch.any(norms == 0):
+        raise ValueError("normalised_margin: w = 0 has no direction; pass nonzero predictors")
+    return margins(X, y, w).min(dim=-1).values / norms
+
+
 def training_fisher_margin(m0: Tensor, t: Tensor | float) -> Tensor:
     """Closed form of a margin under training-Fisher logistic NGF with J of full row rank (n ≤ d).
 
@@ -225,6 +237,7 @@ __all__ = [
     "flow",
     "jacobian_rank",
     "margins",
+    "normalised_margin",
     "step",
     "training_fisher_margin",
 ]
