@@ -397,3 +397,29 @@ def test_parameters_used_outside_their_modules_get_whole_model_rows():
     assert context.routes["<outside modules>"] == "whole-model/vjp: enc.weight, dec.bias"
     assert context.routes["enc"] == "linear/pair"  # enc.bias alone still takes the layer formula
     assert _relative(kernel, jac @ jac.T) <= 1e-12
+
+
+@pytest.mark.parametrize("duplicated", [False, True], ids=["full-rank", "repeated-examples"])
+@pytest.mark.parametrize("damping", [None, 0.3])
+def test_engine_solves_by_cholesky_at_full_rank_and_by_eigh_otherwise(duplicated, damping):
+    """Both kernel solves against the float64 reference: repeated examples make K singular (eigh, rank halves)."""
+    import natgrad as ng
+
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 4)).double()
+    x = torch.randn(3, 3, dtype=torch.float64)
+    x = torch.cat([x, x]) if duplicated else x
+    y = torch.tensor([0, 3, 1] * (2 if duplicated else 1))
+    phi, params = ng.from_module(model, x)
+    inverse = ng.MoorePenrose() if damping is None else ng.Damped(damping)
+
+    def loss(z):
+        return nn.functional.cross_entropy(z, y, reduction="sum")
+
+    res = ng.natural_gradient(phi, params, loss, ng.metrics.Categorical(), inverse, method="structured")
+    ref = ng.reference.natural_gradient(phi, params, loss, ng.metrics.Categorical(), inverse)
+    assert res.info["kernel_solve"] == ("eigh" if duplicated else "cholesky")
+    assert res.rank == ref.rank == 9
+    got, want = ng.flatten_params(res.direction), ng.flatten_params(ref.direction)
+    assert float((got - want).norm() / want.norm()) <= 1e-9
+    assert torch.allclose(res.pushforward, ref.pushforward, atol=1e-9 * float(ref.pushforward.abs().max()))

@@ -7,11 +7,11 @@ when its Cholesky factorisation exists):
 
 * an upper bound α ≥ λ_max: twice a few steps of block power iteration, accepted when αI − K factorises,
   else min(‖K‖_F, max row sum of |K|);
-* K − rtol·α·I factorises, so λ_min > rtol·α ≥ rtol·λ_max.
+* K − (rtol + 4(r+1)·eps)·α·I factorises, so λ_min > rtol·α ≥ rtol·λ_max; the extra 4(r+1)·eps·α covers the
+  rounding of the factorisation itself (about (r+1)·eps·‖K‖), so a kernel whose smallest eigenvalue sits within
+  rounding of the cutoff is never certified.
 
-Both tests hold up to the rounding of a Cholesky factorisation (about r·eps·‖K‖), the same scale at which an
-eigendecomposition resolves eigenvalues near the cutoff. A kernel that fails either test goes to eigh, which
-applies the cutoff literally.
+A kernel that fails either test goes to eigh, which applies the cutoff literally.
 """
 
 from __future__ import annotations
@@ -55,8 +55,12 @@ def certified_cholesky(kernel: Tensor, rtol: float) -> Tensor | None:
     top = _largest_eigenvalue_bound(kernel)
     if not top > 0:
         return None
-    eye = torch.eye(kernel.shape[0], dtype=kernel.dtype, device=kernel.device)
-    return chol if _factorises(kernel - (rtol * top) * eye) else None
+    r = kernel.shape[0]
+    eye = torch.eye(r, dtype=kernel.dtype, device=kernel.device)
+    # The shift adds 4·(r+1)·eps·α to the cutoff: a factorisation computed in floating point is exact for a
+    # matrix within about (r+1)·eps·‖K‖ of the one given, so a smaller shift would prove nothing.
+    allowance = 4 * (r + 1) * torch.finfo(kernel.dtype).eps
+    return chol if _factorises(kernel - ((rtol + allowance) * top) * eye) else None
 
 
 class KernelInverse:

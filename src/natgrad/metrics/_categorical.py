@@ -11,10 +11,11 @@ from natgrad.metrics._base import LocalMetric, Metric
 class _CategoricalLocal(LocalMetric):
     """Per row p = softmax(z): g = diag(p) − ppᵀ = B Bᵀ with B = diag(√p) Q (C × (C−1)).
 
-    Q is an orthonormal basis of √p⊥: the first C−1 columns of the Householder reflection H = I − 2wwᵀ/wᵀw,
-    w = √p + e_C, which maps √p to −e_C. Then B Bᵀ = diag(√p)(I − √p√pᵀ)diag(√p) = diag(p) − ppᵀ, and B has
-    full column rank when every p > 0, so the factored problem has r = N·(C−1) rows and no built-in null
-    direction (the square root diag(√p) − p√pᵀ would have one per row).
+    Q is an orthonormal basis of √p⊥: the Householder reflection H = I − 2wwᵀ/wᵀw, w = √p + e_k, maps √p to
+    −e_k, so its columns other than k span √p⊥. Then B Bᵀ = diag(√p)(I − √p√pᵀ)diag(√p) = diag(p) − ppᵀ, and B
+    has full column rank when every p > 0: the factored problem has r = N·(C−1) rows and no built-in null
+    direction (the square root diag(√p) − p√pᵀ would have one per row). The pivot k is the most probable
+    class, so w_k ≥ 1 and H never mixes the large entries that tiny probabilities produce in B⁺.
     """
 
     def __init__(self, z: Tensor) -> None:
@@ -25,9 +26,10 @@ class _CategoricalLocal(LocalMetric):
         self.n = z.numel()
         self.r = self.p.shape[0] * (self.classes - 1)
         self.dtype, self.device = z.dtype, z.device
-        self._w = self.sqrt_p.clone()
-        self._w[:, -1] += 1.0
+        pivot = self.p.argmax(dim=1, keepdim=True)
+        self._w = self.sqrt_p.scatter_add(1, pivot, torch.ones_like(self.sqrt_p[:, :1]))
         self._w_sq = (self._w * self._w).sum(dim=1)[:, None, None]
+        self._kept = torch.ones_like(self.p, dtype=torch.bool).scatter_(1, pivot, False)
 
     def _reflect(self, y: Tensor) -> Tensor:
         """H y per row, y of shape (rows, C, m)."""
@@ -35,12 +37,14 @@ class _CategoricalLocal(LocalMetric):
         return y - 2.0 * w * (w * y).sum(dim=1, keepdim=True) / self._w_sq
 
     def _q(self, x: Tensor) -> Tensor:
-        """Q x: (rows, C−1, m) -> (rows, C, m)."""
-        return self._reflect(torch.nn.functional.pad(x, (0, 0, 0, 1)))
+        """Q x: (rows, C−1, m) -> (rows, C, m), x placed in the rows other than the pivot."""
+        y = x.new_zeros((x.shape[0], self.classes, x.shape[2]))
+        y[self._kept] = x.reshape(-1, x.shape[2])
+        return self._reflect(y)
 
     def _qt(self, y: Tensor) -> Tensor:
         """Qᵀ y: (rows, C, m) -> (rows, C−1, m)."""
-        return self._reflect(y)[:, :-1]
+        return self._reflect(y)[self._kept].reshape(y.shape[0], self.classes - 1, y.shape[2])
 
     def _rows(self, x: Tensor, size: int) -> tuple[Tensor, bool]:
         vector = x.ndim == 1
@@ -61,8 +65,8 @@ class _CategoricalLocal(LocalMetric):
 
     def _blocks(self) -> Tensor:
         """The per-row factors diag(√p) Q, (rows, C, C−1)."""
-        eye = torch.eye(self.classes, self.classes - 1, dtype=self.dtype, device=self.device)
-        return self.sqrt_p[:, :, None] * self._reflect(eye.expand(self.p.shape[0], -1, -1))
+        eye = torch.eye(self.classes - 1, dtype=self.dtype, device=self.device)
+        return self.sqrt_p[:, :, None] * self._q(eye.expand(self.p.shape[0], -1, -1))
 
     def factor_solve(self, u: Tensor) -> Tensor:
         # diag(√p) Q c = u: on the support p > 0 the range of diag(√p)(I − √p√pᵀ) is {y: Σ y = 0}, solved by
@@ -79,7 +83,10 @@ class _CategoricalLocal(LocalMetric):
         return torch.block_diag(*self._blocks())
 
     def _g_blocks(self) -> Tensor:
-        return torch.diag_embed(self.p) - self.p[:, :, None] * self.p[:, None, :]
+        # The diagonal p_i(1 − p_i) as p_i Σ_{j≠i} p_j: p_i − p_i² cancels when p_i ≈ 1.
+        eye = torch.eye(self.classes, dtype=self.dtype, device=self.device)
+        others = self.p @ (1 - eye)
+        return torch.diag_embed(self.p * others) - (1 - eye) * self.p[:, :, None] * self.p[:, None, :]
 
     def matrix(self) -> Tensor:
         return torch.block_diag(*self._g_blocks())
