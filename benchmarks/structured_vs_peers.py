@@ -122,15 +122,19 @@ def structured_step(case: Case, how: str = "cholesky") -> list[torch.Tensor]:
     return [direction[name] for name, _ in case.model.named_parameters()]
 
 
-def natgrad_step(case: Case) -> list[torch.Tensor]:
+def natgrad_result(case: Case) -> ng.NaturalGradient:
     """The public API end to end: ng.natural_gradient with the categorical Fisher, method="auto"."""
     phi, params = ng.from_module(case.model, case.x)
-    res = ng.natural_gradient(
+    return ng.natural_gradient(
         phi,
         params,
         lambda z: nn.functional.cross_entropy(z, case.y, reduction="sum"),
         ng.metrics.Categorical(),
     )
+
+
+def natgrad_step(case: Case) -> list[torch.Tensor]:
+    res = natgrad_result(case)
     return [res.direction[name] for name, _ in case.model.named_parameters()]
 
 
@@ -239,6 +243,12 @@ def measure_case(case: Case, repeats: int, peers: bool, cg: bool, jac: bool, cg_
             "peak_mib": peak,
             "relative_error_vs_float64": relative_error(out, ref),
         }
+    res = natgrad_result(case)
+    row["natgrad_natural_gradient_auto"] |= {
+        "route": res.method,
+        "kernel_solve": res.info.get("kernel_solve"),
+        "rank": res.rank,
+    }
     if cg:
         start = time.perf_counter()
         (out, iterations), peak = peak_memory(lambda: curvlinops_step(case, 1e-6, cg_iter))
@@ -274,9 +284,24 @@ def environment(threads: int) -> dict:
     }
 
 
-def make_mlp_case(width: int, n: int, seed: int = 0) -> Case:
+def make_mlp_case(width: int, n: int, seed: int = 0, latent: int | None = None) -> Case:
+    """MLP 784-w-w-10 on N inputs: isotropic Gaussian, or (``latent``) a ``latent``-dimensional Gaussian
+    embedded in R⁷⁸⁴ plus 1% noise, as natural images are: the kernel is then far from well conditioned."""
     torch.manual_seed(seed)
-    return Case(mlp(width), torch.randn(n, 784), torch.randint(0, 10, (n,)))
+    if latent is None:
+        x = torch.randn(n, 784)
+    else:
+        x = torch.randn(n, latent) @ torch.randn(latent, 784) / latent**0.5 + 0.01 * torch.randn(n, 784)
+    return Case(mlp(width), x, torch.randint(0, 10, (n,)))
+
+
+def kernel_condition(case: Case) -> float:
+    """cond(K) of the float64 structured kernel (categorical Fisher, C − 1 columns per example)."""
+    model = _double(case.model)
+    x = case.x.double()
+    kernel, _ = structured_kernel(model, x, categorical_fisher_factor(model(x).detach()))
+    evals = torch.linalg.eigvalsh(kernel)
+    return float(evals[-1] / evals[0].clamp_min(1e-300))
 
 
 def main() -> None:
@@ -292,10 +317,18 @@ def main() -> None:
     results: dict = {"environment": environment(args.threads)}
 
     print("MLP 784-512-512-10, N=64, categorical Fisher", flush=True)
-    results["mlp"] = measure_case(
-        make_mlp_case(512, 64), repeats, True, not args.quick, args.with_jacrev, args.cg_iter
-    )
+    mlp_case = make_mlp_case(512, 64)
+    results["mlp"] = measure_case(mlp_case, repeats, True, not args.quick, args.with_jacrev, args.cg_iter) | {
+        "kernel_condition": kernel_condition(mlp_case)
+    }
     print(json.dumps(results["mlp"], indent=1), flush=True)
+
+    print("MLP 784-512-512-10, N=64, inputs on a 16-dimensional subspace + 1% noise", flush=True)
+    low_rank = make_mlp_case(512, 64, latent=16)
+    results["mlp_low_rank_inputs"] = measure_case(
+        low_rank, repeats, True, not args.quick, False, args.cg_iter
+    ) | {"kernel_condition": kernel_condition(low_rank)}
+    print(json.dumps(results["mlp_low_rank_inputs"], indent=1), flush=True)
 
     print("CNN 3 conv layers on 32x32x3, N=32", flush=True)
     torch.manual_seed(1)
@@ -305,12 +338,19 @@ def main() -> None:
 
     widths = [64, 128, 256, 512] if args.quick else [64, 128, 256, 512, 1024]
     sizes = [16, 32, 64] if args.quick else [16, 32, 64, 128]
-    results["scaling_width"] = [
-        measure_case(make_mlp_case(w, 64), repeats, True, False, False, 0) | {"width": w} for w in widths
-    ]
-    results["scaling_batch"] = [
-        measure_case(make_mlp_case(512, n), repeats, True, False, False, 0) | {"batch": n} for n in sizes
-    ]
+    cg = not args.quick
+    results["scaling_width"] = []
+    for w in widths:
+        results["scaling_width"].append(
+            measure_case(make_mlp_case(w, 64), repeats, True, cg, False, args.cg_iter) | {"width": w}
+        )
+        print(f"width {w}: done", flush=True)
+    results["scaling_batch"] = []
+    for n in sizes:
+        results["scaling_batch"].append(
+            measure_case(make_mlp_case(512, n), repeats, True, cg, False, args.cg_iter) | {"batch": n}
+        )
+        print(f"batch {n}: done", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "structured_vs_peers.json"
     path.write_text(json.dumps(results, indent=1))
@@ -328,7 +368,15 @@ def figure(results: dict, path: Path) -> None:
     for col, (key, xkey) in enumerate((("scaling_width", "d"), ("scaling_batch", "N"))):
         rows = results[key]
         xs = [r[xkey] for r in rows]
-        for route in ("structured_cholesky", "structured_eigh", "nngeometry_gram_cholesky"):
+        for route in (
+            "natgrad_natural_gradient_auto",
+            "structured_cholesky",
+            "structured_eigh",
+            "nngeometry_gram_cholesky",
+            "curvlinops_ggn_cg",
+        ):
+            if route not in rows[0]:
+                continue
             axes[0, col].plot(xs, [r[route]["seconds"] for r in rows], "o-", label=route)
             axes[1, col].plot(xs, [r[route]["peak_mib"] for r in rows], "o-", label=route)
         axes[0, col].plot(xs, [r["gradient_s"] for r in rows], "k--", label="one gradient")
