@@ -10,7 +10,9 @@ each for the same wall-clock training time (``time.perf_counter``; the clock is 
 is evaluated), with the same fixed number of torch threads for all three (``Config.threads``, recorded in the
 results), from the same initial network and the same fixed train/test split. On a machine shared with other work
 a budget buys fewer steps, for every method alike. Reported: test accuracy against time and against steps, and
-which method ends highest. Every claim uses the final evaluation at the end of the budget.
+which method ends highest. The SGD and Adam claims and the equal-time comparison use the final evaluation; NGD's
+own accuracy claim uses the mean over the evaluations in the last quarter of the budget (clearly labelled),
+because single mini-batch NGD steps move its test accuracy by tens of percentage points between evaluations.
 """
 
 from __future__ import annotations
@@ -159,9 +161,16 @@ def _run(cfg: Config, progress: Progress, threads: int) -> dict[str, Any]:
     }
     for method in METHODS:
         history = _train(method, cfg, data, progress)
+        late = [
+            a
+            for t, a in zip(history["time"], history["test_accuracy"], strict=True)
+            if t >= 0.75 * cfg.budget_s
+        ]
         results["methods"][method] = {
             **history,
             "final_test_accuracy": history["test_accuracy"][-1],
+            "last_quarter_mean_accuracy": sum(late) / len(late),
+            "last_quarter_range": [min(late), max(late)],
             "steps": history["step"][-1],
         }
     finals = {m: results["methods"][m]["final_test_accuracy"] for m in METHODS}
@@ -174,12 +183,14 @@ def claims(results: dict[str, Any]) -> list[Claim]:
     budget = results["budget_s"]
     finals = {m: methods[m]["final_test_accuracy"] for m in METHODS}
     best_baseline = max(finals["sgd"], finals["adam"])
+    low, high = methods["ngd"]["last_quarter_range"]
     out = [
         Claim(
             "ngd-accuracy",
-            f"NGD's test accuracy at the end of {budget:g} s of wall-clock training "
-            f"({methods['ngd']['steps']} steps; final evaluation)",
-            finals["ngd"],
+            f"NGD's mean test accuracy over the evaluations in the last quarter of {budget:g} s of wall-clock "
+            f"training ({methods['ngd']['steps']} steps; single evaluations there swing between {low:.3f} and "
+            f"{high:.3f} with the mini-batch steps, the final one is {finals['ngd']:.3f})",
+            methods["ngd"]["last_quarter_mean_accuracy"],
             ">=",
             results["ngd_accuracy_target"],
         )
