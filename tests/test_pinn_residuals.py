@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 import natgrad as ng
@@ -95,3 +96,21 @@ def test_ngd_step_on_torch_func_pinn_residual_matches_reference() -> None:
     opt.step(residual)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), params[name] - ref.direction[name], rtol=1e-7, atol=1e-9)
+
+
+def test_xavier_initialisation_draws_glorot_normal_weights_and_zero_biases() -> None:
+    """Weights of layer (m → n) from N(0, 2/(m+n)): the same standard normals as the Gaussian draw, rescaled."""
+    widths = (7, 5)
+    gaussian = poisson.tanh_mlp(widths, DT, 4, init_std=1.0)
+    xavier = poisson.tanh_mlp(widths, DT, 4, init="xavier")
+    linears = [(g, x) for g, x in zip(gaussian, xavier, strict=True) if isinstance(g, torch.nn.Linear)]
+    assert len(linears) == 3
+    for g, x in linears:
+        fan_out, fan_in = g.weight.shape
+        torch.testing.assert_close(x.weight, g.weight * math.sqrt(2.0 / (fan_in + fan_out)), rtol=0, atol=0)
+        assert bool((x.bias == 0).all())
+
+
+def test_tanh_mlp_rejects_an_unknown_initialisation() -> None:
+    with pytest.raises(ValueError, match=r"^tanh_mlp: init must be 'gaussian' or 'xavier', got 'he'"):
+        poisson.tanh_mlp((3,), DT, 0, init="he")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+import torch
 
 from natgrad.experiments import digits_classification, pinn_poisson
 from natgrad.experiments._base import config_to_dict, no_progress
+from natgrad.experiments._timing import TrainingClock, fixed_threads
 
 
 @pytest.mark.slow
@@ -25,3 +28,29 @@ def test_quick_run_claims_hold(module, tmp_path) -> None:
     assert not failing, failing
     paths = experiment.figures(results, tmp_path)
     assert paths and all(p.exists() and p.stat().st_size > 0 for p in paths)
+
+
+def test_fixed_threads_sets_and_restores_the_torch_thread_count() -> None:
+    before = torch.get_num_threads()
+    target = 2 if before != 2 else 1
+    with fixed_threads(target) as threads:
+        assert threads == target == torch.get_num_threads()
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match=r"^fixed_threads: threads must be an integer >= 1, got 0"):
+        with fixed_threads(0):
+            pass
+
+
+def test_training_clock_charges_only_the_time_between_resume_and_pause() -> None:
+    clock = TrainingClock()
+    time.sleep(0.05)  # before the first resume: not charged
+    clock.resume()
+    time.sleep(0.02)
+    first = clock.pause()
+    time.sleep(0.05)  # paused: not charged
+    assert clock.pause() == first  # pausing twice adds nothing
+    clock.resume()
+    time.sleep(0.02)
+    total = clock.pause()
+    assert 0.04 <= total < 0.09, total
+    assert total - first >= 0.02

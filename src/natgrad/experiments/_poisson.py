@@ -33,12 +33,24 @@ def source(points: torch.Tensor) -> torch.Tensor:
 
 
 def tanh_mlp(
-    widths: tuple[int, ...], dtype: torch.dtype, seed: int, init_std: float = 0.1
+    widths: tuple[int, ...], dtype: torch.dtype, seed: int, init_std: float = 0.1, init: str = "gaussian"
 ) -> torch.nn.Sequential:
-    """A tanh network 2 → widths → 1; every weight and bias drawn from N(0, init_std²) with ``seed``.
+    """A tanh network 2 → widths → 1 with parameters drawn from a generator seeded with ``seed``.
 
-    The small Gaussian initialisation (std 0.1) is the one used for energy natural gradients on this problem.
+    Args:
+        widths: hidden widths.
+        dtype: parameter dtype.
+        seed: seed of the draw.
+        init_std: standard deviation of the ``"gaussian"`` initialisation.
+        init: ``"gaussian"``: every weight and bias from N(0, init_std²) (std 0.1 is the initialisation of
+            Müller & Zeinhofer's energy natural gradient code); ``"xavier"``: weights of a layer with fan-in
+            m and fan-out n from N(0, 2 / (m + n)) (Glorot normal), biases zero.
+
+    Raises:
+        ValueError: an unknown ``init``.
     """
+    if init not in ("gaussian", "xavier"):
+        raise ValueError(f"tanh_mlp: init must be 'gaussian' or 'xavier', got {init!r}")
     generator = torch.Generator().manual_seed(seed)
     layers: list[torch.nn.Module] = []
     fan_in = 2
@@ -48,8 +60,14 @@ def tanh_mlp(
     layers.append(torch.nn.Linear(fan_in, 1))
     model = torch.nn.Sequential(*layers).to(dtype)
     with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator, dtype=dtype) * init_std)
+        for layer in model:
+            if not isinstance(layer, torch.nn.Linear):
+                continue
+            fan_out, fan_in = layer.weight.shape
+            std = init_std if init == "gaussian" else math.sqrt(2.0 / (fan_in + fan_out))
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator, dtype=dtype) * std)
+            bias = torch.randn(layer.bias.shape, generator=generator, dtype=dtype) * std
+            layer.bias.copy_(bias if init == "gaussian" else torch.zeros_like(bias))
     return model
 
 

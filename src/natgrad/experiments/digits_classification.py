@@ -6,14 +6,17 @@ A tanh MLP 64 → hidden → 10 is trained with softmax cross-entropy on mini-ba
   adapted from the reduction ratio but never below its starting value, Armijo backtracking on the batch loss;
 * SGD with momentum 0.9 and Adam (torch.optim), learning rates fixed in the config,
 
-each for the same time budget (evaluation time excluded; process CPU time, which equals wall-clock time for
-one thread on an idle machine and does not change when other work shares the cores) from the same initial network and the same fixed
-train/test split. Reported: test accuracy against time and against steps, and which method ends highest.
+each for the same wall-clock training time (``time.perf_counter``; the clock is paused while the test accuracy
+is evaluated), with the same fixed number of torch threads for all three (``Config.threads``, recorded in the
+results), from the same initial network and the same fixed train/test split. On a machine shared with other work
+a budget buys fewer steps, for every method alike. Reported: test accuracy against time and against steps, and
+which method ends highest. The SGD and Adam claims and the equal-time comparison use the final evaluation; NGD's
+own accuracy claim uses the mean over the evaluations in the last quarter of the budget (clearly labelled),
+because single mini-batch NGD steps move its test accuracy by tens of percentage points between evaluations.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ import torch
 
 from natgrad.experiments._base import Claim, Experiment, Progress
 from natgrad.experiments._figures import save_figure
+from natgrad.experiments._timing import TrainingClock, fixed_threads
 from natgrad.optim import NGD, CrossEntropy, LevenbergMarquardt
 
 METHODS = ("ngd", "sgd", "adam")
@@ -43,6 +47,7 @@ class Config:
     adam_lr: float
     accuracy_target: float  # claimed for SGD and Adam
     ngd_accuracy_target: float  # claimed for NGD (lower: its mini-batch steps are noisy, see the report)
+    threads: int = 1  # torch threads, the same for every method
 
 
 def config(quick: bool, seed: int = 0) -> Config:
@@ -111,6 +116,7 @@ def _train(
     first = _accuracy(model, x_test, y_test)
     history: dict[str, list[float]] = {"time": [0.0], "step": [0], "test_accuracy": [first]}
     history.update({"checkpoint_step": [0], "checkpoint_accuracy": [first]})
+    clock = TrainingClock()
     elapsed, steps, next_eval = 0.0, 0, cfg.eval_every_s
     batches: list[torch.Tensor] = []
     ticker = iter(progress(range(10**9), description=f"digits {method}"))
@@ -119,9 +125,9 @@ def _train(
         if not batches:
             batches = list(torch.randperm(len(y_train), generator=generator).split(cfg.batch_size))
         index = batches.pop()
-        start = time.process_time()
+        clock.resume()
         step(x_train[index], y_train[index])
-        elapsed += time.process_time() - start
+        elapsed = clock.pause()
         steps += 1
         if steps & (steps - 1) == 0:  # powers of two: accuracy against steps
             history["checkpoint_step"].append(steps)
@@ -136,8 +142,15 @@ def _train(
 
 
 def run(cfg: Config, progress: Progress) -> dict[str, Any]:
+    with fixed_threads(cfg.threads) as threads:
+        return _run(cfg, progress, threads)
+
+
+def _run(cfg: Config, progress: Progress, threads: int) -> dict[str, Any]:
     data = _data(cfg)
     results: dict[str, Any] = {
+        "torch_threads": threads,
+        "clock": "wall-clock (perf_counter), training steps only",
         "num_train": len(data[1]),
         "num_test": len(data[3]),
         "num_params": sum(p.numel() for p in _model(cfg).parameters()),
@@ -148,9 +161,16 @@ def run(cfg: Config, progress: Progress) -> dict[str, Any]:
     }
     for method in METHODS:
         history = _train(method, cfg, data, progress)
+        late = [
+            a
+            for t, a in zip(history["time"], history["test_accuracy"], strict=True)
+            if t >= 0.75 * cfg.budget_s
+        ]
         results["methods"][method] = {
             **history,
             "final_test_accuracy": history["test_accuracy"][-1],
+            "last_quarter_mean_accuracy": sum(late) / len(late),
+            "last_quarter_range": [min(late), max(late)],
             "steps": history["step"][-1],
         }
     finals = {m: results["methods"][m]["final_test_accuracy"] for m in METHODS}
@@ -163,13 +183,14 @@ def claims(results: dict[str, Any]) -> list[Claim]:
     budget = results["budget_s"]
     finals = {m: methods[m]["final_test_accuracy"] for m in METHODS}
     best_baseline = max(finals["sgd"], finals["adam"])
+    low, high = methods["ngd"]["last_quarter_range"]
     out = [
         Claim(
             "ngd-accuracy",
-            f"NGD reaches a test accuracy of at least {results['ngd_accuracy_target']:g} within {budget:g} s "
-            f"({methods['ngd']['steps']} steps; best evaluation, since single mini-batch NGD steps swing the "
-            "accuracy; the final value enters the equal-time claim below)",
-            max(methods["ngd"]["test_accuracy"]),
+            f"NGD's mean test accuracy over the evaluations in the last quarter of {budget:g} s of wall-clock "
+            f"training ({methods['ngd']['steps']} steps; single evaluations there swing between {low:.3f} and "
+            f"{high:.3f} with the mini-batch steps, the final one is {finals['ngd']:.3f})",
+            methods["ngd"]["last_quarter_mean_accuracy"],
             ">=",
             results["ngd_accuracy_target"],
         )
@@ -215,7 +236,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
             history["checkpoint_accuracy"],
             label=labels[name],
         )
-    axes[0].set_xlabel("training CPU time (s)")
+    axes[0].set_xlabel(f"training wall-clock time (s), {results.get('torch_threads', 1)} torch thread(s)")
     axes[1].set_xlabel("steps")
     for ax in axes:
         ax.set_ylabel("test accuracy")
