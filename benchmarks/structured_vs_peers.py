@@ -4,16 +4,19 @@ Costs are quoted as ratios to one gradient computation measured in the same run.
 packages (``pip install -e ".[benchmark]"``): nngeometry's GramMatrix (kernel only, completed here with the
 same solve and parameter direction as the structured route) and curvlinops' GGN operator solved by
 conjugate gradients. Peak memory is the growth of the process's resident set over its value before each
-measurement (Linux; on CUDA the allocator's peak).
+measurement (Linux; on CUDA the allocator's peak). glibc reuses memory freed by earlier steps, which hides
+part of each peak; ``--exact-peak-memory`` restarts with its mmap threshold fixed so that every large tensor
+is a fresh mapping (exact peaks, slower times: results go to ``structured_vs_peers_memory.json``).
 
 Usage:
-    python benchmarks/structured_vs_peers.py [--quick] [--threads 2] [--with-jacrev] [--out DIR]
+    python benchmarks/structured_vs_peers.py [--quick] [--threads 2] [--with-jacrev] [--exact-peak-memory] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -44,6 +47,19 @@ def peak_memory(fn: Callable[[], object]) -> tuple[object, float]:
         return out, (_status_kib("VmHWM") - base) / 1024
     except OSError:
         return fn(), float("nan")
+
+
+def _reexec_with_fixed_mmap_threshold() -> None:
+    """Restart once with glibc's mmap threshold fixed at 128 KiB (Linux only).
+
+    By default glibc raises the threshold after large frees, so later large tensors come from memory the
+    process already holds and the resident-set peak misses them; with it fixed every large tensor is a fresh
+    mapping, returned on free, and the peak growth of each step is its own.
+    """
+    if sys.platform != "linux" or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "0"}
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 def _status_kib(key: str) -> int:
@@ -311,7 +327,15 @@ def main() -> None:
     parser.add_argument("--with-jacrev", action="store_true", help="also time the full-Jacobian route once")
     parser.add_argument("--cg-iter", type=int, default=20000)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--exact-peak-memory",
+        action="store_true",
+        help="restart with glibc's mmap threshold fixed: exact peaks, but every large tensor then costs page "
+        "faults, which slows all methods (quote times from a run without it)",
+    )
     args = parser.parse_args()
+    if args.exact_peak_memory:
+        _reexec_with_fixed_mmap_threshold()
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 7
     results: dict = {"environment": environment(args.threads)}
@@ -352,9 +376,11 @@ def main() -> None:
         )
         print(f"batch {n}: done", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "structured_vs_peers.json"
+    path = args.out / (
+        "structured_vs_peers_memory.json" if args.exact_peak_memory else "structured_vs_peers.json"
+    )
     path.write_text(json.dumps(results, indent=1))
-    figure(results, args.out / "structured_vs_peers.png")
+    figure(results, path.with_suffix(".png"))
     print(f"wrote {path}")
 
 

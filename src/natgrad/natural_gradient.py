@@ -86,6 +86,10 @@ def choose_route(r: int, d: int, itemsize: int, budget: int, structured: bool = 
     primal (G, d×d) when d ≤ r, dual (K, r×r) when r < d. When neither fits, the matrix-free krylov route.
     If the structured route turns out not to apply while it runs (a layer it cannot handle), ``auto`` falls
     back to the rule without it.
+
+    Measured (``benchmarks/crossover.py``, MLPs with d/r from 0.09 to 530, float32): primal was the fastest
+    route at every point with d ≤ r; with d > r the structured route was fastest at 14 of 16 points and
+    within 1.85× of the fastest (primal or dual, at d/r ≤ 3) at the other two. The split at d = r stands.
     """
     if structured and r < d and route_memory("structured", r, d, itemsize) <= budget:
         return "structured"
