@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from natgrad._routes._kernel_inverse import KernelInverse, retained
 from natgrad._routes._problem import Problem
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 
@@ -42,51 +43,18 @@ class Thin:
         return self.V.T @ x if self.V is not None else (self.U.T @ (self.A @ x)) / self.s
 
 
-def _keep(eigenvalues: Tensor, rtol: float) -> Tensor:
-    top = eigenvalues.max() if eigenvalues.numel() else eigenvalues.new_zeros(())
-    return (eigenvalues > rtol * top) & (eigenvalues > 0)
-
-
-def kernel_eigh(K: Tensor, rtol: float) -> tuple[Tensor, Tensor, Tensor]:
-    """K = U diag(λ) Uᵀ and the mask of retained eigenvalues λ > rtol·λ_max (the cutoff of every route)."""
-    evals, U = torch.linalg.eigh(K)
-    return evals, U, _keep(evals, rtol)
-
-
-def kernel_coefficients(evals: Tensor, U: Tensor, keep: Tensor, c: Tensor | None, a_grad: Tensor) -> Tensor:
-    """y with G⁺∇ = Aᵀy, from K = AAᵀ = U diag(λ) Uᵀ: y = K⁺c when ∇ = Aᵀc, else y = K⁺²A∇.
-
-    The second form is G⁺ = A⁺A⁺ᵀ with A⁺ = AᵀK⁺; both use only the retained eigenpairs.
-    """
-    Uk, ek = U[:, keep], evals[keep]
-    if c is not None:
-        return Uk @ ((Uk.T @ c) / ek)
-    return Uk @ ((Uk.T @ a_grad) / ek**2)
-
-
-def damped_kernel_coefficients(evals: Tensor, U: Tensor, keep: Tensor, a_grad: Tensor, lam: float) -> Tensor:
-    """w with (G + λI)⁻¹∇ = Aᵀw + ∇/λ, from K = AAᵀ = U diag(λ) Uᵀ and A∇ (any ∇).
-
-    ∇ = Aᵀy + ∇⊥ with y = K⁺A∇; (G + λI)⁻¹Aᵀy = Aᵀ(K + λI)⁻¹y and (G + λI)⁻¹∇⊥ = ∇⊥/λ, so
-    w = (K + λI)⁻¹y − y/λ.
-    """
-    Uk, ek = U[:, keep], evals[keep]
-    y = Uk @ ((Uk.T @ a_grad) / ek)
-    return U @ ((U.T @ y) / (evals.clamp_min(0) + lam)) - y / lam
-
-
 def thin_svd(A: Tensor, route: str, rtol: float) -> Thin:
     """Thin singular system of A keeping eigenvalues s² of G (= of K) above rtol · s²_max."""
     if route == "primal":
         lam, V = torch.linalg.eigh(A.T @ A)
-        keep = _keep(lam, rtol)
+        keep = retained(lam, rtol)
         return Thin(lam[keep].sqrt(), V=V[:, keep])
     if route == "dual":
         lam, U = torch.linalg.eigh(A @ A.T)
-        keep = _keep(lam, rtol)
+        keep = retained(lam, rtol)
         return Thin(lam[keep].sqrt(), U=U[:, keep], A=A)
     U, s, Vh = torch.linalg.svd(A, full_matrices=False)
-    keep = _keep(s**2, rtol)
+    keep = retained(s**2, rtol)
     return Thin(s[keep], U=U[:, keep], V=Vh[keep].T)
 
 
@@ -104,25 +72,21 @@ def _complement(thin: Thin, x: Tensor) -> Tensor:
 def _damped(
     A: Tensor, grad: Tensor, c: Tensor | None, lam: float, route: str, rtol: float
 ) -> tuple[Tensor, int]:
-    if route == "dual" and c is not None:
-        # ∇ = Aᵀc: (AᵀA + λI)⁻¹Aᵀc = Aᵀ(AAᵀ + λI)⁻¹c, no pseudo-inverse needed.
-        K = A @ A.T
-        rank = int(_keep(torch.linalg.eigvalsh(K), rtol).sum())
-        eye = torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
-        return A.T @ torch.linalg.solve(K + lam * eye, c), rank
+    if route == "dual":
+        kinv = KernelInverse(A @ A.T, rtol)
+        if c is not None:  # ∇ = Aᵀc: (AᵀA + λI)⁻¹Aᵀc = Aᵀ(AAᵀ + λI)⁻¹c, no pseudo-inverse needed
+            return A.T @ kinv.damped(c, lam), kinv.rank
+        return A.T @ kinv.damped_coefficients(A @ grad, lam) + grad / lam, kinv.rank
     if route == "lstsq" and c is not None:
         U, s, Vh = torch.linalg.svd(A, full_matrices=False)
-        return Vh.T @ ((s / (s**2 + lam)) * (U.T @ c)), int(_keep(s**2, rtol).sum())
+        return Vh.T @ ((s / (s**2 + lam)) * (U.T @ c)), int(retained(s**2, rtol).sum())
     if route == "primal":
         evals, V = torch.linalg.eigh(A.T @ A)
-        rank = int(_keep(evals, rtol).sum())
+        rank = int(retained(evals, rtol).sum())
         return V @ ((V.T @ grad) / (evals + lam)), rank
-    if route == "dual":
-        evals, U, keep = kernel_eigh(A @ A.T, rtol)
-        return A.T @ damped_kernel_coefficients(evals, U, keep, A @ grad, lam) + grad / lam, int(keep.sum())
     U, s, Vh = torch.linalg.svd(A, full_matrices=False)
     coeff = Vh @ grad
-    return Vh.T @ (coeff / (s**2 + lam)) + (grad - Vh.T @ coeff) / lam, int(_keep(s**2, rtol).sum())
+    return Vh.T @ (coeff / (s**2 + lam)) + (grad - Vh.T @ coeff) / lam, int(retained(s**2, rtol).sum())
 
 
 def solve_dense(problem: Problem, inverse: Inverse, route: str, chunk: int) -> tuple[Tensor, int, dict]:

@@ -19,10 +19,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from natgrad._routes._dense import kernel_eigh
-
 POWER_STEPS = 3
 BLOCK = 4
+
+
+def retained(eigenvalues: Tensor, rtol: float) -> Tensor:
+    """The mask of eigenvalues λ > rtol·λ_max (and > 0): the cutoff of every route."""
+    top = eigenvalues.max() if eigenvalues.numel() else eigenvalues.new_zeros(())
+    return (eigenvalues > rtol * top) & (eigenvalues > 0)
 
 
 def _factorises(matrix: Tensor) -> bool:
@@ -78,7 +82,8 @@ class KernelInverse:
         if self._chol is not None:
             self.rank, self.method = kernel.shape[0], "cholesky"
         else:
-            self.evals, self.U, keep = kernel_eigh(kernel, rtol)
+            self.evals, self.U = torch.linalg.eigh(kernel)
+            keep = retained(self.evals, rtol)
             self.rank, self.method = int(keep.sum()), "eigh"
             self._Uk, self._ek = self.U[:, keep], self.evals[keep]
 
@@ -96,3 +101,12 @@ class KernelInverse:
             eye = torch.eye(self.kernel.shape[0], dtype=self.kernel.dtype, device=self.kernel.device)
             self._damped_chol[lam] = torch.linalg.cholesky(self.kernel + lam * eye)
         return torch.cholesky_solve(x[:, None], self._damped_chol[lam])[:, 0]
+
+    def damped_coefficients(self, a_grad: Tensor, lam: float) -> Tensor:
+        """w with (G + λI)⁻¹∇ = Aᵀw + ∇/λ for K = AAᵀ, from a_grad = A∇ (any ∇, in the range of Aᵀ or not).
+
+        ∇ = Aᵀy + ∇⊥ with y = K⁺A∇; (G + λI)⁻¹Aᵀy = Aᵀ(K + λI)⁻¹y and (G + λI)⁻¹∇⊥ = ∇⊥/λ, so
+        w = (K + λI)⁻¹y − y/λ.
+        """
+        y = self.pinv(a_grad)
+        return self.damped(y, lam) - y / lam

@@ -159,9 +159,7 @@ def _solve(
                 y = kinv.damped(c, lam)
                 v = at_matvec(y)
             else:
-                # ∇ = Aᵀy₀ + ∇⊥ with y₀ = K⁺A∇: (G + λI)⁻¹∇ = Aᵀ((K + λI)⁻¹y₀ − y₀/λ) + ∇/λ
-                y0 = kinv.pinv(a_grad)
-                y = kinv.damped(y0, lam) - y0 / lam
+                y = kinv.damped_coefficients(a_grad, lam)
                 v = at_matvec(y) + grad / lam
             jv = problem.lin.jvp(v)
             checks = [own(y, jv, None if c is not None else a_grad / lam)]

@@ -32,3 +32,14 @@ def teacher_labels(X: Tensor, teacher: Tensor, task: str = "classification") -> 
     if task == "regression":
         return scores
     return torch.where(scores >= 0, torch.ones_like(scores), -torch.ones_like(scores))
+
+
+def check_design(name: str, X: Tensor, y: Tensor) -> None:
+    """Raise unless X is a (n, d) tensor and y a (n,) tensor; messages start with ``name``."""
+    if not isinstance(X, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(f"{name}: X and y must be torch.Tensors, got {type(X).__name__}, {type(y).__name__}")
+    if X.ndim != 2 or y.shape != (X.shape[0],):
+        raise ValueError(
+            f"{name}: expected X of shape (n, d) and y of shape (n,), "
+            f"got {tuple(X.shape)} and {tuple(y.shape)}"
+        )

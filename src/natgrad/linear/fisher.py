@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.nn.functional import softplus
 
 import natgrad as ng
+from natgrad.linear.data import check_design
 
 LOSSES = ("logistic", "squared")
 
@@ -64,13 +65,7 @@ class FisherSite:
 
 
 def _check_data(name: str, X: Tensor, y: Tensor, loss: str) -> None:
-    if not isinstance(X, Tensor) or not isinstance(y, Tensor):
-        raise TypeError(f"{name}: X and y must be torch.Tensors, got {type(X).__name__}, {type(y).__name__}")
-    if X.ndim != 2 or y.shape != (X.shape[0],):
-        raise ValueError(
-            f"{name}: expected X of shape (n, d) and y of shape (n,), "
-            f"got {tuple(X.shape)} and {tuple(y.shape)}"
-        )
+    check_design(name, X, y)
     if loss not in LOSSES:
         raise ValueError(f"{name}: loss must be one of {LOSSES}, got {loss!r}")
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from natgrad.linear.data import check_design
+
 
 def _scipy_optimize(name: str):
     try:
@@ -28,13 +30,7 @@ def _scipy_optimize(name: str):
 
 
 def _check(name: str, X: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(X, Tensor) or not isinstance(y, Tensor):
-        raise TypeError(f"{name}: X and y must be torch.Tensors, got {type(X).__name__}, {type(y).__name__}")
-    if X.ndim != 2 or y.shape != (X.shape[0],):
-        raise ValueError(
-            f"{name}: expected X of shape (n, d) and y of shape (n,), "
-            f"got {tuple(X.shape)} and {tuple(y.shape)}"
-        )
+    check_design(name, X, y)
     return X.detach().cpu().double().numpy(), y.detach().cpu().double().numpy()
 
 
