@@ -17,18 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from _env import environment, time_call, write_json_atomic  # noqa: E402
+
 import natgrad as ng  # noqa: E402
 from natgrad.models.structured import categorical_fisher_factor, structured_kernel  # noqa: E402
 
@@ -67,17 +67,6 @@ def _status_kib(key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise OSError(key)
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time in seconds of ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def mlp(width: int) -> nn.Module:
@@ -235,7 +224,7 @@ def _double(model: nn.Module) -> nn.Module:
 
 def measure_case(case: Case, repeats: int, peers: bool, cg: bool, jac: bool, cg_iter: int) -> dict:
     row: dict = {"d": case.d, "N": len(case.x)}
-    grad_time = timed(case.gradient, repeats)
+    grad_time = time_call(case.gradient, repeats)["median"]
     row["gradient_s"] = grad_time
     ref = reference_direction(case)
     routes: dict[str, Callable[[], object]] = {
@@ -252,7 +241,7 @@ def measure_case(case: Case, repeats: int, peers: bool, cg: bool, jac: bool, cg_
         out, peak = peak_memory(fn)
         seconds = time.perf_counter() - start
         if "jacrev" not in name:  # the full-Jacobian route is timed once
-            seconds = timed(fn, repeats)
+            seconds = time_call(fn, repeats)["median"]
         row[name] = {
             "seconds": seconds,
             "gradients": seconds / grad_time,
@@ -279,25 +268,17 @@ def measure_case(case: Case, repeats: int, peers: bool, cg: bool, jac: bool, cg_
     return row
 
 
-def environment(threads: int) -> dict:
+def peer_versions() -> dict:
+    """Installed versions of the peers (None when one is missing), for the environment record."""
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("torch", "numpy", "nngeometry", "curvlinops-for-pytorch"):
+    for pkg in ("nngeometry", "curvlinops-for-pytorch"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "torch_threads": threads,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "dtype": "float32",
-        "versions": versions,
-    }
+    return versions
 
 
 def make_mlp_case(width: int, n: int, seed: int = 0, latent: int | None = None) -> Case:
@@ -338,7 +319,8 @@ def main() -> None:
         _reexec_with_fixed_mmap_threshold()
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 7
-    results: dict = {"environment": environment(args.threads)}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results: dict = {"environment": environment(device) | {"dtype": "float32", "peers": peer_versions()}}
 
     print("MLP 784-512-512-10, N=64, categorical Fisher", flush=True)
     mlp_case = make_mlp_case(512, 64)
@@ -379,7 +361,7 @@ def main() -> None:
     path = args.out / (
         "structured_vs_peers_memory.json" if args.exact_peak_memory else "structured_vs_peers.json"
     )
-    path.write_text(json.dumps(results, indent=1))
+    write_json_atomic(path, results)
     figure(results, path.with_suffix(".png"))
     print(f"wrote {path}")
 
