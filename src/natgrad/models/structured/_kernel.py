@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from ._capture import ModuleCall, check_unchanged, output_signals, recording
+from ._contract import KernelFactors, SharedLinearFactor
 from ._factors import BlockFactor, Factor, normalise_factor
-from ._layers import add_rows, add_shared_linear
+from ._layers import shared_linear_cost
 from ._modules import (
     conv_blocks,
     embedding_blocks,
@@ -124,15 +125,37 @@ def structured_kernel(
     output_factor: Factor = None,
     chunk_size: int | None = None,
     check_outside: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, StructuredContext]:
     """The output-side kernel K = (Bᵀ J)(Bᵀ J)ᵀ of a network, assembled layer by layer without forming J.
 
+    :func:`emit_factors` followed by :meth:`KernelFactors.kernel`; see :func:`emit_factors` for the
+    arguments and assumptions. ``dtype`` is the precision of the contraction (default: the model's).
+
+    Returns:
+        ``(K, context)``: K of shape (r, r), and a :class:`StructuredContext` whose ``vjp(y)`` gives Jᵀ B y.
+    """
+    factors, context = emit_factors(module, inputs, output_factor, chunk_size, check_outside)
+    return factors.kernel(dtype), context
+
+
+def emit_factors(
+    module: nn.Module,
+    inputs: Any,
+    output_factor: Factor = None,
+    chunk_size: int | None = None,
+    check_outside: bool = True,
+) -> tuple[KernelFactors, StructuredContext]:
+    """Per-layer factors of K = (Bᵀ J)(Bᵀ J)ᵀ: layer inputs and backpropagated signals, per example.
+
     J = ∂ vec z / ∂ξ for z = module(*inputs) of shape (N, ...) flattened row-major to n = N·C entries and ξ
-    the trainable parameters (``requires_grad=True``; frozen ones are excluded). Per-layer formulas (see
-    ``_modules``) use the layer inputs and the signals of the factor columns backpropagated to the layer
-    output; other parametrised modules use batched VJPs; both may be mixed in one model. A parameter used by
-    more than one call (a module called twice, weights tied across modules) goes through batched VJPs too,
-    its rows summed over the calls.
+    the trainable parameters (``requires_grad=True``; frozen ones are excluded). One forward pass records
+    every parametrised layer; one batched backward pass per group of factor columns gives each layer the
+    signals of those columns at its output. Layers with a closed form (Linear, Conv, Embedding; see
+    ``_modules``) keep (inputs, signals); normalisation layers, other parametrised modules (batched VJPs) and
+    parameters used by more than one call (their rows summed over the calls) keep explicit Jacobian rows.
+    Nothing r × r or r × d is formed here: :class:`KernelFactors` contracts the factors into K, into
+    products K u, or into columns of K.
 
     Assumptions: examples are independent (example i's output depends on example i's input only; BatchNorm
     must be in eval mode), every parametrised layer keeps the batch axis first, the forward pass is
@@ -145,13 +168,15 @@ def structured_kernel(
             r = n), per-example blocks (N, C, k) (r = N·k, row i·k + j), a dense (n, r) tensor, or a callable
             of the detached output returning one of these.
         chunk_size: at most this many kernel rows are processed together in the batched backward passes and
-            row formations (bounds memory; None processes everything at once). Results do not depend on it.
+            row formations (bounds the transient memory; None processes everything at once). Results do not
+            depend on it.
         check_outside: look for parameters used outside the modules that register them (one extra
             backward pass and a re-run of each layer) and give them whole-model rows. With False the layer
             formulas are trusted as they are; callers then verify K against products with A (the engine does).
 
     Returns:
-        ``(K, context)``: K of shape (r, r), and a :class:`StructuredContext` whose ``vjp(y)`` gives Jᵀ B y.
+        ``(factors, context)``: the :class:`KernelFactors`, and a :class:`StructuredContext` whose
+        ``vjp(y)`` gives Jᵀ B y.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"{_CALL}: module must be a torch.nn.Module, got {type(module).__name__}")
@@ -192,17 +217,24 @@ def structured_kernel(
         for p in call.params.values():
             uses[id(p)] = uses.get(id(p), 0) + 1
     r = num_examples * width
-    kernel = output.new_zeros((r, r))
+    factors = KernelFactors(
+        num_examples,
+        width,
+        dense_factor=dense,
+        examples_per_chunk=examples_per_chunk,
+        dtype=output.dtype,
+        device=output.device,
+    )
     tied_rows: dict[int, torch.Tensor] = {}
-    routes: dict[str, str] = {}
+    routes = factors.routes
     if outside:
         names = [name for name, p in params.items() if id(p) in outside]
-        add_rows(kernel, _whole_model_rows(output, [params[k] for k in names], factor, examples_per_chunk))
+        factors.rows.append(_whole_model_rows(output, [params[k] for k in names], factor, examples_per_chunk))
         routes["<outside modules>"] = "whole-model/vjp: " + ", ".join(names)
 
     for index, call in enumerate(calls):
         s = signals[index]
-        signals[index] = None  # free as we go
+        signals[index] = None  # the factors keep what they need, in their own layout
         kind = structure_of(call.module)
         if any(uses[id(p)] > 1 for p in call.params.values()):
             for name, rows in generic_rows(call, s, examples_per_chunk, pause).items():
@@ -211,20 +243,18 @@ def structured_kernel(
                 tied_rows[key] = tied_rows[key] + flat if key in tied_rows else flat
             routes[call.name] = "shared-parameter/vjp"
         elif kind in _BLOCKS:
-            blocks = _BLOCKS[kind](call, s)
-            used = {add_shared_linear(kernel, x, sig, examples_per_chunk) for x, sig in blocks}
+            blocks = [SharedLinearFactor(x, sig) for x, sig in _BLOCKS[kind](call, s)]
+            factors.linear.extend(blocks)
+            used = {"pair" if _pair_contraction(b, examples_per_chunk) else "rows" for b in blocks}
             routes[call.name] = f"{kind}/{'+'.join(sorted(used))}"
         elif kind == "norm":
-            add_rows(kernel, norm_rows(call, s))
+            factors.rows.append(norm_rows(call, s))
             routes[call.name] = "norm"
         else:
             rows = generic_rows(call, s, examples_per_chunk, pause)
-            add_rows(kernel, torch.cat([v.reshape(r, -1) for v in rows.values()], dim=1))
+            factors.rows.append(torch.cat([v.reshape(r, -1) for v in rows.values()], dim=1))
             routes[call.name] = "generic/vjp"
-    for rows in tied_rows.values():
-        add_rows(kernel, rows)
-    if dense is not None:
-        kernel = dense.T @ kernel @ dense
+    factors.rows.extend(tied_rows.values())
     context = StructuredContext(
         output=output.detach(),
         params=params,
@@ -233,7 +263,14 @@ def structured_kernel(
         routes=routes,
         _graph_output=output if output.requires_grad else None,
     )
-    return kernel, context
+    return factors, context
+
+
+def _pair_contraction(block: SharedLinearFactor, examples_per_chunk: int | None) -> bool:
+    """Whether the dense assembly contracts this block in the Hadamard ("pair") form."""
+    n, width, positions, outputs = block.signals.shape
+    cost = shared_linear_cost(n, width, positions, block.inputs.shape[2], outputs)
+    return positions == 1 or cost["pair"] <= cost["rows"]
 
 
 def _outside_parameters(

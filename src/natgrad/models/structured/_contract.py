@@ -1,0 +1,224 @@
+"""Contracting per-layer factors: the dense kernel K, kernel products K u, columns and the diagonal of K.
+
+The structured route splits into two steps. *Emission* (``emit_factors`` in ``_kernel``) runs the model once
+and backpropagates the metric factor's columns, leaving per-layer factors; *contraction* (here) turns them
+into whatever the solver needs, without ever forming J or A = Bᵀ J (r × d).
+
+Kernel rows and columns are indexed a = (i, j): example i, factor column j, a = i·k + j. Two kinds of
+factors occur (see ``_layers`` for where they come from):
+
+* a shared linear block with layer inputs x (N, T, P) and signals s (N, k, T, O): the Jacobian row of a is
+  G_a = Σ_t s_{a,t} x_{i,t}ᵀ (O × P), so K_ab = Σ_{t,t'} (s_{a,t}·s_{b,t'}) (x_{i,t}·x_{i',t'}). For T = 1
+  this is the Hadamard form (S Sᵀ) ∘ (X Xᵀ ⊗ 1 1ᵀ).
+* explicit Jacobian rows R (r, p) (normalisation layers, the generic VJP fallback, tied parameters): K = R Rᵀ.
+
+A product K u never forms K. For a shared linear block it goes through the block's weight space, which costs
+what one VJP and one JVP cost for that layer and is the cheapest exact form once more than a few vectors are
+multiplied: first Aᵀu = Σ_{i,t} (Σ_j u_{ij} s_{ij,t}) x_{i,t}ᵀ (the k columns of an example share x, so they
+are summed before the outer product), then (A w)_{ij} = Σ_t s_{ij,t}·(w x_{i,t}). Per block and vector this is
+2·N·T·O·P + 2·r·T·O multiply-adds against r²·O for the Hadamard form. A single column K e_a, on the other hand,
+is cheapest in the Hadamard form (r·T²·O + N·T²·P), which is what makes the columns of a pivoted Cholesky
+factorisation cheap. Both choices are made per block from these counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ._layers import add_rows, add_shared_linear
+
+
+@dataclass
+class SharedLinearFactor:
+    """One shared linear block: layer inputs x (N, T, P) (a trailing 1 for a bias) and signals s (N, k, T, O)."""
+
+    inputs: Tensor
+    signals: Tensor
+
+    def weight_space(self, u: Tensor) -> Tensor:
+        """Aᵀ u restricted to this block, (m, O, P), for u of shape (N, k, m)."""
+        summed = torch.einsum("nkto,nkm->mnto", self.signals, u)  # the k columns of example i share x_i
+        return torch.einsum("mnto,ntp->mop", summed, self.inputs)
+
+    def output_space(self, w: Tensor) -> Tensor:
+        """A w restricted to this block, (N, k, m), for w of shape (m, O, P)."""
+        hidden = torch.einsum("mop,ntp->mnto", w, self.inputs)
+        return torch.einsum("nkto,mnto->nkm", self.signals, hidden)
+
+    def columns(self, examples: Tensor, index: Tensor) -> Tensor:
+        """K_block[:, a] for the flat indices a = ``index`` (m,), of examples ``examples``; (N, k, m)."""
+        n, width, positions, outputs = self.signals.shape
+        flat = self.signals.reshape(n * width, positions, outputs)
+        picked = flat[index]  # (m, T, O)
+        gram_s = torch.einsum("nkto,muo->nkmtu", self.signals, picked)
+        gram_x = torch.einsum("ntp,mup->nmtu", self.inputs, self.inputs[examples])
+        return torch.einsum("nkmtu,nmtu->nkm", gram_s, gram_x)
+
+    def diagonal(self) -> Tensor:
+        """diag K_block, (N, k): Σ_{t,t'} (s_{a,t}·s_{a,t'}) (x_{i,t}·x_{i,t'})."""
+        gram_s = torch.einsum("nkto,nkuo->nktu", self.signals, self.signals)
+        gram_x = torch.einsum("ntp,nup->ntu", self.inputs, self.inputs)
+        return torch.einsum("nktu,ntu->nk", gram_s, gram_x)
+
+    def product_cost(self, vectors: int) -> int:
+        """Multiply-adds of K u for ``vectors`` vectors through the weight space."""
+        n, width, positions, outputs = self.signals.shape
+        inputs = self.inputs.shape[2]
+        return vectors * (2 * n * positions * outputs * inputs + 2 * n * width * positions * outputs)
+
+    def column_cost(self, columns: int) -> int:
+        """Multiply-adds of ``columns`` kernel columns in the Hadamard form."""
+        n, width, positions, outputs = self.signals.shape
+        inputs = self.inputs.shape[2]
+        return columns * positions**2 * (n * width * outputs + n * inputs)
+
+    def nbytes(self) -> int:
+        """Bytes held by the factor's tensors."""
+        return _nbytes(self.inputs) + _nbytes(self.signals)
+
+    def to(self, dtype: torch.dtype) -> SharedLinearFactor:
+        """The same factor in ``dtype``."""
+        return SharedLinearFactor(self.inputs.to(dtype), self.signals.to(dtype))
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+@dataclass
+class KernelFactors:
+    """Per-layer factors of K = A Aᵀ (r × r), A = Bᵀ J, with the contractions the solvers need.
+
+    The kernel is Dᵀ K₀ D when a dense output factor D (n × r) is given (K₀ is then the identity-factor kernel,
+    r₀ = n), else K₀ itself. All products are exact in exact arithmetic: they differ from the dense kernel only
+    by rounding.
+
+    Attributes:
+        num_examples: N.
+        width: k, factor columns per example (r₀ = N·k).
+        linear: shared linear blocks.
+        rows: explicit Jacobian row blocks R (r₀, p).
+        dense_factor: D (n, r) or None.
+        routes: module name -> formula used, as in :class:`~natgrad.models.structured.StructuredContext`.
+        examples_per_chunk: examples per chunk when rows are formed in the dense assembly (None: all at once).
+    """
+
+    num_examples: int
+    width: int
+    linear: list[SharedLinearFactor] = field(default_factory=list)
+    rows: list[Tensor] = field(default_factory=list)
+    dense_factor: Tensor | None = None
+    routes: dict[str, str] = field(default_factory=dict)
+    examples_per_chunk: int | None = None
+    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def inner_rows(self) -> int:
+        """r₀ = N·k, the size of K₀."""
+        return self.num_examples * self.width
+
+    @property
+    def rows_count(self) -> int:
+        """r, the size of K."""
+        return self.inner_rows if self.dense_factor is None else self.dense_factor.shape[1]
+
+    def nbytes(self) -> int:
+        """Bytes held by the factors (signals, inputs, rows, dense factor)."""
+        held = sum(block.nbytes() for block in self.linear) + sum(_nbytes(r) for r in self.rows)
+        return held + (0 if self.dense_factor is None else _nbytes(self.dense_factor))
+
+    def _inner_kernel(self, dtype: torch.dtype) -> Tensor:
+        r0 = self.inner_rows
+        kernel = torch.zeros((r0, r0), dtype=dtype, device=self.device)
+        for block in self.linear:
+            block = block.to(dtype)
+            add_shared_linear(kernel, block.inputs, block.signals, self.examples_per_chunk)
+        for rows in self.rows:
+            add_rows(kernel, rows.to(dtype))
+        return kernel
+
+    def kernel(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The dense kernel K (r × r), contracted in ``dtype`` (default: the factors' dtype).
+
+        A wider ``dtype`` than the model's (float64 for a float32 model) makes K the exact Gram matrix of the
+        rounded factors: its eigenvalues then carry no assembly error of order eps₃₂·‖K‖.
+        """
+        dtype = self.dtype if dtype is None else dtype
+        kernel = self._inner_kernel(dtype)
+        if self.dense_factor is not None:
+            dense = self.dense_factor.to(dtype)
+            kernel = dense.T @ kernel @ dense
+        return kernel
+
+    def _inner_matmul(self, u: Tensor) -> Tensor:
+        """K₀ u for u (r₀, m) in u's dtype."""
+        dtype = u.dtype
+        out = torch.zeros_like(u)
+        shaped = u.reshape(self.num_examples, self.width, -1)
+        for block in self.linear:
+            block = block if block.signals.dtype == dtype else block.to(dtype)
+            out += block.output_space(block.weight_space(shaped)).reshape(u.shape)
+        for rows in self.rows:
+            rows = rows.to(dtype)
+            out += rows @ (rows.T @ u)
+        return out
+
+    def matmul(self, u: Tensor) -> Tensor:
+        """K u for u of shape (r,) or (r, m), without forming K (computed in u's dtype)."""
+        vector = u.dim() == 1
+        u = u[:, None] if vector else u
+        if self.dense_factor is not None:
+            dense = self.dense_factor.to(u.dtype)
+            out = dense.T @ self._inner_matmul(dense @ u)
+        else:
+            out = self._inner_matmul(u)
+        return out[:, 0] if vector else out
+
+    def columns(self, index: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """K[:, index] (r, m), each block in its cheaper form (Hadamard columns or weight-space products)."""
+        dtype = self.dtype if dtype is None else dtype
+        index = index.to(device=self.device, dtype=torch.long)
+        if self.dense_factor is not None:
+            eye = torch.zeros((self.rows_count, index.numel()), dtype=dtype, device=self.device)
+            eye[index, torch.arange(index.numel(), device=self.device)] = 1.0
+            return self.matmul(eye)
+        r0, m = self.inner_rows, index.numel()
+        examples = index // self.width
+        out = torch.zeros((r0, m), dtype=dtype, device=self.device)
+        unit = None
+        for block in self.linear:
+            block = block if block.signals.dtype == dtype else block.to(dtype)
+            if block.column_cost(m) <= block.product_cost(m):
+                out += block.columns(examples, index).reshape(r0, m)
+            else:
+                if unit is None:
+                    unit = torch.zeros((r0, m), dtype=dtype, device=self.device)
+                    unit[index, torch.arange(m, device=self.device)] = 1.0
+                shaped = unit.reshape(self.num_examples, self.width, m)
+                out += block.output_space(block.weight_space(shaped)).reshape(r0, m)
+        for rows in self.rows:
+            rows = rows.to(dtype)
+            out += rows @ rows[index].T
+        return out
+
+    def diagonal(self, dtype: torch.dtype | None = None) -> Tensor:
+        """diag K (r,), without forming K."""
+        dtype = self.dtype if dtype is None else dtype
+        if self.dense_factor is not None:
+            step = 256
+            parts = []
+            for start in range(0, self.rows_count, step):
+                index = torch.arange(start, min(start + step, self.rows_count), device=self.device)
+                cols = self.columns(index, dtype)
+                parts.append(cols[index, torch.arange(index.numel(), device=self.device)])
+            return torch.cat(parts)
+        diag = torch.zeros(self.inner_rows, dtype=dtype, device=self.device)
+        for block in self.linear:
+            diag += block.to(dtype).diagonal().reshape(-1)
+        for rows in self.rows:
+            diag += (rows.to(dtype) ** 2).sum(dim=1)
+        return diag
