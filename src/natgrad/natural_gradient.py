@@ -16,13 +16,15 @@ from natgrad._routes._dense import solve_dense
 from natgrad._routes._krylov import solve_krylov
 from natgrad._routes._problem import Problem, output_factor_coefficients
 from natgrad._routes._structured import StructuredUnsupported, solve_structured, unsupported_reason
+from natgrad._routes._structured_krylov import default_tol as structured_krylov_tol
+from natgrad._routes._structured_krylov import solve_structured_krylov
 from natgrad._tree import Params, num_params, unflatten_like
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 from natgrad.metrics import Euclidean, Metric
 from natgrad.models import Linearization, module_record
 
 CALL = "natural_gradient"
-ROUTES = ("auto", "primal", "dual", "lstsq", "krylov", "structured")
+ROUTES = ("auto", "primal", "dual", "lstsq", "krylov", "structured", "structured-krylov")
 DEFAULT_MEMORY_BUDGET = 2**30  # bytes
 
 
@@ -59,6 +61,10 @@ def route_memory(route: str, r: int, d: int, itemsize: int) -> int:
     """
     if route == "structured":
         return itemsize * (3 * r * r + 8 * (r + d))
+    if (
+        route == "structured-krylov"
+    ):  # r-vectors and a first preconditioner; the factor grows within the budget
+        return 8 * (16 * r + 256 * 3 * r) + itemsize * 8 * d
     if route == "primal":
         return itemsize * (r * d + 3 * d * d)
     if route == "dual":
@@ -185,7 +191,10 @@ def natural_gradient(
     ):
         raise ValueError(f"{CALL}: max_iter must be a positive int, got {max_iter!r}")
     record = module_record(phi)
-    if method == "structured":  # refuse before running phi (a BatchNorm in training mode breaks torch.func)
+    if method in (
+        "structured",
+        "structured-krylov",
+    ):  # refuse before running phi (a BatchNorm in training mode breaks torch.func)
         reason = unsupported_reason(record, params)
         if reason is not None:
             raise ValueError(_structured_error(reason))
@@ -231,7 +240,7 @@ def natural_gradient(
     itemsize = lin.flat.element_size()
     r = local.r
     refused = None
-    if method == "structured":
+    if method in ("structured", "structured-krylov"):
         reason = unsupported_reason(record, params, z)
         if reason is not None:
             raise ValueError(_structured_error(reason))
@@ -244,7 +253,7 @@ def natural_gradient(
     # MinNorm on the structured route runs the dual route (see _routes/_structured.py).
     sized = "dual" if route == "structured" and isinstance(inverse, MinNorm) else route
     need = route_memory(sized, r, d, itemsize)
-    if route != "krylov" and need > budget:
+    if route not in ("krylov", "structured-krylov") and need > budget:
         fits = [
             m for m in ("primal", "dual", "lstsq", "structured") if route_memory(m, r, d, itemsize) <= budget
         ]
@@ -256,6 +265,19 @@ def natural_gradient(
         )
     chunk = max(1, min(r, d, budget // max(1, 4 * itemsize * (lin.n + d))))
     solved, pushforward = None, None
+    if route == "structured-krylov":
+        try:
+            *solved, pushforward = solve_structured_krylov(
+                problem,
+                inverse,
+                record,
+                params,
+                tol=structured_krylov_tol(dtype) if tol is None else float(tol),
+                max_iter=500 if max_iter is None else int(max_iter),
+                budget=budget,
+            )
+        except StructuredUnsupported as error:
+            raise ValueError(_structured_error(str(error))) from error
     if route == "structured":
         try:
             *solved, pushforward = solve_structured(problem, inverse, record, params, chunk)

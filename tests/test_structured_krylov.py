@@ -1,0 +1,153 @@
+"""The matrix-free structured route against the literal float64 reference, on the shared cases and on
+rank-deficient and near-singular kernels; its certificate; the float32 agreement on an ill-conditioned case."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+import natgrad as ng
+from cases import CASES, METRICS, combos, inverses, relative_error
+from natgrad._routes import _structured_krylov
+from natgrad.linalg._matrix_free_kernel import KernelSolveError
+
+ROUTE = "structured-krylov"
+TOL64 = 1e-9
+
+
+@functools.cache
+def _setup(case_name: str, metric_name: str, inverse_name: str):
+    case = next(c for c in CASES if c.name == case_name)
+    mcase = next(m for m in METRICS if m.name == metric_name)
+    phi, params = case.build(torch.float64)
+    metric, loss = mcase.make(phi(params))
+    inverse = inverses(ng.num_params(params), torch.float64)[inverse_name]
+    return (
+        phi,
+        params,
+        metric,
+        loss,
+        inverse,
+        ng.reference.natural_gradient(phi, params, loss, metric, inverse),
+    )
+
+
+@pytest.fixture(params=["complete", "krylov"])
+def preconditioner(request, monkeypatch):
+    """'complete': the default first rank (these kernels are small, so the factorisation completes);
+    'krylov': rank 2, so the kernel LSQR with the Ritz watch runs (and extends the factorisation if it must)."""
+    if request.param == "krylov":
+        monkeypatch.setattr(_structured_krylov, "DEFAULT_RANK", 2)
+    return request.param
+
+
+PARAMS = [
+    pytest.param(c.name, m.name, i, id=f"{c.name}-{m.name}-{i}")
+    for c, m in combos()
+    if c.module
+    for i in ("moore-penrose", "ginverse", "damped")
+]
+
+
+@pytest.mark.parametrize(("case", "metric", "inverse"), PARAMS)
+def test_matches_reference_float64(case, metric, inverse, preconditioner):
+    phi, params, metric_obj, loss, inverse_obj, ref = _setup(case, metric, inverse)
+    res = ng.natural_gradient(phi, params, loss, metric_obj, inverse_obj, method=ROUTE, tol=1e-12)
+    assert res.method == ROUTE
+    assert relative_error(ng.flatten_params(res.direction), ng.flatten_params(ref.direction)) <= TOL64
+    assert relative_error(res.pushforward, ref.pushforward) <= TOL64
+    cert = res.info["certificate"]
+    assert cert["preconditioner_rank"] >= 1 and cert["products"] >= 1
+    if cert["residual"] is not None and not cert["complete_factorisation"]:
+        assert cert["residual"] <= 1e-12
+    if cert["complete_factorisation"] and inverse != "damped":
+        assert res.rank == ref.rank
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 24), nn.Tanh(), nn.Linear(24, 24), nn.Tanh(), nn.Linear(24, 4)).double()
+
+
+def _solve(x: torch.Tensor, labels: torch.Tensor, **kwargs):
+    model = _mlp()
+    phi, params = ng.from_module(model, x)
+
+    def loss(z):
+        return nn.functional.cross_entropy(z, labels, reduction="sum")
+
+    metric = ng.metrics.Categorical()
+    ref = ng.reference.natural_gradient(phi, params, loss, metric)
+    res = ng.natural_gradient(phi, params, loss, metric, method=ROUTE, **kwargs)
+    return res, ref, phi, params
+
+
+def _range_projection_gap(v: torch.Tensor, phi, params) -> float:
+    """‖v − Π v‖/‖v‖ for Π the projector onto range(Aᵀ) = range(Jᵀ) (A = Bᵀ J, B invertible here)."""
+    jac = ng.reference.gram(phi, params)["J"]
+    projected = torch.linalg.pinv(jac) @ (jac @ v)
+    return float((v - projected).norm() / v.norm())
+
+
+@pytest.mark.parametrize("rank", [2, 256], ids=["krylov-first", "complete-first"])
+def test_repeated_examples_give_the_moore_penrose_answer(rank, monkeypatch):
+    """Repeated inputs with different labels: K is singular and c has a part outside its range."""
+    monkeypatch.setattr(_structured_krylov, "DEFAULT_RANK", rank)
+    x = torch.randn(12, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = torch.cat([x, x])
+    labels = torch.randint(0, 4, (24,), generator=torch.Generator().manual_seed(2))
+    res, ref, phi, params = _solve(x, labels, tol=1e-12)
+    v, v_ref = ng.flatten_params(res.direction), ng.flatten_params(ref.direction)
+    assert ref.rank < 24 * 3
+    assert relative_error(v, v_ref) <= TOL64
+    assert res.rank == ref.rank
+    assert _range_projection_gap(v, phi, params) <= 1e-10  # the iterate lies in range(Aᵀ)
+
+
+@pytest.mark.parametrize("rank", [2, 256], ids=["krylov-first", "complete-first"])
+def test_near_duplicate_inputs_give_the_cutoffs_answer(rank, monkeypatch):
+    """Inputs repeated up to 1e-9: K has eigenvalues ~1e-18·λ_max, far below the cutoff; the answer must be the
+    reference's (same rtol), not a direction blown up along them."""
+    monkeypatch.setattr(_structured_krylov, "DEFAULT_RANK", rank)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(10, 5, generator=gen, dtype=torch.float64)
+    x = torch.cat([x, x + 1e-9 * torch.randn(10, 5, generator=gen, dtype=torch.float64)])
+    labels = torch.randint(0, 4, (20,), generator=gen)
+    res, ref, phi, params = _solve(x, labels, tol=1e-12)
+    v, v_ref = ng.flatten_params(res.direction), ng.flatten_params(ref.direction)
+    assert ref.rank == 10 * 3  # the cutoff drops every near-duplicate direction
+    assert relative_error(v, v_ref) <= 1e-6  # the reference's own sensitivity to 1e-9 perturbations
+    assert float(v.norm()) <= 1.01 * float(v_ref.norm())
+
+
+def test_near_singular_kernel_beyond_the_budget_raises(monkeypatch):
+    """When the factorisation cannot complete within the memory budget, the route says so instead of returning
+    a direction that resolves eigenvalues below the cutoff."""
+    monkeypatch.setattr(_structured_krylov, "DEFAULT_RANK", 2)
+    monkeypatch.setattr(_structured_krylov, "max_preconditioner_rank", lambda r, budget, held: 4)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(10, 5, generator=gen, dtype=torch.float64)
+    x = torch.cat([x, x + 1e-9 * torch.randn(10, 5, generator=gen, dtype=torch.float64)])
+    labels = torch.randint(0, 4, (20,), generator=gen)
+    with pytest.raises(KernelSolveError, match="natural_gradient: .*rank 4.*because of"):
+        _solve(x, labels, tol=1e-12)
+
+
+def test_refuses_minnorm_and_plain_callables():
+    phi, params = next(c for c in CASES if c.name == "mlp-overparam").build(torch.float64)
+    z = phi(params)
+    metric, loss = METRICS[0].make(z)
+    with pytest.raises(ValueError, match="structured-krylov.*MinNorm"):
+        ng.natural_gradient(
+            phi,
+            params,
+            loss,
+            metric,
+            ng.MinNorm(torch.ones(ng.num_params(params), dtype=z.dtype)),
+            method=ROUTE,
+        )
+    with pytest.raises(ValueError, match="plain callable"):
+        ng.natural_gradient(lambda p: p * 2, torch.ones(3), lambda z: z.sum(), method=ROUTE)
