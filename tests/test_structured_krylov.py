@@ -151,3 +151,55 @@ def test_refuses_minnorm_and_plain_callables():
         )
     with pytest.raises(ValueError, match="plain callable"):
         ng.natural_gradient(lambda p: p * 2, torch.ones(3), lambda z: z.sum(), method=ROUTE)
+
+
+def _low_rank_case(dtype: torch.dtype):
+    """MLP 32-64-64-10 on inputs of latent dimension 4 plus 1% noise: an ill-conditioned kernel."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(24, 4, generator=gen) @ torch.randn(4, 32, generator=gen) / 2 + 0.01 * torch.randn(
+        24, 32, generator=gen
+    )
+    labels = torch.randint(0, 10, (24,), generator=gen)
+    model, x = model.to(dtype), x.to(dtype)
+    phi, params = ng.from_module(model, x)
+
+    def loss(z):
+        return nn.functional.cross_entropy(z, labels, reduction="sum")
+
+    return phi, params, loss
+
+
+@pytest.mark.parametrize("rank", [8, 256], ids=["krylov-first", "complete-first"])
+def test_float32_agrees_with_float64_on_an_ill_conditioned_kernel(rank, monkeypatch):
+    """float32 model, default cutoff: within 1e-4 of the float64 answer, every direction of K retained."""
+    monkeypatch.setattr(_structured_krylov, "DEFAULT_RANK", rank)
+    phi64, params64, loss64 = _low_rank_case(torch.float64)
+    ref = ng.reference.natural_gradient(phi64, params64, loss64, ng.metrics.Categorical())
+    kernel = ng.reference.gram(phi64, params64, ng.metrics.Categorical())
+    evals = torch.linalg.eigvalsh(kernel["G"])[-ref.rank :]
+    assert float(evals[-1] / evals[0]) > 1e3  # ill-conditioned, and the old float32 default would cut it
+    assert float(evals[0] / evals[-1]) < 10 * 24 * 9 * torch.finfo(torch.float32).eps
+    phi, params, loss = _low_rank_case(torch.float32)
+    res = ng.natural_gradient(phi, params, loss, ng.metrics.Categorical(), method=ROUTE, tol=1e-5)
+    v = ng.flatten_params(res.direction)
+    assert v.dtype == torch.float32
+    assert relative_error(v, ng.flatten_params(ref.direction)) <= 1e-4
+
+
+def test_krylov_route_says_when_it_would_resolve_a_dropped_direction():
+    """The plain krylov route watches the same cutoff through LSQR's Ritz values and says so instead of
+    reporting a blown-up direction as converged."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(10, 5, generator=gen, dtype=torch.float64)
+    x = torch.cat([x, x + 1e-9 * torch.randn(10, 5, generator=gen, dtype=torch.float64)])
+    labels = torch.randint(0, 4, (20,), generator=gen)
+    phi, params = ng.from_module(_mlp(), x)
+
+    def loss(z):
+        return nn.functional.cross_entropy(z, labels, reduction="sum")
+
+    with pytest.warns(RuntimeWarning, match="below the Moore–Penrose cutoff"):
+        res = ng.natural_gradient(phi, params, loss, ng.metrics.Categorical(), method="krylov")
+    assert res.info["near_singular"] and not res.info["converged"]

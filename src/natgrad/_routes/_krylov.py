@@ -7,7 +7,7 @@ import warnings
 from torch import Tensor
 
 from natgrad._routes._problem import Problem
-from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, cg, lsqr
+from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose, cg, lsqr
 
 
 def solve_krylov(problem: Problem, inverse: Inverse, tol: float, max_iter: int) -> tuple[Tensor, None, dict]:
@@ -20,9 +20,12 @@ def solve_krylov(problem: Problem, inverse: Inverse, tol: float, max_iter: int) 
     a, at = problem.a_matvec, problem.at_matvec
     grad, c = problem.grad, problem.c
     solves = []
+    mp = inverse if isinstance(inverse, MoorePenrose) else getattr(inverse, "moore_penrose", None)
+    # The Moore–Penrose cutoff, watched through LSQR's Ritz values: never resolve a dropped direction.
+    cutoff = None if mp is None else mp.resolve_rtol(grad.dtype, r, d)
 
     def least_squares(mv, rmv, b, cols):
-        x, info = lsqr(mv, rmv, b, cols, tol=tol, max_iter=max_iter)
+        x, info = lsqr(mv, rmv, b, cols, tol=tol, max_iter=max_iter, cutoff=cutoff)
         solves.append(info)
         return x
 
@@ -58,8 +61,17 @@ def solve_krylov(problem: Problem, inverse: Inverse, tol: float, max_iter: int) 
         "iterations": sum(s.iterations for s in solves),
         "residual": max(s.residual for s in solves),
         "converged": all(s.converged for s in solves),
+        "near_singular": any(s.near_singular for s in solves),
     }
-    if not info["converged"]:
+    if info["near_singular"]:
+        warnings.warn(
+            "natural_gradient: krylov route stopped before resolving a direction whose singular value is below "
+            f"the Moore–Penrose cutoff (rtol {cutoff:.3g}); the answer is the last iterate before it, not a "
+            "certified one; use method='structured-krylov' (module models) or a dense route",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    elif not info["converged"]:
         warnings.warn(
             f"natural_gradient: krylov route stopped after {max_iter} iterations at relative residual "
             f"{info['residual']:.3g} > tol {tol:.3g}; raise max_iter, loosen tol, or use method='dual'",

@@ -28,6 +28,7 @@ from natgrad._routes._problem import Problem
 from natgrad._routes._structured import StructuredUnsupported
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 from natgrad.linalg._matrix_free_kernel import KernelSolveError, MatrixFreeKernel
+from natgrad.linalg._precision import kernel_rtol
 from natgrad.models import ModuleRecord
 from natgrad.models.structured import emit_factors, factor_for
 
@@ -93,7 +94,7 @@ def _attempt(problem, inverse, record, params, tol, max_iter, budget, rank, chec
     try:
         mp = MoorePenrose() if isinstance(inverse, Damped) else inverse
         mp = mp if isinstance(mp, MoorePenrose) else mp.moore_penrose
-        rtol = mp.resolve_rtol(grad.dtype, problem.r, problem.d)
+        rtol = kernel_rtol(mp, grad.dtype, problem.r, problem.d)
         model_dtype = factors.dtype
 
         def matvec(y: Tensor) -> Tensor:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from natgrad.linalg._ritz import count_below, eigenvalue_bounds, normal_tridiagonal, watch
+
 Operator = Callable[[Tensor], Tensor]
 _NOISE = 100.0  # a direction whose K-energy is below _NOISE·eps·‖K‖·‖y‖² is rounding
 
@@ -49,54 +51,6 @@ class KernelLsqrInfo:
     stopped: str
     smallest_ritz: float
     largest_ritz: float
-
-
-def _normal_tridiagonal(alphas: list[float], betas: list[float]) -> tuple[list[float], list[float]]:
-    """B_kᵀB_k for the lower bidiagonal B_k (diagonal α₁…α_k, subdiagonal β₂…β_{k+1}): (diagonal, off-diagonal)."""
-    k = len(betas)
-    diagonal = [alphas[i] ** 2 + betas[i] ** 2 for i in range(k)]
-    off = [alphas[i + 1] * betas[i] for i in range(k - 1)]
-    return diagonal, off
-
-
-def _count_below(diagonal: list[float], off: list[float], x: float) -> int:
-    """Eigenvalues of the symmetric tridiagonal matrix below x (Sturm sequence, O(k))."""
-    count, q = 0, 1.0
-    tiny = 1e-300
-    for i, d in enumerate(diagonal):
-        q = d - x - (off[i - 1] ** 2 / q if i else 0.0)
-        if q == 0.0:
-            q = -tiny
-        count += q < 0
-    return count
-
-
-def _eigenvalue_bounds(diagonal: list[float], off: list[float]) -> tuple[float, float]:
-    """(smallest, largest) eigenvalue of the tridiagonal matrix by bisection to 1e-3 relative accuracy."""
-    radius = [abs(off[i - 1]) if i else 0.0 for i in range(len(diagonal))]
-    for i in range(len(off)):
-        radius[i] += abs(off[i])
-    high = max(d + rad for d, rad in zip(diagonal, radius, strict=True))
-    k = len(diagonal)
-
-    def kth(target: int) -> float:
-        low, up = 0.0, high
-        for _ in range(200):
-            mid = 0.5 * (low + up)
-            if _count_below(diagonal, off, mid) >= target:
-                up = mid
-            else:
-                low = mid
-            if up - low <= 1e-3 * up:
-                break
-        return up
-
-    return kth(1), kth(k)
-
-
-def _watch(iteration: int) -> bool:
-    """Whether to check the Ritz values at this iteration (every one early on, then every fifth)."""
-    return iteration <= 60 or iteration % 5 == 0
 
 
 def kernel_lsqr(
@@ -150,9 +104,9 @@ def kernel_lsqr(
             u = u / beta
         norm_a2 += beta**2
         betas.append(beta)
-        if ritz_floor is not None and _watch(it):
-            if _count_below(*_normal_tridiagonal(alphas, betas), ritz_floor) > 0:
-                smallest, largest = _eigenvalue_bounds(*_normal_tridiagonal(alphas, betas))
+        if ritz_floor is not None and watch(it):
+            if count_below(*normal_tridiagonal(alphas, betas), ritz_floor) > 0:
+                smallest, largest = eigenvalue_bounds(*normal_tridiagonal(alphas, betas))
                 return checked, KernelLsqrInfo(it, phibar / b_norm, "ritz-floor", smallest, largest)
             checked = y
         v = apply(u) - beta * v
@@ -184,7 +138,7 @@ def kernel_lsqr(
             stopped, iterations = "least-squares", it
             break
     if betas:
-        smallest, largest = _eigenvalue_bounds(*_normal_tridiagonal(alphas, betas))
+        smallest, largest = eigenvalue_bounds(*normal_tridiagonal(alphas, betas))
     return y, KernelLsqrInfo(iterations, phibar / b_norm, stopped, smallest, largest)
 
 

@@ -29,7 +29,7 @@ from natgrad.linalg._kernel_solvers import kernel_lsqr, preconditioned_cg
 from natgrad.linalg._pivoted_cholesky import LowRankPreconditioner, PartialCholesky, pivoted_cholesky
 
 Operator = Callable[[Tensor], Tensor]
-_ROUNDING = 100.0  # residual diagonal entries below _ROUNDING·eps·max diag K are rounding: the factorisation is complete
+_ROUNDING = 10.0  # residual diagonal entries below _ROUNDING·eps·max diag K are rounding: the factorisation is complete
 
 
 class KernelSolveError(RuntimeError):

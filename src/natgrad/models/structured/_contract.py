@@ -40,11 +40,19 @@ class SharedLinearFactor:
 
     def weight_space(self, u: Tensor) -> Tensor:
         """Aᵀ u restricted to this block, (m, O, P), for u of shape (N, k, m)."""
+        n, width, positions, outputs = self.signals.shape
+        if positions == 1:  # plain matrix products (einsum does not always find them)
+            summed = torch.bmm(u.transpose(1, 2), self.signals.reshape(n, width, outputs))  # (N, m, O)
+            return torch.matmul(summed.permute(1, 2, 0), self.inputs.reshape(n, -1))  # (m, O, P)
         summed = torch.einsum("nkto,nkm->mnto", self.signals, u)  # the k columns of example i share x_i
         return torch.einsum("mnto,ntp->mop", summed, self.inputs)
 
     def output_space(self, w: Tensor) -> Tensor:
         """A w restricted to this block, (N, k, m), for w of shape (m, O, P)."""
+        n, width, positions, outputs = self.signals.shape
+        if positions == 1:
+            hidden = torch.matmul(self.inputs.reshape(n, -1), w.transpose(1, 2))  # (m, N, O)
+            return torch.bmm(self.signals.reshape(n, width, outputs), hidden.permute(1, 2, 0))  # (N, k, m)
         hidden = torch.einsum("mop,ntp->mnto", w, self.inputs)
         return torch.einsum("nkto,mnto->nkm", self.signals, hidden)
 
@@ -53,12 +61,18 @@ class SharedLinearFactor:
         n, width, positions, outputs = self.signals.shape
         flat = self.signals.reshape(n * width, positions, outputs)
         picked = flat[index]  # (m, T, O)
+        if positions == 1:
+            gram_s = flat[:, 0] @ picked[:, 0].T  # (r, m)
+            gram_x = self.inputs[:, 0] @ self.inputs[examples, 0].T  # (N, m)
+            return gram_s.view(n, width, -1) * gram_x[:, None, :]
         gram_s = torch.einsum("nkto,muo->nkmtu", self.signals, picked)
         gram_x = torch.einsum("ntp,mup->nmtu", self.inputs, self.inputs[examples])
         return torch.einsum("nkmtu,nmtu->nkm", gram_s, gram_x)
 
     def diagonal(self) -> Tensor:
         """diag K_block, (N, k): Σ_{t,t'} (s_{a,t}·s_{a,t'}) (x_{i,t}·x_{i,t'})."""
+        if self.signals.shape[2] == 1:
+            return (self.signals[:, :, 0] ** 2).sum(-1) * (self.inputs[:, 0] ** 2).sum(-1)[:, None]
         gram_s = torch.einsum("nkto,nkuo->nktu", self.signals, self.signals)
         gram_x = torch.einsum("ntp,nup->ntu", self.inputs, self.inputs)
         return torch.einsum("nktu,ntu->nk", gram_s, gram_x)
