@@ -20,11 +20,11 @@ from natgrad._routes._factorization import Factorization, SolveInfo, merge_info
 from natgrad._routes._inverse import apply_inverse, cutoff, scaling
 from natgrad._routes._problem import Problem, RightHandSide, output_factor_coefficients
 from natgrad._routes._registry import (
-    BY_NAME,
     DEFAULT_MEMORY_BUDGET,
-    METHODS,
+    by_name,
     check_memory,
     choose,
+    methods,
     usable_routes,
 )
 from natgrad._routes._route import Route, RouteName
@@ -299,9 +299,9 @@ def prepare(
     eager: bool,
 ) -> GramFactorization:
     """Validate the inputs, linearise φ, pick and check the route: the shared body of the public calls."""
-    if method not in METHODS:
+    if method not in methods():
         raise InvalidInputError(
-            f"{call}: method must be one of {', '.join(map(repr, METHODS))}, got {method!r}"
+            f"{call}: method must be one of {', '.join(map(repr, methods()))}, got {method!r}"
         )
     if not callable(phi):
         raise InvalidTypeError(f"{call}: phi must be a callable (params -> Tensor)")
@@ -328,7 +328,7 @@ def prepare(
     ):
         raise InvalidInputError(f"{call}: max_iter must be a positive int, got {max_iter!r}")
     record = module_record(phi)
-    requested = None if method == "auto" else BY_NAME[method]
+    requested = None if method == "auto" else by_name(method)
     if requested is not None:  # refuse before running phi (a BatchNorm in training mode breaks torch.func)
         reason = requested.refuses(record, params)
         if reason is not None:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from natgrad._factorize import Parametrisation, prepare
 from natgrad._result import NaturalGradient
-from natgrad._routes._registry import BY_NAME, DEFAULT_MEMORY_BUDGET, METHODS, ROUTES, choose
+from natgrad._routes._registry import DEFAULT_MEMORY_BUDGET, ROUTES, by_name, choose, methods
 from natgrad._routes._structured import STRUCTURED
 from natgrad._tree import Params
 from natgrad.exceptions import InvalidTypeError
@@ -22,7 +22,7 @@ __all__ = ["DEFAULT_MEMORY_BUDGET", "NaturalGradient", "choose_route", "natural_
 
 def route_memory(route: str, r: int, d: int, itemsize: int) -> int:
     """Bytes the route ``route`` allocates for its matrices (see each route's ``memory``)."""
-    return BY_NAME[route].memory(r, d, itemsize)
+    return by_name(route).memory(r, d, itemsize)
 
 
 def choose_route(r: int, d: int, itemsize: int, budget: int, structured: bool = False) -> str:
@@ -77,7 +77,7 @@ def natural_gradient(
         :class:`NaturalGradient` with direction, pushforward, gradient, rank, method, output, loss, status.
         The same as ``factorize(phi, params, metric, inverse, method).solve(loss)``.
     """
-    if method in METHODS and (not callable(phi) or not callable(loss)):
+    if method in methods() and (not callable(phi) or not callable(loss)):
         raise InvalidTypeError(f"{CALL}: phi and loss must be callables (params -> Tensor, Tensor -> scalar)")
     fac = prepare(CALL, phi, params, metric, inverse, method, memory_budget, tol, max_iter, eager=False)
     try:

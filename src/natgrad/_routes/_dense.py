@@ -37,8 +37,8 @@ class PrimalRoute(_DenseRoute):
     def memory(self, r: int, d: int, itemsize: int) -> int:
         return itemsize * (r * d + 3 * d * d)
 
-    def auto_applies(self, r: int, d: int) -> bool:
-        return d <= r
+    def auto_rank(self, r: int, d: int) -> int | None:
+        return 1 if d <= r else None
 
     def factorize(self, problem: Problem) -> Factorization:
         return SpectralFactorization.of_gram(problem.a_dense(), problem.rtol)
@@ -53,8 +53,8 @@ class DualRoute(_DenseRoute):
     def memory(self, r: int, d: int, itemsize: int) -> int:
         return itemsize * (2 * r * d + 3 * r * r)
 
-    def auto_applies(self, r: int, d: int) -> bool:
-        return r < d
+    def auto_rank(self, r: int, d: int) -> int | None:
+        return 1 if r < d else None
 
     def factorize(self, problem: Problem) -> Factorization:
         a = problem.a_dense()
@@ -70,8 +70,8 @@ class LstsqRoute(_DenseRoute):
     def memory(self, r: int, d: int, itemsize: int) -> int:
         return itemsize * (3 * r * d + 2 * min(r, d) ** 2)
 
-    def auto_applies(self, r: int, d: int) -> bool:
-        return False
+    def auto_rank(self, r: int, d: int) -> int | None:
+        return None
 
     def factorize(self, problem: Problem) -> Factorization:
         return SpectralFactorization.of_svd(problem.a_dense(), problem.rtol)

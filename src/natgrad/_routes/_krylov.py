@@ -71,8 +71,8 @@ class KrylovRoute:
     def memory(self, r: int, d: int, itemsize: int) -> int:
         return itemsize * 8 * (r + d)
 
-    def auto_applies(self, r: int, d: int) -> bool:
-        return True
+    def auto_rank(self, r: int, d: int) -> int | None:
+        return 9  # the last resort: always applies, never refused for memory
 
     def refuses(self, record: ModuleRecord | None, params: Params) -> str | None:
         return None

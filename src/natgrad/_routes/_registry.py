@@ -1,8 +1,10 @@
 """The ordered route registry: the ``method=`` list, the memory check and its message, and ``auto``.
 
-Adding a route is one module defining a :class:`~natgrad._routes._route.Route` plus one entry in ``ROUTES``.
-The order is the order of preference: ``auto`` takes the first route that applies at the shape, supports the
-problem and fits the budget; a route over the budget names the first route that fits.
+Adding a route is one module defining a :class:`~natgrad._routes._route.Route` plus one entry in ``ROUTES``:
+it then appears in the ``method=`` list and its error message, in the memory check, and (through its
+``auto_rank``) in ``auto``, which takes the route of lowest rank that applies at the shape, supports the problem
+and fits the budget. A route over the budget names the first route in ``ROUTES`` that fits, bounded routes
+before matrix-free ones.
 """
 
 from __future__ import annotations
@@ -14,9 +16,18 @@ from natgrad._routes._route import Route
 from natgrad._routes._structured import STRUCTURED
 from natgrad.exceptions import MemoryBudgetError
 
-ROUTES: tuple[Route, ...] = (STRUCTURED, PRIMAL, DUAL, LSTSQ, KRYLOV)
-BY_NAME: dict[str, Route] = {route.name: route for route in ROUTES}
-METHODS: tuple[str, ...] = ("auto", "primal", "dual", "lstsq", "krylov", "structured")
+ROUTES: tuple[Route, ...] = (PRIMAL, DUAL, LSTSQ, KRYLOV, STRUCTURED)
+
+
+def methods() -> tuple[str, ...]:
+    """The valid ``method=`` strings: "auto" and every registered route."""
+    return ("auto", *(route.name for route in ROUTES))
+
+
+def by_name(name: str) -> Route:
+    """The registered route called ``name``."""
+    return next(route for route in ROUTES if route.name == name)
+
 
 DEFAULT_MEMORY_BUDGET = 2**30  # bytes
 
@@ -36,11 +47,15 @@ def fits(route: Route, r: int, d: int, itemsize: int, budget: int) -> bool:
 
 
 def choose(r: int, d: int, itemsize: int, budget: int, usable: tuple[Route, ...] | None = None) -> Route:
-    """``auto``: the first route in registry order that applies at (r, d) and fits, among ``usable``."""
-    for route in ROUTES if usable is None else usable:
-        if route.auto_applies(r, d) and fits(route, r, d, itemsize, budget):
-            return route
-    raise AssertionError("the krylov route always applies")
+    """``auto``: among ``usable`` routes that fit, the one of lowest ``auto_rank`` at (r, d)."""
+    ranked = [
+        (rank, index, route)
+        for index, route in enumerate(ROUTES if usable is None else usable)
+        if (rank := route.auto_rank(r, d)) is not None and fits(route, r, d, itemsize, budget)
+    ]
+    if not ranked:
+        raise AssertionError("the krylov route always applies and fits")
+    return min(ranked, key=lambda item: item[:2])[2]
 
 
 def usable_routes(problem: Problem) -> tuple[Route, ...]:
@@ -57,7 +72,8 @@ def check_memory(call: str, requested: Route, problem: Problem) -> None:
     if fits(actual, r, d, itemsize, budget):
         return
     need = actual.memory(r, d, itemsize)
-    suggestion = next(route for route in usable_routes(problem) if fits(route, r, d, itemsize, budget))
+    candidates = sorted(usable_routes(problem), key=lambda route: not route.bounded)
+    suggestion = next(route for route in candidates if fits(route, r, d, itemsize, budget))
     raise MemoryBudgetError(
         f"{call}: method={requested.name!r} needs about {format_bytes(need)} for r={r} weighted outputs and "
         f"d={d} parameters, over the memory budget of {format_bytes(budget)}; use method={suggestion.name!r} "

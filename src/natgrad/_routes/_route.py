@@ -27,8 +27,8 @@ class Route(Protocol):
         """Bytes it allocates for r weighted outputs and d parameters, ``itemsize`` bytes per entry."""
         ...
 
-    def auto_applies(self, r: int, d: int) -> bool:
-        """Whether ``method="auto"`` considers it at this shape (the registry's order breaks ties)."""
+    def auto_rank(self, r: int, d: int) -> int | None:
+        """``method="auto"``'s preference at this shape: lower is preferred, None never chosen."""
         ...
 
     def refuses(self, record: ModuleRecord | None, params: Params) -> str | None:

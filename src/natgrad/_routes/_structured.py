@@ -188,8 +188,8 @@ class StructuredRoute:
         example, summed over layers) are not counted."""
         return itemsize * (3 * r * r + 8 * (r + d))
 
-    def auto_applies(self, r: int, d: int) -> bool:
-        return r < d
+    def auto_rank(self, r: int, d: int) -> int | None:
+        return 0 if r < d else None  # K without A: preferred whenever it applies
 
     def refuses(self, record: ModuleRecord | None, params: Params) -> str | None:
         return unsupported_reason(record, params)
