@@ -112,6 +112,7 @@ class StructuredFactorization(KernelFactorization):
                 self.record.args,
                 factor_for(problem.metric, z),
                 check_outside=check_outside,
+                kwargs=self.record.kwargs,
             )
         except (ValueError, TypeError) as error:
             raise StructuredUnsupported(str(error)) from error

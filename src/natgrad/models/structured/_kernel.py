@@ -124,6 +124,7 @@ def structured_kernel(
     output_factor: Factor = None,
     chunk_size: int | None = None,
     check_outside: bool = True,
+    kwargs: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, StructuredContext]:
     """The output-side kernel K = (Bᵀ J)(Bᵀ J)ᵀ of a network, assembled layer by layer without forming J.
 
@@ -149,6 +150,7 @@ def structured_kernel(
         check_outside: look for parameters used outside the modules that register them (one extra
             backward pass and a re-run of each layer) and give them whole-model rows. With False the layer
             formulas are trusted as they are; callers then verify K against products with A (the engine does).
+        kwargs: keyword inputs of ``module.forward`` (as ``from_module(..., kwargs=...)`` records them).
 
     Returns:
         ``(K, context)``: K of shape (r, r), and a :class:`StructuredContext` whose ``vjp(y)`` gives Jᵀ B y.
@@ -158,7 +160,7 @@ def structured_kernel(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"{_CALL}: chunk_size must be a positive integer or None, got {chunk_size}")
     with torch.enable_grad(), recording(module) as recorder:
-        output = module(*_as_tuple(inputs))
+        output = module(*_as_tuple(inputs), **(kwargs or {}))
     if not isinstance(output, torch.Tensor):
         raise TypeError(f"{_CALL}: the module must return one tensor (N, ...), got {type(output).__name__}")
     check_unchanged(recorder.calls)
