@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from natgrad.exceptions import StructuredUnsupported
+
 from ._capture import ModuleCall, check_unchanged, output_signals, recording
 from ._factors import BlockFactor, Factor, normalise_factor
 from ._layers import add_rows, add_shared_linear
@@ -98,10 +100,11 @@ def _as_tuple(inputs: Any) -> tuple[Any, ...]:
 def _check_batch(calls: Sequence[ModuleCall], num_examples: int) -> None:
     for call in calls:
         if call.output.dim() == 0 or call.output.shape[0] != num_examples:
-            raise ValueError(
-                f"{_CALL}: module {call.name or '<root>'!r} ({type(call.module).__name__}) returned shape "
+            raise StructuredUnsupported.at(
+                _CALL,
+                f"module {call.name or '<root>'!r} ({type(call.module).__name__}) returned shape "
                 f"{tuple(call.output.shape)}, but the structured route needs the batch axis first with "
-                f"N = {num_examples} examples in every parametrised layer (use batch_first layouts)"
+                f"N = {num_examples} examples in every parametrised layer (use batch_first layouts)",
             )
 
 
@@ -162,7 +165,9 @@ def structured_kernel(
     with torch.enable_grad(), recording(module) as recorder:
         output = module(*_as_tuple(inputs), **(kwargs or {}))
     if not isinstance(output, torch.Tensor):
-        raise TypeError(f"{_CALL}: the module must return one tensor (N, ...), got {type(output).__name__}")
+        raise StructuredUnsupported.at(
+            _CALL, f"the module must return one tensor (N, ...), got {type(output).__name__}"
+        )
     check_unchanged(recorder.calls)
     factor, dense = normalise_factor(output_factor, output, _CALL)
     num_examples, width = factor.num_examples, factor.width

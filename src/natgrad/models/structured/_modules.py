@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from natgrad.exceptions import StructuredUnsupported
+
 from ._capture import ModuleCall
 
 SharedLinearBlock = tuple[torch.Tensor, torch.Tensor]  # x (N, T, P), s (N, k, T, O)
@@ -65,9 +67,10 @@ def conv_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
     x = call.args[0]
     spatial = x.dim() - 2
     if spatial != (1 if isinstance(module, nn.Conv1d) else 2):
-        raise ValueError(
-            f"structured_kernel: {type(module).__name__} {call.name!r} expects batched input (N, C, ...), "
-            f"got shape {tuple(x.shape)}"
+        raise StructuredUnsupported.at(
+            "structured_kernel",
+            f"{type(module).__name__} {call.name!r} expects batched input (N, C, ...), "
+            f"got shape {tuple(x.shape)}",
         )
     padding = module.padding
     if module.padding_mode != "zeros" or isinstance(padding, str):
@@ -118,10 +121,11 @@ def _normalised_input(module: nn.Module, x: torch.Tensor, name: str) -> tuple[to
     if isinstance(module, nn.GroupNorm):
         return F.group_norm(x, module.num_groups, eps=module.eps), 1
     if module.training or module.running_mean is None:
-        raise ValueError(
-            f"structured_kernel: {type(module).__name__} {name!r} normalises with batch statistics "
+        raise StructuredUnsupported.at(
+            "structured_kernel",
+            f"{type(module).__name__} {name!r} normalises with batch statistics "
             "(training mode or track_running_stats=False), which couples the examples; call model.eval() "
-            "or use a route that does not assume independent examples (method='dual')"
+            "or use a route that does not assume independent examples (method='dual')",
         )
     view = (1, -1) + (1,) * (x.dim() - 2)
     mean = module.running_mean.reshape(view)
