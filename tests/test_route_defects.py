@@ -88,3 +88,15 @@ def test_a_bug_in_kernel_assembly_is_not_reported_as_unsupported(monkeypatch):
         ) as err:
             ng.natural_gradient(phi, params, _square, method=method)
         assert not isinstance(err.value, ng.StructuredUnsupported)
+
+
+def test_moore_penrose_error_states_the_default_cutoff_it_uses():
+    with pytest.raises(ValueError, match=r"None for the default 10·min\(r, d\)·eps") as err:
+        ng.MoorePenrose(rtol=2.0)
+    assert isinstance(err.value, ng.InvalidInputError)
+    # the stated default is the one applied
+    assert (
+        ng.MoorePenrose().resolve_rtol(F64, 7, 3)
+        == 10 * 3 * torch.finfo(F64).eps
+        == ng.default_rtol(F64, 7, 3)
+    )
