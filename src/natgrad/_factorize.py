@@ -12,9 +12,9 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
-from torch.func import grad as func_grad
 
 from natgrad._checks import check_finite, check_params, check_real, check_tensor
+from natgrad._loss import output_gradient
 from natgrad._result import NaturalGradient, Status
 from natgrad._routes._factorization import Factorization, SolveInfo, merge_info
 from natgrad._routes._inverse import apply_inverse, cutoff, scaling
@@ -45,23 +45,6 @@ class Parametrisation(Protocol):
 def default_tolerance(dtype: torch.dtype) -> float:
     """Relative residual tolerance of the Krylov solves: 1e-12 in float64, 1e-6 in float32."""
     return 1e-12 if torch.finfo(dtype).eps < 1e-10 else 1e-6
-
-
-def output_gradient(call: str, loss: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
-    """(L(z), ∇z L) for a loss that must return a scalar Tensor; both detached, ∇z L shaped like z."""
-    value_box: list[Tensor] = []
-
-    def scalar_loss(x: Tensor) -> Tensor:
-        value = loss(x)
-        if not isinstance(value, Tensor) or value.numel() != 1:
-            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise InvalidInputError(f"{call}: loss(z) must return a scalar Tensor, got {got}")
-        value = value.reshape(())
-        value_box.append(value)
-        return value
-
-    g = func_grad(scalar_loss)(z)
-    return value_box[0].detach(), g
 
 
 def structured_error(call: str, reason: str) -> StructuredUnsupported:

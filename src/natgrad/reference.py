@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import grad as func_grad
 from torch.func import jacrev
 
+from natgrad._loss import output_gradient
 from natgrad._result import NaturalGradient
 from natgrad._tree import Params, flatten_params, num_params, unflatten_like
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
@@ -89,7 +89,8 @@ def natural_gradient(
     inverse = MoorePenrose() if inverse is None else inverse
     pieces = gram(phi, params, metric)
     J, G, z = pieces["J"], pieces["G"], pieces["z"]
-    u = func_grad(lambda x: loss(x).reshape(()))(z).reshape(-1)
+    loss_value, u = output_gradient("reference.natural_gradient", loss, z)
+    u = u.reshape(-1)
     grad = J.T @ u
     rows = (Euclidean() if metric is None else metric).at(z).r
     v, rank = apply_inverse(G, grad, inverse, rows)
@@ -102,5 +103,5 @@ def natural_gradient(
         rank=rank,
         method="reference",
         output=z.detach(),
-        loss=loss(z).detach().reshape(()),
+        loss=loss_value,
     )

@@ -38,7 +38,7 @@ def factor_for(local: LocalMetric, output: Tensor) -> Tensor:
     """
     n_ex, per = output.shape[0], output[0].numel()
     if isinstance(local, _CategoricalLocal) and output.dim() == 2:
-        return local._blocks()
+        return local.blocks()
     if isinstance(local, DiagonalLocal):
         return torch.diag_embed(local.root.reshape(n_ex, per))
     return local.factor()

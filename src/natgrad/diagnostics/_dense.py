@@ -17,14 +17,6 @@ def model_point(phi: Callable[[Any], Tensor], params: Any) -> Tensor:
     return phi(params).detach()
 
 
-def loss_gradient(loss: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
-    """∇z L at z, flattened to a vector of length n."""
-    with torch.enable_grad():
-        zz = z.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss(zz), zz)
-    return grad.reshape(-1)
-
-
 def default_rtol(matrix: Tensor) -> float:
     """The usual numerical-rank cutoff max(m, n)·eps relative to the largest singular value."""
     return max(matrix.shape) * torch.finfo(matrix.dtype).eps

@@ -26,6 +26,7 @@ import torch
 from torch.func import functional_call, jvp
 
 import natgrad as ng
+from natgrad._loss import output_gradient
 
 from ._curvature import Curvature, resolve_curvature
 from ._damping import LevenbergMarquardt, reduction_ratio
@@ -242,7 +243,7 @@ class NGD(torch.optim.Optimizer):
         slope = curvature_term = math.nan
         if needs_model:
             _, jd = jvp(forward, (theta,), (step_vec,))
-            grad_z = _output_gradient(loss, z0)
+            grad_z = output_gradient("NGD.step", loss, z0)[1]
             slope = float((grad_z * jd).sum())  # ⟨∇L, d⟩ = ⟨∇_z L, J d⟩
             curvature_term = curvature.scale * float((jd * curvature.matvec(jd)).sum())  # dᵀ G d
         if self.line_search == "grid":
@@ -339,10 +340,3 @@ def _scaled(
     if scale == 1.0:
         return loss
     return lambda z: loss(z) / scale
-
-
-def _output_gradient(loss: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor) -> torch.Tensor:
-    z = z0.detach().requires_grad_(True)
-    with torch.enable_grad():
-        (grad,) = torch.autograd.grad(loss(z), z)
-    return grad
