@@ -13,7 +13,7 @@ from torch.func import jacrev
 
 from natgrad._loss import output_gradient
 from natgrad._result import NaturalGradient
-from natgrad._tree import Params, flatten_params, num_params, unflatten_like
+from natgrad._tree import Parametrisation, Params, flatten_params, num_params, unflatten_like
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 from natgrad.metrics import Euclidean, Metric
 
@@ -24,7 +24,7 @@ def _to64(params: Params) -> Params:
     return {k: v.detach().to(torch.float64) for k, v in params.items()}
 
 
-def gram(phi: Callable[[Params], Tensor], params: Params, metric: Metric | None = None) -> dict[str, Tensor]:
+def gram(phi: Parametrisation, params: Params, metric: Metric | None = None) -> dict[str, Tensor]:
     """Literal float64 pieces at ξ: J (n×d), g (n×n), G = Jᵀ g J, z. Keys: "J", "g", "G", "z"."""
     metric = Euclidean() if metric is None else metric
     p64 = _to64(params)
@@ -75,7 +75,7 @@ def apply_inverse(G: Tensor, grad: Tensor, inverse: Inverse, rows: int) -> tuple
 
 
 def natural_gradient(
-    phi: Callable[[Params], Tensor],
+    phi: Parametrisation,
     params: Params,
     loss: Callable[[Tensor], Tensor],
     metric: Metric | None = None,

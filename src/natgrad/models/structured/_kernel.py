@@ -192,7 +192,9 @@ def structured_kernel(
         for call in calls:
             call.params = {k: p for k, p in call.params.items() if id(p) not in outside}
         calls = [call for call in calls if call.params]
-    signals = _signals(output, calls, factor, columns_per_pass) if calls else []
+    signals: list[torch.Tensor | None] = (
+        list(_signals(output, calls, factor, columns_per_pass)) if calls else []
+    )
 
     uses: dict[int, int] = {}
     for call in calls:
@@ -209,12 +211,13 @@ def structured_kernel(
 
     for index, call in enumerate(calls):
         s = signals[index]
+        assert s is not None
         signals[index] = None  # free as we go
         kind = structure_of(call.module)
         if any(uses[id(p)] > 1 for p in call.params.values()):
-            for name, rows in generic_rows(call, s, examples_per_chunk, pause).items():
+            for name, param_rows in generic_rows(call, s, examples_per_chunk, pause).items():
                 key = id(call.params[name])
-                flat = rows.reshape(r, -1)
+                flat = param_rows.reshape(r, -1)
                 tied_rows[key] = tied_rows[key] + flat if key in tied_rows else flat
             routes[call.name] = "shared-parameter/vjp"
         elif kind in _BLOCKS:
@@ -225,8 +228,8 @@ def structured_kernel(
             add_rows(kernel, norm_rows(call, s))
             routes[call.name] = "norm"
         else:
-            rows = generic_rows(call, s, examples_per_chunk, pause)
-            add_rows(kernel, torch.cat([v.reshape(r, -1) for v in rows.values()], dim=1))
+            generic = generic_rows(call, s, examples_per_chunk, pause)
+            add_rows(kernel, torch.cat([v.reshape(r, -1) for v in generic.values()], dim=1))
             routes[call.name] = "generic/vjp"
     for rows in tied_rows.values():
         add_rows(kernel, rows)

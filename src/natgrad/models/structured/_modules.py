@@ -11,6 +11,8 @@ inputs so that only this call's use of the parameters counts.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,7 +55,7 @@ def _with_bias(x: torch.Tensor, params: dict, weight: str = "weight", bias: str 
 
 def linear_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
     """Linear y = W x + b over positions t (all axes between batch and features)."""
-    module = call.module
+    module: Any = call.module
     x = call.args[0]
     n = x.shape[0]
     x = x.reshape(n, -1, module.in_features)
@@ -63,7 +65,7 @@ def linear_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
 
 def conv_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
     """Conv1d/Conv2d as a linear map of unfolded patches, one block per group."""
-    module = call.module
+    module: Any = call.module
     x = call.args[0]
     spatial = x.dim() - 2
     if spatial != (1 if isinstance(module, nn.Conv1d) else 2):
@@ -100,7 +102,7 @@ def conv_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
 
 def embedding_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
     """Embedding y_t = E[idx_t]: a linear map of one-hot rows over the tokens present in the batch."""
-    module = call.module
+    module: Any = call.module
     idx = call.args[0]
     n = idx.shape[0]
     idx = idx.reshape(n, -1)
@@ -113,7 +115,7 @@ def embedding_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBloc
     return [(onehot, s)]
 
 
-def _normalised_input(module: nn.Module, x: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
+def _normalised_input(module: Any, x: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
     """x̂ (before the affine map) and the axis where the affine parameters start."""
     if isinstance(module, nn.LayerNorm):
         shape = module.normalized_shape
@@ -189,8 +191,8 @@ def generic_rows(
         chunks.append(grads)
     rows = {}
     for position, name in enumerate(names):
-        parts = [
-            g[position]
+        parts: list[torch.Tensor] = [
+            cast(torch.Tensor, g[position])
             if g[position] is not None
             else torch.zeros(
                 ((min(start + step, n) - start) * width, *call.params[name].shape),
