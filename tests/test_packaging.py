@@ -15,7 +15,7 @@ def test_version_has_one_source():
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     declared = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE).group(1)  # tomllib needs 3.11
     assert natgrad.__version__ == importlib.metadata.version("natgrad") == declared
-    assert '__version__ = "' not in (ROOT / "src" / "natgrad" / "__init__.py").read_text(encoding="utf-8")
+    assert f'"{declared}"' not in (ROOT / "src" / "natgrad" / "__init__.py").read_text(encoding="utf-8")
 
 
 def test_typing_marker_and_license_ship():
