@@ -90,18 +90,22 @@ class GramFactorization(Generic[ParamsT]):
 
     @property
     def method(self) -> RouteName:
+        """The route that factorised G (after ``auto``'s choice and any fallback)."""
         return self._route.name
 
     @property
     def rank(self) -> int | None:
+        """Numerical rank of G retained by the cutoff (None on the krylov route)."""
         return self._factorization().rank
 
     @property
     def output(self) -> Tensor:
+        """z = phi(params), detached."""
         return self._problem.lin.z
 
     @property
     def rtol(self) -> float:
+        """The eigenvalue cutoff λ > rtol·λ_max applied to G."""
         return self._problem.rtol
 
     def _fall_back(self, error: StructuredUnsupported) -> None:
@@ -233,7 +237,7 @@ class GramFactorization(Generic[ParamsT]):
             method=self.method,
             output=lin.z,
             loss=loss_value,
-            info=dict(info),
+            info=info,
             status=status,
         )
         if status != "success" and throw:

@@ -15,39 +15,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from natgrad._result import SolveInfo
 from natgrad._routes._kernel_inverse import KernelInverse, retained
 
 Operator = Callable[[Tensor], Tensor]
-
-
-class SolveInfo(TypedDict, total=False):
-    """Route details of one solve (``NaturalGradient.info``); each route fills the keys that apply to it.
-
-    Keys:
-        consistent: ∇z L lies in the range of g, so the c-forms (v = A⁺c) were used.
-        rtol: the eigenvalue cutoff applied (absent for ``Damped`` and on the krylov route).
-        iterations, residual, converged: Krylov solves (summed iterations, worst relative residual, all met
-            the tolerance).
-        kernel_routes: structured route, module name -> layer formula.
-        kernel_solve: structured route, "cholesky" (certified full rank) or "eigh".
-        fallback: the route that actually ran when it differs (structured + MinNorm runs "dual").
-        structured_refused: ``method="auto"``: why the structured route was abandoned.
-    """
-
-    consistent: bool
-    rtol: float
-    iterations: int
-    residual: float
-    converged: bool
-    kernel_routes: dict[str, str]
-    kernel_solve: str
-    fallback: str
-    structured_refused: str
 
 
 class Factorization(ABC):
