@@ -6,6 +6,7 @@ search and momentum, and the diagnostics that need many right-hand sides at one 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from numbers import Integral
 from typing import Any, Generic, cast
@@ -267,6 +268,16 @@ class GramFactorization(Generic[ParamsT]):
             self._fac.release()
 
 
+def _check_budget(call: str, memory_budget: object) -> int:
+    budget = check_real(call, "memory_budget", memory_budget)
+    if not (math.isfinite(budget) and budget >= 0):
+        raise InvalidInputError(
+            f"{call}: memory_budget must be a finite number of bytes ≥ 0, got {memory_budget!r}; "
+            "pass None for the default (1 GiB)"
+        )
+    return int(budget)
+
+
 def prepare(
     call: str,
     phi: Parametrisation,
@@ -292,16 +303,17 @@ def prepare(
             f"{call}: metric must be a natgrad.metrics.Metric, got {type(metric).__name__}"
         )
     dtype, device = check_params(call, params)
+    if torch.finfo(dtype).bits < 32:
+        raise InvalidTypeError(
+            f"{call}: parameters are {dtype}; the Gram matrix decompositions (eigh, SVD, Cholesky) need float32 or "
+            "float64; convert the parameters (and the model) with .float() or .double()"
+        )
     d = num_params(params)
     if d == 0:
         raise InvalidInputError(
             f"{call}: params have no entries (d = 0); expected at least one scalar parameter"
         )
-    budget = (
-        DEFAULT_MEMORY_BUDGET
-        if memory_budget is None
-        else int(check_real(call, "memory_budget", memory_budget))
-    )
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else _check_budget(call, memory_budget)
     if tol is not None and not (0 < check_real(call, "tol", tol) < 1):
         raise InvalidInputError(f"{call}: tol must be in (0, 1) (a relative residual), got {tol!r}")
     if max_iter is not None and (
