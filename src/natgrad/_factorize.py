@@ -182,23 +182,36 @@ class GramFactorization(Generic[ParamsT]):
         check_finite(call, "output_grad", output_grad)
         return self._solve(output_grad.detach().reshape(-1), loss, inverse, throw)
 
-    def _check_override(self, inverse: Inverse) -> Inverse:
-        call, problem = self._call, self._problem
-        inverse = check_inverse(call, inverse, problem.d, problem.lin.flat)
+    def refuses(self, inverse: Inverse) -> str | None:
+        """Why ``solve(..., inverse=inverse)`` cannot reuse this factorisation, or None when it can.
+
+        Any ``Damped(λ)`` can; MoorePenrose and GInverse need the factorisation's cutoff; MinNorm only the very
+        MinNorm it was made for (h changes the factored matrix).
+        """
+        problem = self._problem
+        inverse = check_inverse(self._call, inverse, problem.d, problem.lin.flat)
         if isinstance(inverse, MinNorm) != isinstance(self.inverse, MinNorm) or (
             isinstance(inverse, MinNorm) and inverse is not self.inverse
         ):
-            raise InvalidInputError(
-                f"{call}: this factorisation was made for {type(self.inverse).__name__}, got "
-                f"{type(inverse).__name__}; MinNorm changes the factored matrix, so call factorize again"
+            return (
+                f"this factorisation was made for {type(self.inverse).__name__}, got {type(inverse).__name__}; "
+                "MinNorm changes the factored matrix, so call factorize again"
             )
         if not isinstance(inverse, Damped):
             wanted = cutoff(inverse, problem.lin.flat.dtype, problem.r, problem.d)
             if wanted != problem.rtol:
-                raise InvalidInputError(
-                    f"{call}: the inverse's cutoff rtol={wanted:.3g} differs from the factorisation's "
+                return (
+                    f"the inverse's cutoff rtol={wanted:.3g} differs from the factorisation's "
                     f"rtol={problem.rtol:.3g}; call factorize again with this inverse"
                 )
+        return None
+
+    def _check_override(self, inverse: Inverse) -> Inverse:
+        call, problem = self._call, self._problem
+        inverse = check_inverse(call, inverse, problem.d, problem.lin.flat)
+        reason = self.refuses(inverse)
+        if reason is not None:
+            raise InvalidInputError(f"{call}: {reason}")
         return inverse
 
     def _solve(
