@@ -78,7 +78,7 @@ class SpectralFactorization(Factorization):
         self.s = eigenvalues.sqrt() if s is None else s  # singular values of A, exact from an SVD
         keep = retained(eigenvalues, rtol)
         self.rank = int(keep.sum())
-        self._ek, self._Vk, self._sk = eigenvalues[keep], V[:, keep], self.s[keep]
+        self._Vk, self._sk = V[:, keep], self.s[keep]
         self._Uk = None if U is None else U[:, keep]
         self._complete = V.shape[0] == V.shape[1]  # V spans R^d: nothing outside it
 
@@ -97,7 +97,7 @@ class SpectralFactorization(Factorization):
     def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
         if c is not None and self._Uk is not None:
             return self._Vk @ ((self._Uk.T @ c) / self._sk)
-        return self._Vk @ ((self._Vk.T @ grad) / self._ek)
+        return self._Vk @ ((self._Vk.T @ grad) / self._sk**2)  # s² (not λ): the rounding of the former routes
 
     def complement(self, x: Tensor) -> Tensor:
         return x - self._Vk @ (self._Vk.T @ x)
