@@ -377,7 +377,7 @@ def test_unknown_method_lists_valid_ones():
         ValueError,
         match=_exact(
             "natural_gradient: method must be one of 'auto', 'primal', 'dual', 'lstsq', 'krylov', 'structured', "
-            "got 'svd'"
+            "'structured-krylov', got 'svd'"
         ),
     ):
         _ng(method="svd")

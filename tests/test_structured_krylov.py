@@ -136,19 +136,11 @@ def test_near_singular_kernel_beyond_the_budget_raises(monkeypatch):
         _solve(x, labels, tol=1e-12)
 
 
-def test_refuses_minnorm_and_plain_callables():
-    phi, params = next(c for c in CASES if c.name == "mlp-overparam").build(torch.float64)
-    z = phi(params)
-    metric, loss = METRICS[0].make(z)
-    with pytest.raises(ValueError, match="structured-krylov.*MinNorm"):
-        ng.natural_gradient(
-            phi,
-            params,
-            loss,
-            metric,
-            ng.MinNorm(torch.ones(ng.num_params(params), dtype=z.dtype)),
-            method=ROUTE,
-        )
+def test_minnorm_goes_to_krylov_and_plain_callables_are_refused():
+    phi, params, metric, loss, inverse, ref = _setup("mlp-overparam", "euclidean", "minnorm-diag")
+    res = ng.natural_gradient(phi, params, loss, metric, inverse, method=ROUTE)
+    assert res.info["fallback"] == "krylov"
+    assert relative_error(ng.flatten_params(res.direction), ng.flatten_params(ref.direction)) <= TOL64
     with pytest.raises(ValueError, match="plain callable"):
         ng.natural_gradient(lambda p: p * 2, torch.ones(3), lambda z: z.sum(), method=ROUTE)
 
@@ -200,6 +192,7 @@ def test_krylov_route_says_when_it_would_resolve_a_dropped_direction():
     def loss(z):
         return nn.functional.cross_entropy(z, labels, reduction="sum")
 
-    with pytest.warns(RuntimeWarning, match="below the Moore–Penrose cutoff"):
-        res = ng.natural_gradient(phi, params, loss, ng.metrics.Categorical(), method="krylov")
+    with pytest.raises(ng.ConvergenceError, match="below the Moore–Penrose cutoff"):
+        ng.natural_gradient(phi, params, loss, ng.metrics.Categorical(), method="krylov")
+    res = ng.natural_gradient(phi, params, loss, ng.metrics.Categorical(), method="krylov", throw=False)
     assert res.info["near_singular"] and not res.info["converged"]

@@ -9,13 +9,18 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import grad as func_grad
 from torch.func import jacrev
 
-from natgrad._tree import Params, flatten_params, num_params, unflatten_like
+from natgrad._checks import check_params
+from natgrad._factorize import check_inverse
+from natgrad._loss import output_gradient
+from natgrad._result import NaturalGradient
+from natgrad._tree import Parametrisation, Params, flatten_params, num_params, unflatten_like
+from natgrad.exceptions import InvalidTypeError
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 from natgrad.metrics import Euclidean, Metric
-from natgrad.natural_gradient import NaturalGradient
+
+CALL = "reference.natural_gradient"
 
 
 def _to64(params: Params) -> Params:
@@ -24,7 +29,7 @@ def _to64(params: Params) -> Params:
     return {k: v.detach().to(torch.float64) for k, v in params.items()}
 
 
-def gram(phi: Callable[[Params], Tensor], params: Params, metric: Metric | None = None) -> dict[str, Tensor]:
+def gram(phi: Parametrisation, params: Params, metric: Metric | None = None) -> dict[str, Tensor]:
     """Literal float64 pieces at ξ: J (n×d), g (n×n), G = Jᵀ g J, z. Keys: "J", "g", "G", "z"."""
     metric = Euclidean() if metric is None else metric
     p64 = _to64(params)
@@ -75,7 +80,7 @@ def apply_inverse(G: Tensor, grad: Tensor, inverse: Inverse, rows: int) -> tuple
 
 
 def natural_gradient(
-    phi: Callable[[Params], Tensor],
+    phi: Parametrisation,
     params: Params,
     loss: Callable[[Tensor], Tensor],
     metric: Metric | None = None,
@@ -86,10 +91,18 @@ def natural_gradient(
     The rank cutoff matches the engine's (``MoorePenrose.resolve_rtol`` with r = n outputs): the factored
     routes cut on the eigenvalues of G = AᵀA, the same matrix decomposed here.
     """
-    inverse = MoorePenrose() if inverse is None else inverse
+    if not callable(phi) or not callable(loss):
+        raise InvalidTypeError(f"{CALL}: phi and loss must be callables (params -> Tensor, Tensor -> scalar)")
+    check_params(CALL, params)
+    if metric is not None and not isinstance(metric, Metric):
+        raise InvalidTypeError(
+            f"{CALL}: metric must be a natgrad.metrics.Metric, got {type(metric).__name__}"
+        )
+    inverse = check_inverse(CALL, inverse, num_params(params), flatten_params(params))
     pieces = gram(phi, params, metric)
     J, G, z = pieces["J"], pieces["G"], pieces["z"]
-    u = func_grad(lambda x: loss(x).reshape(()))(z).reshape(-1)
+    loss_value, u = output_gradient(CALL, loss, z)
+    u = u.reshape(-1)
     grad = J.T @ u
     rows = (Euclidean() if metric is None else metric).at(z).r
     v, rank = apply_inverse(G, grad, inverse, rows)
@@ -102,5 +115,5 @@ def natural_gradient(
         rank=rank,
         method="reference",
         output=z.detach(),
-        loss=loss(z).detach().reshape(()),
+        loss=loss_value,
     )

@@ -9,37 +9,39 @@ float64 whatever the model's dtype (r-vectors only; products use the model's fac
 The formulas are the structured route's (``_structured``): Moore–Penrose v = Aᵀ K⁺ c when ∇z L = B c, else
 Aᵀ K⁺² A∇; GInverse adds P U∇ + V P∇ with P x = x − Aᵀ K⁺ A x; Damped v = Aᵀ (K + λI)⁻¹ c, else
 Aᵀ w + ∇/λ with w = (K + λI)⁻¹y₀ − y₀/λ, y₀ = K⁺A∇. MinNorm needs the weighted kernel A h⁻¹ Aᵀ, which the
-layer formulas do not give: refused.
+layer formulas do not give: that problem is handed to the krylov route (``info["fallback"] == "krylov"``).
 
 Certificate (``info["certificate"]``): the relative residual ‖A v − c‖/‖c‖ measured with the true A through the
 pushforward J v (returned anyway), the products with K, the preconditioner's rank and whether it was complete.
 Iterative refinement against that residual runs when the kernel solve met its tolerance but the pushforward
-residual did not; a result that still misses the tolerance raises. The layered products are checked against the
-pushforward too (coupled examples or parameters used outside their modules make them wrong): a mismatch raises
-``StructuredUnsupported`` so that ``auto`` falls back.
+residual did not; a result that still misses the tolerance raises ``KernelSolveError`` (a ``ConvergenceError``).
+The layered products are checked against the true A with a generic probe before any solve, and with the solve's
+own y after it (coupled examples or parameters used outside their modules make them wrong): the factors are
+rebuilt once with the search for outside parameters, then ``StructuredUnsupported`` lets ``auto`` fall back.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from natgrad._routes._factorization import Factorization, SolveInfo
+from natgrad._routes._krylov import KRYLOV
 from natgrad._routes._problem import Problem
-from natgrad._routes._structured import StructuredUnsupported
-from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
+from natgrad._routes._route import Route, RouteName
+from natgrad._routes._structured import factor_for, unsupported_reason
+from natgrad._tree import Params
+from natgrad.exceptions import StructuredUnsupported
 from natgrad.linalg._matrix_free_kernel import KernelSolveError, MatrixFreeKernel
 from natgrad.linalg._precision import kernel_rtol
 from natgrad.models import ModuleRecord
-from natgrad.models.structured import emit_factors, factor_for
+from natgrad.models.structured import KernelFactors, StructuredContext, emit_factors
 
 WORK = torch.float64
 DEFAULT_RANK = 256  # first preconditioner rank; doubled on demand up to what the memory budget allows
 REFINEMENTS = 2
-
-
-def default_tol(dtype: torch.dtype) -> float:
-    """Default certificate tolerance on ‖A v − c‖/‖c‖: 1e-10 in float64, 1e-5 in lower precision."""
-    return 1e-10 if torch.finfo(dtype).eps < 1e-10 else 1e-5
 
 
 def max_preconditioner_rank(r: int, budget: int, held: int) -> int:
@@ -47,177 +49,197 @@ def max_preconditioner_rank(r: int, budget: int, held: int) -> int:
     return max(1, min(r, (budget - held) // max(1, 3 * 8 * r)))
 
 
-def solve_structured_krylov(
-    problem: Problem,
-    inverse: Inverse,
-    record: ModuleRecord,
-    params: dict[str, Tensor],
-    *,
-    tol: float,
-    max_iter: int,
-    budget: int,
-    rank: int | None = None,
-) -> tuple[Tensor, int | None, dict, Tensor]:
-    """v = G⁻∇ matrix-free from the layer structure. Returns (v, rank or None, info, J v).
+class StructuredKrylovFactorization(Factorization):
+    """K⁺ and (K + λI)⁻¹ of the layer kernel by ``MatrixFreeKernel``; Aᵀy by VJPs of the recorded graph."""
 
-    Raises:
-        StructuredUnsupported: the model is not one the layer formulas describe (auto falls back).
-        ValueError: MinNorm.
-        RuntimeError (``KernelSolveError``): the tolerance or the cutoff could not be certified.
-    """
-    if isinstance(inverse, MinNorm):
-        raise ValueError(
-            "natural_gradient: method='structured-krylov' does not support MinNorm (it needs the weighted kernel "
-            "A h⁻¹ Aᵀ, which the layer formulas do not give); use method='structured' or 'dual'"
-        )
-    try:
-        return _attempt(problem, inverse, record, params, tol, max_iter, budget, rank, check_outside=False)
-    except _LayeredMismatch:
-        pass
-    try:
-        return _attempt(problem, inverse, record, params, tol, max_iter, budget, rank, check_outside=True)
-    except _LayeredMismatch as error:
-        raise StructuredUnsupported(str(error)) from error
+    def __init__(self, problem: Problem) -> None:
+        assert problem.record is not None
+        self.problem = problem
+        self._build(problem.record, check_outside=False)
+        if not self._probe_agrees():
+            self.context.release()
+            self._build(problem.record, check_outside=True)
+            if not self._probe_agrees():
+                self.context.release()
+                raise StructuredUnsupported(self._mismatch_message)
+        self.rank: int | None = None
+        self.last_jv: Tensor | None = None
+        self.begin()
 
-
-def _attempt(problem, inverse, record, params, tol, max_iter, budget, rank, check_outside: bool):
-    grad, z = problem.grad, problem.lin.z
-    try:
+    def _build(self, record: ModuleRecord, check_outside: bool) -> None:
+        problem, z = self.problem, self.problem.lin.z
         factors, context = emit_factors(
-            record.module, record.args, factor_for(problem.metric, z), check_outside=check_outside
+            record.module,
+            record.args,
+            factor_for(problem.metric, z),
+            check_outside=check_outside,
+            kwargs=record.kwargs,
         )
-    except (ValueError, TypeError) as error:
-        raise StructuredUnsupported(str(error)) from error
-    if factors.rows_count != problem.r:
-        raise StructuredUnsupported(f"the layer factors have r = {factors.rows_count}, expected {problem.r}")
-    names = list(params)
-    try:
-        mp = MoorePenrose() if isinstance(inverse, Damped) else inverse
-        mp = mp if isinstance(mp, MoorePenrose) else mp.moore_penrose
-        rtol = kernel_rtol(mp, grad.dtype, problem.r, problem.d)
-        model_dtype = factors.dtype
-
-        def matvec(y: Tensor) -> Tensor:
-            return factors.matmul(y.to(model_dtype)).to(WORK)
-
-        kernel = MatrixFreeKernel(
-            matvec,
+        if factors.rows_count != problem.r:
+            context.release()
+            raise StructuredUnsupported(
+                f"the layer factors have r = {factors.rows_count}, expected {problem.r}"
+            )
+        self.factors: KernelFactors = factors
+        self.context: StructuredContext = context
+        self.model_dtype = factors.dtype
+        self.rtol = kernel_rtol(problem.rtol, self.model_dtype, problem.r, problem.d)
+        self.kernel = MatrixFreeKernel(
+            self.layered,
             lambda index: factors.columns(index).to(WORK),
             factors.diagonal().to(WORK),
-            rtol,
-            tol=tol,
-            max_iter=max_iter,
-            rank=DEFAULT_RANK if rank is None else rank,
-            max_rank=max_preconditioner_rank(problem.r, budget, factors.nbytes()),
-            factor_eps=torch.finfo(model_dtype).eps,
+            self.rtol,
+            tol=problem.tol,
+            max_iter=problem.max_iter,
+            rank=DEFAULT_RANK,
+            max_rank=max_preconditioner_rank(problem.r, problem.budget, factors.nbytes()),
+            factor_eps=torch.finfo(self.model_dtype).eps,
         )
 
-        def at_matvec(y: Tensor) -> Tensor:
-            rows = context.vjp(y.to(model_dtype))
-            return torch.cat([rows[k].reshape(-1) for k in names])
+    def layered(self, y: Tensor) -> Tensor:
+        """K y from the layer factors (computed in the model's dtype, returned in float64)."""
+        return self.factors.matmul(y.to(self.model_dtype)).to(WORK)
 
-        def a_matvec(x: Tensor) -> Tensor:
-            return problem.metric.factor_t_matmul(problem.lin.jvp(x)).to(WORK)
+    def at(self, y: Tensor) -> Tensor:
+        """Aᵀ y = Jᵀ B y by one VJP, flattened in the order of ``params``."""
+        rows = self.context.vjp(y.to(self.model_dtype))
+        return torch.cat([rows[k].reshape(-1) for k in self.problem.params])
 
-        # A generic probe first: the solve's own residual cannot see a layer kernel that is wrong only along
-        # directions the solve does not weigh.
+    def a(self, x: Tensor) -> Tensor:
+        """A x = Bᵀ J x by one JVP, in float64."""
+        return self.problem.a_matvec(x.to(self.model_dtype)).to(WORK)
+
+    _mismatch_message = (
+        "the layer kernel does not reproduce A Aᵀ; the model likely couples examples or uses parameters outside "
+        "the modules that register them"
+    )
+
+    def _agrees(self, y: Tensor, direct: Tensor) -> bool:
+        """K y from the layer factors equals A Aᵀ y measured through the true A, up to rounding."""
+        mismatch = float(torch.linalg.vector_norm(self.layered(y) - direct))
+        scale = self.kernel.largest * float(torch.linalg.vector_norm(y)) + float(
+            torch.linalg.vector_norm(direct)
+        )
+        return mismatch <= torch.finfo(self.model_dtype).eps ** 0.5 * scale
+
+    def _probe_agrees(self) -> bool:
+        """A generic probe: the solve's own residual cannot see a kernel wrong only where it does not look."""
         gen = torch.Generator().manual_seed(0)
-        probe = torch.randn(problem.r, generator=gen, dtype=WORK).to(z.device)
-        _check_layered(matvec, probe, a_matvec(at_matvec(probe)), kernel, torch.finfo(grad.dtype).eps)
-        try:
-            v, jv, info = _solve(problem, inverse, kernel, at_matvec, a_matvec, matvec, tol)
-        except KernelSolveError as error:
-            message = str(error)
-            prefix = "" if message.startswith("natural_gradient:") else "natural_gradient: "
-            raise KernelSolveError(prefix + message) from None
-        info["kernel_routes"] = dict(factors.routes)
-        info["rtol"] = rtol
-        complete = kernel.partial.complete
-        rank_out = None
-        if complete and not isinstance(inverse, Damped):
-            rank_out = next((s["rank"] for s in kernel.record.solves if "rank" in s), None)
-        return v, rank_out, info, jv
-    finally:
-        context.release()
+        w = torch.randn(self.problem.r, generator=gen, dtype=WORK).to(self.problem.lin.z.device)
+        return self._agrees(w, self.a(self.at(w)))
 
+    def begin(self) -> None:
+        self.certificate: dict = {"refinements": 0, "residual": None}
+        self.last_jv = None
 
-def _solve(problem, inverse, kernel: MatrixFreeKernel, at_matvec, a_matvec, layered, tol: float):
-    grad, c = problem.grad, problem.c
-    c_work = None if c is None else c.to(WORK)
-    a_grad = a_matvec(grad) if c is None else None
-    lam = float(inverse.damping) if isinstance(inverse, Damped) else None
+    def _coefficients(self, rhs: Tensor, damping: float | None) -> Tensor:
+        return self.kernel.pinv(rhs) if damping is None else self.kernel.damped(rhs, damping)
 
-    def coefficients(rhs: Tensor) -> Tensor:
-        """y for the right-hand side in c-form: K⁺ rhs, or (K + λI)⁻¹ rhs when damped."""
-        return kernel.pinv(rhs) if lam is None else kernel.damped(rhs, lam)
-
-    if c_work is not None:
-        y = coefficients(c_work)
-        shift = None
-    elif lam is None:
-        y = kernel.pinv(kernel.pinv(a_grad))
-        shift = None
-    else:
-        y0 = kernel.pinv(a_grad)
-        y = kernel.damped(y0, lam) - y0 / lam
-        shift = grad / lam
-    v = at_matvec(y) + (shift if shift is not None else 0)
-    jv = problem.lin.jvp(v)
-    certificate: dict = {"refinements": 0, "residual": None}
-    if c_work is not None:
-        target = c_work
+    def _certified(self, c: Tensor, damping: float | None) -> Tensor:
+        """v = Aᵀ y for y = K⁺c (or (K + λI)⁻¹c), refined against the pushforward residual ‖c − A v − λy‖."""
+        problem, tol = self.problem, self.problem.tol
+        y = self._coefficients(c, damping)
+        complete = damping is None and self.kernel.partial.complete
         for attempt in range(REFINEMENTS + 1):
-            av = problem.metric.factor_t_matmul(jv).to(WORK)
-            _check_layered(layered, y, av, kernel, torch.finfo(problem.grad.dtype).eps)
-            residual_vec = target - av - (lam * y if lam is not None else 0)
-            residual = float(
-                torch.linalg.vector_norm(residual_vec) / torch.linalg.vector_norm(target).clamp_min(1e-300)
-            )
-            certificate["residual"] = residual
-            if residual <= tol or attempt == REFINEMENTS or (lam is None and kernel.partial.complete):
-                break
-            # Iterative refinement against the pushforward residual: y += K⁺ (c − A v) (damped: the shifted form)
-            y = y + coefficients(residual_vec)
-            v = at_matvec(y)
+            v = self.at(y)
             jv = problem.lin.jvp(v)
-            certificate["refinements"] = attempt + 1
-        if residual > tol and not (lam is None and kernel.partial.complete):
+            av = problem.metric.factor_t_matmul(jv).to(WORK)
+            if not self._agrees(y, av):
+                self.context.release()
+                raise StructuredUnsupported(self._mismatch_message)
+            residual_vec = c - av - (damping * y if damping is not None else 0)
+            residual = float(
+                torch.linalg.vector_norm(residual_vec) / torch.linalg.vector_norm(c).clamp_min(1e-300)
+            )
+            self.certificate["residual"] = residual
+            # With a complete factorisation the Moore–Penrose answer is exact even when c has a part outside
+            # range(A), which no v can reproduce: the residual is reported, not required.
+            if residual <= tol or complete or attempt == REFINEMENTS:
+                break
+            y = y + self._coefficients(residual_vec, damping)
+            self.certificate["refinements"] = attempt + 1
+        if residual > tol and not complete:
             raise KernelSolveError(
                 f"natural_gradient: method='structured-krylov' reached a pushforward residual ‖Av − c‖/‖c‖ = "
-                f"{residual:.3g} > tol {tol:.3g} after {certificate['refinements']} refinements; loosen tol, raise "
-                "max_iter or memory_budget, or use method='structured'"
+                f"{residual:.3g} > tol {tol:.3g} after {self.certificate['refinements']} refinements; loosen tol, "
+                "raise max_iter or memory_budget, or use method='structured'"
             )
-    if isinstance(inverse, GInverse):
+        self.last_jv = jv
+        if damping is None:
+            self._note_rank()
+        return v
 
-        def complement(x: Tensor) -> Tensor:
-            """(I − G⁺G) x = x − Aᵀ K⁺ A x."""
-            return x - at_matvec(kernel.pinv(a_matvec(x)))
+    def _note_rank(self) -> None:
+        """The retained rank is known when the factorisation completed (the cutoff then applied literally)."""
+        if self.kernel.partial.complete:
+            self.rank = next((s["rank"] for s in reversed(self.kernel.record.solves) if "rank" in s), None)
 
-        if inverse.U is not None:
-            v = v + complement(inverse.U @ grad)
-        if inverse.V is not None:
-            v = v + inverse.V @ complement(grad)
-        jv = problem.lin.jvp(v)
-    certificate.update(
-        products=kernel.record.products,
-        column_blocks=kernel.record.column_blocks,
-        preconditioner_rank=kernel.partial.rank,
-        complete_factorisation=kernel.partial.complete,
-    )
-    info = {"consistent": c is not None, "certificate": certificate, "kernel_solves": kernel.record.solves}
-    return v, jv, info
+    def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
+        if c is not None:
+            return self._certified(c.to(WORK), None)
+        y = self.kernel.pinv(self.kernel.pinv(self.a(grad)))  # G⁺∇ = Aᵀ K⁺² A∇
+        self._note_rank()
+        return self.at(y)
+
+    def complement(self, x: Tensor) -> Tensor:
+        return x - self.at(self.kernel.pinv(self.a(x)))
+
+    def damped(self, grad: Tensor, c: Tensor | None, damping: float) -> Tensor:
+        if c is not None:
+            return self._certified(c.to(WORK), damping)
+        y0 = self.kernel.pinv(self.a(grad))
+        w = self.kernel.damped(y0, damping) - y0 / damping
+        return self.at(w) + grad / damping
+
+    def certify(self, v: Tensor) -> Tensor | None:
+        return self.last_jv
+
+    def info(self) -> SolveInfo:
+        kernel = self.kernel
+        certificate = {
+            **self.certificate,
+            "products": kernel.record.products,
+            "column_blocks": kernel.record.column_blocks,
+            "preconditioner_rank": kernel.partial.rank,
+            "complete_factorisation": kernel.partial.complete,
+        }
+        return {  # type: ignore[typeddict-unknown-key]
+            "kernel_routes": dict(self.factors.routes),
+            "rtol": self.rtol,
+            "certificate": certificate,
+            "kernel_solves": list(kernel.record.solves),
+        }
+
+    def release(self) -> None:
+        self.context.release()
 
 
-def _check_layered(layered, y: Tensor, av: Tensor, kernel: MatrixFreeKernel, eps: float) -> None:
-    """K y from the layer factors must equal A(Aᵀy) measured through the pushforward (up to rounding)."""
-    mismatch = float(torch.linalg.vector_norm(layered(y) - av))
-    scale = kernel.largest * float(torch.linalg.vector_norm(y)) + float(torch.linalg.vector_norm(av))
-    if mismatch > eps**0.5 * scale:
-        raise _LayeredMismatch(
-            f"the layer kernel does not reproduce A Aᵀ (relative mismatch {mismatch / max(scale, 1e-300):.3g}); "
-            "the model likely couples examples or uses parameters outside the modules that register them"
-        )
+@dataclass(frozen=True)
+class StructuredKrylovRoute:
+    """The layer factors of a module from ``from_module``, solved matrix-free: no r×r or r×d matrix."""
+
+    name: RouteName = "structured-krylov"
+    bounded: bool = True
+
+    def memory(self, r: int, d: int, itemsize: int) -> int:
+        """r-vectors and the first float64 preconditioner (r × 256, three copies), one d-vector set; the
+        per-layer signals are not counted. The preconditioner grows only within the budget."""
+        return 8 * r * (16 + 3 * DEFAULT_RANK) + itemsize * 8 * d
+
+    def auto_rank(self, r: int, d: int) -> int | None:
+        return 5 if r < d else None  # after the dense routes, before the plain krylov route
+
+    def refuses(self, record: ModuleRecord | None, params: Params) -> str | None:
+        return unsupported_reason(record, params)
+
+    def supports(self, problem: Problem) -> str | None:
+        return unsupported_reason(problem.record, problem.params, problem.lin.z)
+
+    def delegate(self, problem: Problem) -> Route:
+        return KRYLOV if problem.scaling is not None else self
+
+    def factorize(self, problem: Problem) -> StructuredKrylovFactorization:
+        return StructuredKrylovFactorization(problem)
 
 
-class _LayeredMismatch(Exception):
-    """The layer factors disagree with products by the true A."""
+STRUCTURED_KRYLOV = StructuredKrylovRoute()

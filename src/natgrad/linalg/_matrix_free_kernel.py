@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from natgrad.exceptions import ConvergenceError
 from natgrad.linalg._kernel_solvers import kernel_lsqr, preconditioned_cg
 from natgrad.linalg._pivoted_cholesky import LowRankPreconditioner, PartialCholesky, pivoted_cholesky
 
@@ -32,7 +33,7 @@ Operator = Callable[[Tensor], Tensor]
 _ROUNDING = 10.0  # residual diagonal entries below _ROUNDING·eps·max diag K are rounding: the factorisation is complete
 
 
-class KernelSolveError(RuntimeError):
+class KernelSolveError(ConvergenceError):
     """The matrix-free kernel solve could not meet its contract; the message says why and what to do."""
 
 
@@ -58,6 +59,7 @@ class MatrixFreeKernel:
         rank: pivots of the first factorisation.
         max_rank: most pivots the memory allows.
         factor_eps: the unit roundoff of the arithmetic the columns were computed in.
+        call: the public call, for error messages.
     """
 
     def __init__(
@@ -72,7 +74,9 @@ class MatrixFreeKernel:
         rank: int,
         max_rank: int,
         factor_eps: float,
+        call: str = "natural_gradient",
     ) -> None:
+        self.call = call
         self.record = SolveRecord()
         self._matvec, self._columns = matvec, columns
         self.rtol, self.tol, self.max_iter = float(rtol), float(tol), int(max_iter)
@@ -163,7 +167,11 @@ class MatrixFreeKernel:
                 if residual <= self.tol:
                     self.record.solves.append(entry)
                     return y
-                why = "inconsistent" if info.stopped == "least-squares" else "residual above tolerance"
+                why = (
+                    "a right-hand side outside the kernel's range"
+                    if info.stopped == "least-squares"
+                    else "a residual above the tolerance"
+                )
             else:
                 why = "an eigenvalue below the cutoff" if info.stopped == "ritz-floor" else "iteration limit"
             self.record.solves.append(entry)
@@ -193,10 +201,10 @@ class MatrixFreeKernel:
             "an eigenvalue below the cutoff": "the kernel is nearly singular and the cutoff's answer needs a "
             "complete factorisation; raise memory_budget, use a dense route, or use a larger MoorePenrose(rtol) "
             "or Damped",
-            "inconsistent": "the kernel is rank-deficient and the right-hand side has a part outside its range; "
+            "a right-hand side outside the kernel's range": "the kernel is rank-deficient and the right-hand side has a part outside its range; "
             "raise memory_budget so that the factorisation completes, or use a dense route",
         }.get(why, "raise max_iter or memory_budget, loosen tol, or use a dense route")
         return (
-            f"the matrix-free kernel solve (r = {r}) stopped at a preconditioner of rank {self.partial.rank} "
+            f"{self.call}: the matrix-free kernel solve (r = {r}) stopped at a preconditioner of rank {self.partial.rank} "
             f"(the most the memory budget allows is {self.max_rank}) because of {why}: {advice}"
         )

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import torch
 
-from natgrad.linalg._inverses import MoorePenrose, default_rtol
+from natgrad.linalg._inverses import default_rtol
 
 KERNEL_ERROR_FACTOR = 50.0
 
 
-def kernel_rtol(inverse: MoorePenrose, model_dtype: torch.dtype, r: int, d: int) -> float:
+def kernel_rtol(rtol: float, model_dtype: torch.dtype, r: int, d: int) -> float:
     """The cutoff on λ/λ_max for a kernel of ``model_dtype`` factors solved in float64.
 
-    An explicit ``MoorePenrose(rtol)`` is used as given.
+    ``rtol`` is the cutoff resolved for the inverse; when it is the old default of ``model_dtype`` (no explicit
+    ``MoorePenrose(rtol)``) and the model is not float64, the rule above replaces it; otherwise it stands.
     """
-    if inverse.rtol is not None or torch.finfo(model_dtype).eps <= torch.finfo(torch.float64).eps:
-        return inverse.resolve_rtol(model_dtype, r, d)
+    if torch.finfo(model_dtype).eps <= torch.finfo(torch.float64).eps or rtol != default_rtol(
+        model_dtype, r, d
+    ):
+        return rtol
     return max(default_rtol(torch.float64, r, d), KERNEL_ERROR_FACTOR * torch.finfo(model_dtype).eps)

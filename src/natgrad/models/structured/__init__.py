@@ -1,7 +1,6 @@
 """Structured route: exact output-side kernels of networks assembled layer by layer, never forming J."""
 
 from ._contract import KernelFactors, SharedLinearFactor
-from ._engine import factor_for, structured_natural_gradient
 from ._factors import BlockFactor, categorical_fisher_factor, categorical_mc_factor, normalise_factor
 from ._kernel import StructuredContext, emit_factors, structured_kernel, structured_vjp
 from ._modules import structure_of
@@ -14,10 +13,8 @@ __all__ = [
     "categorical_fisher_factor",
     "categorical_mc_factor",
     "emit_factors",
-    "factor_for",
     "normalise_factor",
     "structure_of",
     "structured_kernel",
-    "structured_natural_gradient",
     "structured_vjp",
 ]

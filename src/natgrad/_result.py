@@ -1,0 +1,77 @@
+"""The result type of every natural gradient computation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypedDict, TypeVar
+
+from torch import Tensor
+
+from natgrad._tree import Params
+
+Method = Literal["primal", "dual", "lstsq", "krylov", "structured", "structured-krylov", "reference"]
+Status = Literal["success", "max_iter_reached"]
+ParamsT = TypeVar("ParamsT", bound=Params)  # the structure of the caller's params: a Tensor or a dict
+
+
+class SolveInfo(TypedDict, total=False):
+    """Route details of one solve (``NaturalGradient.info``); each route fills the keys that apply to it.
+
+    Keys:
+        consistent: ∇z L lies in the range of g, so the c-forms (v = A⁺c) were used.
+        rtol: the eigenvalue cutoff applied (absent for ``Damped`` and on the krylov route).
+        iterations, residual, converged: Krylov solves (summed iterations, worst relative residual, all met
+            the tolerance).
+        kernel_routes: structured route, module name -> layer formula.
+        kernel_solve: structured route, "cholesky" (certified full rank) or "eigh".
+        fallback: the route that actually ran when it differs (structured + MinNorm runs "dual").
+        structured_refused: ``method="auto"``: why the structured route was abandoned.
+        near_singular: krylov route, LSQR stopped before resolving a direction below the Moore–Penrose cutoff.
+        certificate: structured-krylov route: pushforward residual ‖Av − c‖/‖c‖, refinements, products with K,
+            column blocks read, preconditioner rank, whether its factorisation was complete.
+        kernel_solves: structured-krylov route, one record per kernel solve (method, iterations, why it stopped,
+            preconditioner extensions).
+    """
+
+    consistent: bool
+    rtol: float
+    iterations: int
+    residual: float
+    converged: bool
+    kernel_routes: dict[str, str]
+    kernel_solve: str
+    fallback: str
+    structured_refused: str
+    near_singular: bool
+    certificate: dict[str, Any]
+    kernel_solves: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class NaturalGradient(Generic[ParamsT]):
+    """The result of :func:`natgrad.natural_gradient` (and of a :class:`natgrad.GramFactorization` solve).
+
+    Attributes:
+        direction: v = G⁻ ∇ξ(L∘φ), structured like ``params``.
+        pushforward: J v, shaped like ``phi(params)``.
+        gradient: the Euclidean gradient ∇ξ(L∘φ) = Jᵀ ∇z L, structured like ``params``.
+        rank: numerical rank of G (= of g^{1/2} J) retained by the solve; None on the krylov route.
+        method: the route that ran: "primal", "dual", "lstsq", "krylov" or "structured" ("reference" for
+            :func:`natgrad.reference.natural_gradient`).
+        output: z = phi(params).
+        loss: L(z); None when the solve was given ∇z L only (``solve_output_gradient`` without a loss value).
+        info: route details, a :class:`SolveInfo` (cutoff used, whether ∇z L lies in the range of g, Krylov
+            iterations, the structured kernel's formulas).
+        status: "success", or "max_iter_reached" when a Krylov solve stopped above its tolerance (returned
+            only with ``throw=False``; otherwise :class:`natgrad.ConvergenceError` is raised).
+    """
+
+    direction: ParamsT
+    pushforward: Tensor
+    gradient: ParamsT
+    rank: int | None
+    method: Method
+    output: Tensor
+    loss: Tensor | None
+    info: SolveInfo = field(default_factory=lambda: SolveInfo())
+    status: Status = "success"
