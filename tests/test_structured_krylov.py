@@ -196,3 +196,13 @@ def test_krylov_route_says_when_it_would_resolve_a_dropped_direction():
         ng.natural_gradient(phi, params, loss, ng.metrics.Categorical(), method="krylov")
     res = ng.natural_gradient(phi, params, loss, ng.metrics.Categorical(), method="krylov", throw=False)
     assert res.info["near_singular"] and not res.info["converged"]
+
+
+def test_float32_auto_agrees_with_float64_on_an_ill_conditioned_kernel():
+    """``auto`` (the dense structured route here) with the kernel-error cutoff keeps every direction in float32."""
+    phi64, params64, loss64 = _low_rank_case(torch.float64)
+    ref = ng.reference.natural_gradient(phi64, params64, loss64, ng.metrics.Categorical())
+    phi, params, loss = _low_rank_case(torch.float32)
+    res = ng.natural_gradient(phi, params, loss, ng.metrics.Categorical())
+    assert res.method == "structured" and res.rank == ref.rank
+    assert relative_error(ng.flatten_params(res.direction), ng.flatten_params(ref.direction)) <= 1e-4

@@ -23,6 +23,7 @@ from natgrad._routes._problem import Problem
 from natgrad._routes._route import Route, RouteName
 from natgrad._tree import Params
 from natgrad.exceptions import StructuredUnsupported
+from natgrad.linalg._precision import kernel_rtol
 from natgrad.metrics import LocalMetric
 from natgrad.metrics._base import DiagonalLocal
 from natgrad.metrics._categorical import _CategoricalLocal
@@ -78,13 +79,13 @@ class _KernelMismatch(Exception):
     """The layer kernel disagrees with products by A (see ``StructuredFactorization.certify``)."""
 
 
-def _verify(kernel: Tensor, pairs: list[tuple[Tensor, Tensor, Tensor]]) -> None:
-    """Each (y, K y as used, A Aᵀ y computed by a VJP and a JVP) must agree to rounding of K y."""
+def _verify(kernel: Tensor, pairs: list[tuple[Tensor, Tensor, Tensor]], eps: float) -> None:
+    """Each (y, K y as used, A Aᵀ y computed by a VJP and a JVP) must agree to rounding (``eps``: the model's)."""
     norm_k = torch.linalg.matrix_norm(kernel)
     for y, layered, direct in pairs:
-        mismatch = float(torch.linalg.vector_norm(direct - layered))
+        mismatch = float(torch.linalg.vector_norm(direct.to(layered.dtype) - layered))
         scale = float(norm_k * torch.linalg.vector_norm(y) + torch.linalg.vector_norm(direct))
-        if mismatch > torch.finfo(kernel.dtype).eps ** 0.5 * scale:
+        if mismatch > eps**0.5 * scale:
             raise _KernelMismatch(
                 f"the layer kernel does not reproduce A Aᵀ (relative mismatch {mismatch / scale:.3g}); the model "
                 "likely couples examples or uses parameters outside the modules that register them"
@@ -108,13 +109,17 @@ class StructuredFactorization(KernelFactorization):
         problem, z = self.problem, self.problem.lin.z
         # Only StructuredUnsupported means "this model is outside the layer formulas"; any other error is a
         # bug and propagates.
+        # Contracted and solved in float64 whatever the model's dtype: r ≤ a few thousand costs little, and the
+        # eigenvalues then carry no float32 assembly or eigh error (see ``linalg._precision``).
         kernel, context = structured_kernel(
             self.record.module,
             self.record.args,
             factor_for(problem.metric, z),
             check_outside=check_outside,
+            dtype=torch.float64,
             kwargs=self.record.kwargs,
         )
+        self.model_eps = torch.finfo(z.dtype).eps
         if kernel.shape != (problem.r, problem.r):
             context.release()
             raise StructuredUnsupported(
@@ -128,7 +133,19 @@ class StructuredFactorization(KernelFactorization):
             rows = context.vjp(y)
             return torch.cat([rows[k].reshape(-1) for k in names])
 
-        super().__init__(kernel, problem.rtol, problem.a_matvec, at_matvec)
+        def a_matvec(x: Tensor) -> Tensor:
+            """A x = Bᵀ J x by one JVP, in the kernel's dtype."""
+            return problem.a_matvec(x).to(kernel.dtype)
+
+        # The cutoff from the assembled kernel's measured error, not 10·min(r, d)·eps (see ``linalg._precision``).
+        self.rtol = kernel_rtol(problem.rtol, z.dtype, problem.r, problem.d)
+        super().__init__(kernel, self.rtol, a_matvec, at_matvec)
+
+    def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
+        return super().pinv(grad, None if c is None else c.to(self.kernel.dtype))
+
+    def damped(self, grad: Tensor, c: Tensor | None, damping: float) -> Tensor:
+        return super().damped(grad, None if c is None else c.to(self.kernel.dtype), damping)
 
     def _probe(self) -> tuple[Tensor, Tensor, Tensor]:
         """(w, K w, A Aᵀ w) for a generic w: c (Aᵀc = ∇ is known) or a fixed random vector."""
@@ -159,7 +176,7 @@ class StructuredFactorization(KernelFactorization):
         cholesky = self.inverse.method == "cholesky"
         proven = (last.c is not None or cholesky) if last.damped else (last.c is not None and cholesky)
         try:
-            _verify(self.kernel, checks if proven else [*checks, self._probe()])
+            _verify(self.kernel, checks if proven else [*checks, self._probe()], self.model_eps)
         except _KernelMismatch as error:
             self.context.release()
             if self.outside_checked:
@@ -170,7 +187,11 @@ class StructuredFactorization(KernelFactorization):
         return jv
 
     def info(self) -> SolveInfo:
-        return {"kernel_routes": dict(self.context.routes), "kernel_solve": self.inverse.method}
+        return {
+            "kernel_routes": dict(self.context.routes),
+            "kernel_solve": self.inverse.method,
+            "rtol": self.rtol,
+        }
 
     def release(self) -> None:
         self.context.release()
@@ -184,9 +205,9 @@ class StructuredRoute:
     bounded: bool = True
 
     def memory(self, r: int, d: int, itemsize: int) -> int:
-        """K (r×r) and its eigenvectors, never A; the per-layer signals it keeps (r × the activations of one
-        example, summed over layers) are not counted."""
-        return itemsize * (3 * r * r + 8 * (r + d))
+        """K (r×r, float64) and its eigenvectors, never A; the per-layer signals it keeps (r × the activations
+        of one example, summed over layers) are not counted."""
+        return 8 * 3 * r * r + itemsize * 8 * (r + d)  # K is held in float64
 
     def auto_rank(self, r: int, d: int) -> int | None:
         return 0 if r < d else None  # K without A: preferred whenever it applies
