@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 CONSTRAINTS := benchmarks/constraints.txt
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean gpu-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,3 +41,8 @@ bench: $(VENV)/.installed-bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# Route tests on CUDA (float32 and float64; skipped without CUDA) and the scale benchmark on the GPU.
+gpu-check: $(VENV)/.installed-test
+	$(BIN)/python -m pytest tests/test_gpu_routes.py tests/test_structured_krylov.py -q
+	$(BIN)/python benchmarks/scale.py --device cuda --no-peers --out benchmarks/results/scale_cuda.json
