@@ -8,15 +8,35 @@ Example::
         opt.step(lambda p: f(p, x), CrossEntropy(y))       # categorical Fisher from the loss
 
     opt.step(lambda p: residuals(f, p))                     # Gauss–Newton on a residual vector
+
+    opt = NGD.from_module(model, metric=ng.metrics.Categorical())
+    opt.step(closure)                                       # torch-style closure (zero_grad, loss, backward)
 """
 
+from ._core import Solved, engine_solve
 from ._damping import LevenbergMarquardt
-from ._line_search import backtracking, default_grid, grid_search
+from ._errors import NGDStepError
+from ._line_search import (
+    Backtracking,
+    FullStep,
+    GridSearch,
+    LineProblem,
+    backtracking,
+    default_grid,
+    grid_search,
+)
 from ._losses import BinaryCrossEntropy, CrossEntropy, GaussianNLL, LeastSquares, monte_carlo_factor
 from .ngd import NGD
 
 __all__ = [
     "NGD",
+    "Backtracking",
+    "FullStep",
+    "GridSearch",
+    "LineProblem",
+    "NGDStepError",
+    "Solved",
+    "engine_solve",
     "BinaryCrossEntropy",
     "CrossEntropy",
     "GaussianNLL",
