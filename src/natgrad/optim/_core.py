@@ -59,7 +59,8 @@ class StepSettings:
     Attributes:
         resting_damping: the configured λ the safeguard returns to (0: the generalized inverse).
         adaptive_damping: adapt λ by the Levenberg–Marquardt ratio rule and reject loss increases.
-        safeguard: after a step that increased the loss, damp the next steps (see `LevenbergMarquardt.rescue`).
+        safeguard: without adaptive damping, reject a step that increases the loss and adapt λ by
+            `LevenbergMarquardt.update_from_zero` between ``resting_damping`` and the rule's maximum.
         damping_rule: the `LevenbergMarquardt` rule.
         line_search: the step-size strategy.
         metric: ``"auto"`` or a natgrad metric.
@@ -187,20 +188,22 @@ def ngd_step(
     def floor() -> float:
         return precision_floor(forward, theta, curvature, z0.dtype)
 
-    if settings.adaptive_damping:
+    if settings.adaptive_damping or settings.safeguard:
         predicted = alpha * slope - 0.5 * alpha**2 * curvature_term
         ratio = reduction_ratio(loss0 - loss_new, predicted) if alpha > 0 else -math.inf
-        damping = rule.update(damping, ratio, floor())
+        lowest = floor()
+        if settings.adaptive_damping:
+            damping = rule.update(damping, ratio, lowest)
+        else:
+            damping = rule.update_from_zero(
+                damping,
+                ratio,
+                lowest,
+                lambda: gradient_curvature(forward, theta, curvature, solved),
+                settings.resting_damping,
+            )
         if not (math.isfinite(loss_new) and loss_new <= loss0):
-            alpha, loss_new = 0.0, loss0  # Levenberg–Marquardt rejects a step that increases the loss
-    elif settings.safeguard:
-        if alpha == 0.0 or not math.isfinite(loss_new) or loss_new > loss0:
-            norm2 = sum(float(s.pow(2).sum()) for s in step_vec.values())
-            damping = rule.rescue(damping, curvature_term / norm2 if norm2 > 0 else 0.0, floor())
-            if not math.isfinite(loss_new):
-                alpha, loss_new = 0.0, loss0  # never step into a non-finite loss
-        elif damping > settings.resting_damping:
-            damping = rule.relax(damping, settings.resting_damping, floor())
+            alpha, loss_new = 0.0, loss0  # a step that increases the loss is rejected
 
     momentum = {name: direction[name].detach().clone() for name in direction if problem.momentum[name] > 0}
     update = None if alpha == 0.0 else {name: alpha * s for name, s in step_vec.items()}
@@ -258,6 +261,18 @@ def precision_floor(
         total += float((ju * curvature.matvec(ju)).sum())
     trace = curvature.scale * total / _TRACE_PROBES
     return torch.finfo(dtype).eps * max(trace, 0.0)
+
+
+def gradient_curvature(
+    forward: Forward, theta: dict[str, Tensor], curvature: Curvature, solved: Solved
+) -> float:
+    """q = ∇ᵀ(sG)∇ / ‖∇‖²: the loss's curvature along its gradient (near the top of G's spectrum)."""
+    grad = {name: g.to(theta[name].dtype) for name, g in solved.gradient.items()}
+    norm2 = sum(float(g.pow(2).sum()) for g in grad.values())
+    if not norm2 > 0:
+        return 0.0
+    _, jg = jvp(forward, (theta,), (grad,))
+    return curvature.scale * float((jg * curvature.matvec(jg)).sum()) / norm2
 
 
 def _outputs(forward: Forward, theta: dict[str, Tensor]) -> Tensor:

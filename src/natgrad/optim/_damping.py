@@ -13,6 +13,7 @@ numerically singular matrix. The optimizer passes ``floor = eps·tr(sG)`` (estim
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -26,6 +27,7 @@ class LevenbergMarquardt:
         upper: ratio above which λ shrinks.
         minimum: smallest damping.
         maximum: largest damping.
+        start_fraction: the safeguard's first damping, as a fraction of the curvature along the gradient.
     """
 
     boost: float = 1.5
@@ -33,6 +35,7 @@ class LevenbergMarquardt:
     upper: float = 0.75
     minimum: float = 1e-12
     maximum: float = 1e8
+    start_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.boost > 1:
@@ -56,21 +59,31 @@ class LevenbergMarquardt:
             damping = damping / self.boost
         return min(max(damping, self.minimum, floor), self.maximum)
 
-    def rescue(self, damping: float, curvature_along_step: float, floor: float) -> float:
-        """The damping after a step that increased the loss (the safeguard of undamped or fixed-λ runs).
+    def update_from_zero(
+        self,
+        damping: float,
+        ratio: float,
+        floor: float,
+        start: Callable[[], float],
+        resting: float = 0.0,
+    ) -> float:
+        """The rule for the safeguard of runs with a fixed damping ``resting`` (0: a generalized inverse).
 
-        λ ← max(boost·λ, q, floor) with q = dᵀGd/‖d‖² the curvature along the failed step: directions of G
-        with eigenvalues below q, which a generalized inverse amplified, are at least halved next time.
+        λ grows as in `update` after a poor step; growing from λ < floor jumps to ``start_fraction ·
+        start()`` (the optimizer passes the curvature along the gradient, ∇ᵀG∇/‖∇‖²). After good steps λ
+        shrinks back to ``resting``, never below it, and never into (0, floor) — below the floor the step
+        returns to λ = 0, the generalized inverse with its cutoff.
         """
-        rescued = max(damping * self.boost, curvature_along_step, floor, self.minimum)
-        return min(rescued, self.maximum)
-
-    def relax(self, damping: float, resting: float, floor: float) -> float:
-        """After a successful safeguarded step: λ/boost, back to ``resting`` once below max(resting, floor)."""
-        if damping <= resting:
-            return resting
-        relaxed = damping / self.boost
-        return resting if relaxed < max(resting, floor, self.minimum) else relaxed
+        lowest = max(floor, self.minimum)
+        if not math.isfinite(ratio) or ratio < self.lower:
+            if damping * self.boost < lowest:
+                return min(max(start() * self.start_fraction, lowest, resting), self.maximum)
+            return min(damping * self.boost, self.maximum)
+        if ratio > self.upper:
+            damping = damping / self.boost
+        if damping >= max(resting, lowest):
+            return damping
+        return 0.0 if resting == 0.0 else max(resting, lowest)
 
 
 def reduction_ratio(actual: float, predicted: float) -> float:
