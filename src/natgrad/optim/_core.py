@@ -158,16 +158,21 @@ def ngd_step(
     try:
         solved = solve(forward, theta, engine_loss, curvature.metric, inverse, settings.method)
     except (ValueError, torch.linalg.LinAlgError) as error:
+        kind = (
+            "torch.linalg.LinAlgError"
+            if isinstance(error, torch.linalg.LinAlgError)
+            else type(error).__name__
+        )
         raise NGDStepError(
             f"NGD.step: the natural gradient could not be computed at loss {loss0:.6g} "
-            f"({type(error).__name__}: {error}); the step was not taken and the parameters and optimizer "
+            f"({kind}: {error}); the step was not taken and the parameters and optimizer "
             "state are unchanged (try damping > 0, adaptive_damping=True, or float64)"
         ) from error
     direction = add_prior(solved.direction, prior)
     _check_direction(direction, solved, forward, theta, loss0)
 
     step_vec = {name: problem.lr[name] * v for name, v in direction.items()}
-    _check_update(theta, step_vec, problem.lr)
+    _check_update(theta, direction, problem.lr)
     rule, line_search = settings.damping_rule, settings.line_search
     needs_model = settings.adaptive_damping or settings.safeguard or line_search.needs_model
     slope = curvature_term = math.nan
@@ -191,7 +196,9 @@ def ngd_step(
     if settings.adaptive_damping or settings.safeguard:
         predicted = alpha * slope - 0.5 * alpha**2 * curvature_term
         ratio = reduction_ratio(loss0 - loss_new, predicted) if alpha > 0 else -math.inf
-        lowest = floor()
+        poor = not math.isfinite(ratio) or ratio < rule.lower
+        # the floor costs two JVPs; at λ = 0 after a good step the rule needs none
+        lowest = floor() if (settings.adaptive_damping or damping > 0 or poor) else 0.0
         if settings.adaptive_damping:
             damping = rule.update(damping, ratio, lowest)
         else:
@@ -345,13 +352,13 @@ def _check_direction(
         )
 
 
-def _check_update(theta: dict[str, Tensor], step_vec: dict[str, Tensor], lr: Mapping[str, float]) -> None:
+def _check_update(theta: dict[str, Tensor], direction: dict[str, Tensor], lr: Mapping[str, float]) -> None:
     for name, t in theta.items():
-        if not bool(torch.isfinite(t - step_vec[name]).all()):
+        if not bool(torch.isfinite(t - lr[name] * direction[name]).all()):
             raise NGDStepError(
                 f"NGD.step: the update lr·v would make parameter {name!r} non-finite (lr={lr[name]:g}, "
-                f"max |v| = {float(step_vec[name].abs().max() / lr[name]):.3g}); the step was not taken and "
-                "the parameters and optimizer state are unchanged; lower the learning rate"
+                f"max |v| = {float(direction[name].abs().max()):.3g}); the step was not taken and the "
+                "parameters and optimizer state are unchanged; lower the learning rate"
             )
 
 

@@ -53,12 +53,14 @@ class NGD(torch.optim.Optimizer):
         lr: step length multiplying the natural gradient (1 = full Gauss–Newton step).
         damping: λ ≥ 0; λ > 0 uses (G + λI)⁻¹ instead of a generalized inverse.
         adaptive_damping: adapt λ by the Levenberg–Marquardt rule (needs λ > 0); a step that increases
-            the loss is then rejected (parameters unchanged, λ grows).
+            the loss is then rejected (parameters unchanged, λ grows). λ never falls below
+            max(rule minimum, eps·tr(sG)), eps of the model's dtype (the precision floor).
         damping_schedule: the `LevenbergMarquardt` rule (default boost 1.5, thresholds 1/4 and 3/4).
-        safeguard: when not adapting λ, a step that increased the loss (or found no decrease) damps the next
-            steps: λ jumps to max(boost·λ, dᵀGd/‖d‖², eps·tr G) and decays by ``boost`` per successful step
-            back to ``damping`` (0: the generalized inverse again). The step that increased the loss is
-            kept; a step into a non-finite loss is not taken. False: plain steps.
+        safeguard: when λ is not adaptive (the default), run the Levenberg–Marquardt rule anyway but with
+            λ = ``damping`` as its resting value: a step that increases the loss (or a non-finite one) is
+            rejected (parameters unchanged) and λ grows — from 0 straight to the curvature along the gradient
+            ∇ᵀ(sG)∇/‖∇‖² —, and after good steps λ shrinks back to ``damping`` (0: the generalized inverse
+            again). Never in (0, eps·tr(sG)). False: plain steps, exactly as computed.
         line_search: None (α = 1), ``"grid"`` (best α on ``line_search_grid``), ``"backtracking"`` (Armijo),
             or a strategy object (`FullStep`, `GridSearch`, `Backtracking`). Both searches never accept a
             point with a larger loss (α = 0 then).
