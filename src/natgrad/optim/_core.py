@@ -188,7 +188,7 @@ def ngd_step(
     alpha, loss_new = line_search.search(LineProblem(loss_at, loss0, slope, curvature_term))
     if (settings.adaptive_damping or settings.safeguard) and loss_new is None:
         loss_new = _finite_or_inf(loss_at(alpha))
-    damping, ratio = state.damping, None
+    damping, ratio, trial_loss = state.damping, None, loss_new
 
     def floor() -> float:
         return precision_floor(forward, theta, curvature, z0.dtype)
@@ -217,6 +217,7 @@ def ngd_step(
     info = {
         "loss": loss0,
         "loss_after": loss_new,
+        "trial_loss": trial_loss,
         "step_size": alpha,
         "damping": state.damping,
         "next_damping": damping,
