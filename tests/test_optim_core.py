@@ -139,7 +139,7 @@ def test_core_is_pure_and_matches_the_facade() -> None:
     assert all(torch.equal(theta[k], frozen[k]) for k in theta)
     assert all(bool((state.momentum[k] == 1).all()) for k in theta) and state.damping == 0.05
     opt = NGD(twin.named_parameters(), lr=0.7, momentum=0.5, damping=0.05, line_search="backtracking")
-    for name, p in twin.named_parameters():
+    for p in twin.parameters():
         opt.state[p]["momentum_buffer"] = torch.ones_like(p)
     opt.step(lambda p: torch.func.functional_call(twin, p, (x,)), loss)
     for name, p in twin.named_parameters():

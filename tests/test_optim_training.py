@@ -20,9 +20,9 @@ def _digits(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _mlp(dtype: torch.dtype, width: int = 12) -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Linear(64, width), torch.nn.Tanh(), torch.nn.Linear(width, 10)
-    ).to(dtype)
+    return torch.nn.Sequential(torch.nn.Linear(64, width), torch.nn.Tanh(), torch.nn.Linear(width, 10)).to(
+        dtype
+    )
 
 
 def _full_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
