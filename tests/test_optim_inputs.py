@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
 import torch
 
 import natgrad as ng
-from natgrad.optim import NGD, CrossEntropy, NGDStepError, Solved, engine_solve
+from natgrad.optim import NGD, CrossEntropy, NGDStepError, engine_factorize
 
 DT = torch.float64
 
@@ -67,24 +68,33 @@ def test_huge_lr_is_refused_and_changes_nothing() -> None:
     assert opt.steps_taken == 1
 
 
-def _failing_solve(error: Exception):
-    def solve(*args, **kwargs) -> Solved:
-        raise error
+class _Broken:
+    """A factorisation whose solves fail like torch's eigh or return a NaN direction."""
 
-    return solve
+    def __init__(self, fac, error: Exception | None) -> None:
+        self.fac, self.error = fac, error
+
+    def solve(self, loss, *, inverse=None):
+        if self.error is not None:
+            raise self.error
+        result = self.fac.solve(loss, inverse=inverse)
+        return dataclasses.replace(
+            result, direction={k: torch.full_like(v, math.nan) for k, v in result.direction.items()}
+        )
 
 
 def test_solver_failure_raises_and_changes_nothing() -> None:
     """An eigendecomposition that does not converge (the issue's crash at batch 128) becomes NGDStepError."""
     model, opt, x, y = _trained()
-    opt.solve = _failing_solve(torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge"))
+    error = torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+    opt.factorize = lambda *args: _Broken(engine_factorize(*args), error)
     f = opt.functional(model)
     snapshot = _snapshot(model, opt)
     with pytest.raises(
         NGDStepError,
-        match=r"NGD.step: the natural gradient could not be computed at loss .* \(torch.linalg.LinAlgError: linalg.eigh: "
-        r"The algorithm failed to converge\); the step was not taken and the parameters and optimizer state "
-        r"are unchanged",
+        match=r"NGD.step: the natural gradient could not be computed at loss .* \(torch.linalg.LinAlgError: "
+        r"linalg.eigh: The algorithm failed to converge\); the step was not taken and the parameters and "
+        r"optimizer state are unchanged",
     ):
         opt.step(lambda p: f(p, x), CrossEntropy(y))
     _assert_unchanged(model, opt, snapshot)
@@ -92,13 +102,7 @@ def test_solver_failure_raises_and_changes_nothing() -> None:
 
 def test_non_finite_direction_raises_and_changes_nothing() -> None:
     model, opt, x, y = _trained()
-
-    def solve(*args) -> Solved:
-        solved = engine_solve(*args)
-        bad = {k: torch.full_like(v, math.nan) for k, v in solved.direction.items()}
-        return Solved(bad, solved.pushforward, solved.gradient, solved.rank, solved.method)
-
-    opt.solve = solve
+    opt.factorize = lambda *args: _Broken(engine_factorize(*args), None)
     f = opt.functional(model)
     snapshot = _snapshot(model, opt)
     d = sum(p.numel() for p in model.parameters())
@@ -120,18 +124,18 @@ def test_forward_that_ignores_its_params_raises() -> None:
     _assert_unchanged(model, opt, snapshot)
 
 
-def test_injected_solve_is_the_one_used() -> None:
-    """The solve is one injected function: a wrapper sees every call and gives the engine's step."""
+def test_injected_factorize_is_the_one_used() -> None:
+    """The factorisation is one injected function: a wrapper sees every call and gives the engine's step."""
     model, x, y = _classifier()
     twin = copy.deepcopy(model)
     calls = []
 
-    def solve(*args) -> Solved:
+    def factorize(*args):
         calls.append(args[-1])
-        return engine_solve(*args)
+        return engine_factorize(*args)
 
-    for m, s in ((model, solve), (twin, None)):
-        opt = NGD(m.parameters(), method="dual", solve=s, safeguard=False)
+    for m, fac in ((model, factorize), (twin, None)):
+        opt = NGD(m.parameters(), method="dual", factorize=fac, safeguard=False)
         f = opt.functional(m)
         opt.step(lambda p, f=f: f(p, x), CrossEntropy(y))
     assert calls == ["dual"]

@@ -13,7 +13,7 @@ Example::
     opt.step(closure)                                       # torch-style closure (zero_grad, loss, backward)
 """
 
-from ._core import Solved, engine_solve
+from ._core import Factorized, engine_factorize
 from ._damping import LevenbergMarquardt
 from ._errors import NGDStepError
 from ._line_search import (
@@ -35,8 +35,8 @@ __all__ = [
     "GridSearch",
     "LineProblem",
     "NGDStepError",
-    "Solved",
-    "engine_solve",
+    "Factorized",
+    "engine_factorize",
     "BinaryCrossEntropy",
     "CrossEntropy",
     "GaussianNLL",

@@ -1,4 +1,4 @@
-"""The functional core of one NGD step: (state, problem, settings, solve) → (update, new state, info).
+"""The functional core of one NGD step: (state, problem, settings, factorize) → (update, new state, info).
 
 Nothing here mutates parameters or optimizer state; `NGD` (the torch.optim facade) applies the update and
 stores the new state. The invariants of a step live here, once:
@@ -10,27 +10,30 @@ stores the new state. The invariants of a step live here, once:
 * a step that cannot be computed (solver failure, non-finite direction, zero Jacobian, zero curvature) or
   whose update would make a parameter non-finite raises `NGDStepError` before anything changes.
 
-``solve`` is injected: any function with the signature of `engine_solve` (a factorisation reused across
-solves, a distributed solve) can replace the engine call.
+``factorize`` is injected: any function with the signature of `engine_factorize` returning an object with
+``solve(loss, inverse=...)`` (a distributed solve, a cached factorisation) can replace `natgrad.factorize`.
+One factorisation serves the step's first solve and every retry with more damping.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from torch.func import jvp
 
 import natgrad as ng
+from natgrad._loss import output_gradient
 
 from ._curvature import Curvature, resolve_curvature
 from ._damping import LevenbergMarquardt, reduction_ratio
 from ._errors import NGDStepError
-from ._line_search import LineProblem, LineSearch
+from ._line_search import FullStep, LineProblem, LineSearch
 from ._momentum import add_prior, shifted_loss
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
@@ -67,6 +70,7 @@ class StepSettings:
         inverse: generalized inverse used when λ = 0 (None: Moore–Penrose).
         mc_samples: Monte-Carlo Fisher sample count, or None.
         method: engine route.
+        max_attempts: solves per step when rejected steps are retried with more damping (≥ 1).
     """
 
     resting_damping: float = 0.0
@@ -78,6 +82,7 @@ class StepSettings:
     inverse: Any = None
     mc_samples: int | None = None
     method: str = "auto"
+    max_attempts: int = 8
 
 
 @dataclass(frozen=True)
@@ -121,23 +126,35 @@ class StepOutcome:
     info: dict[str, Any]
 
 
-Solve = Callable[[Forward, dict[str, Tensor], Loss, Any, Any, str], Solved]
+class Factorized(Protocol):
+    """What a factorisation offers the step: ``solve(loss, inverse=...)`` (like `natgrad.GramFactorization`)."""
+
+    def solve(self, loss: Loss, *, inverse: Any = None) -> Any:
+        """The natural gradient of ``loss`` (direction, pushforward, gradient, rank, method)."""
+        ...
 
 
-def engine_solve(
-    forward: Forward, theta: dict[str, Tensor], loss: Loss, metric: Any, inverse: Any, method: str
-) -> Solved:
-    """The default solve: one call of `natgrad.natural_gradient`."""
-    result = ng.natural_gradient(forward, theta, loss, metric=metric, inverse=inverse, method=method)
-    return Solved(
-        dict(result.direction), result.pushforward, dict(result.gradient), result.rank, result.method
-    )
+Factorize = Callable[[Forward, dict[str, Tensor], Any, Any, str], Factorized]
+
+
+def engine_factorize(
+    forward: Forward, theta: dict[str, Tensor], metric: Any, inverse: Any, method: str
+) -> Factorized:
+    """The default: `natgrad.factorize` of G = JᵀgJ at θ, reused by every solve of the step."""
+    return ng.factorize(forward, theta, metric, inverse, method)
 
 
 def ngd_step(
-    state: StepState, problem: StepProblem, settings: StepSettings, solve: Solve = engine_solve
+    state: StepState,
+    problem: StepProblem,
+    settings: StepSettings,
+    factorize: Factorize = engine_factorize,
 ) -> StepOutcome:
     """One natural gradient step, computed without changing anything.
+
+    G is factorised once. When the damping rule rejects a step (the loss went up) and λ grows, the step is
+    solved again on the same factorisation with the new λ (Damped inverses of any λ reuse it), up to
+    ``settings.max_attempts`` solves, so a rejection costs a solve and a forward, not a step.
 
     Raises:
         ValueError: the loss is not finite at θ or not a scalar.
@@ -154,9 +171,119 @@ def ngd_step(
     if prior is not None:
         _, jp = jvp(forward, (theta,), (prior,))
         engine_loss = shifted_loss(engine_loss, curvature.matvec(jp))
-    inverse = _inverse(state.damping, curvature, settings.inverse)
+    adapts = settings.adaptive_damping or settings.safeguard
+    line_search = settings.line_search or FullStep()
+    needs_model = adapts or line_search.needs_model
+    grad_z = output_gradient("NGD.step", loss, z0)[1] if needs_model else None
+    cached: dict[str, float] = {}
+
+    def floor() -> float:  # eps·tr(sG): two JVPs, computed once per step and only when the rule needs it
+        if "floor" not in cached:
+            cached["floor"] = precision_floor(forward, theta, curvature, z0.dtype)
+        return cached["floor"]
+
+    with _solver_errors(loss0):
+        fac = factorize(
+            forward,
+            theta,
+            curvature.metric,
+            _inverse(state.damping, curvature, settings.inverse),
+            settings.method,
+        )
+    damping, attempts = state.damping, 0
+    while True:
+        attempts += 1
+        with _solver_errors(loss0):
+            solved = _solve(fac, engine_loss, damping, curvature, attempts == 1)
+        direction = add_prior(solved.direction, prior)
+        _check_direction(direction, solved, forward, theta, loss0)
+        _check_update(theta, direction, problem.lr)
+        step_vec = {name: problem.lr[name] * v for name, v in direction.items()}
+        slope = curvature_term = math.nan
+        if needs_model:
+            jd = _step_pushforward(forward, theta, step_vec, solved, jp, problem.lr, z0)
+            slope = float((grad_z * jd).sum())  # ⟨∇L, d⟩ = ⟨∇_z L, J d⟩
+            curvature_term = curvature.scale * float((jd * curvature.matvec(jd)).sum())  # dᵀ (sG) d
+
+        def loss_at(alpha: float, step_vec: dict[str, Tensor] = step_vec) -> float:
+            trial = {name: t - alpha * step_vec[name] for name, t in theta.items()}
+            return float(loss(forward(trial)).detach())
+
+        alpha, loss_new = line_search.search(LineProblem(loss_at, loss0, slope, curvature_term))
+        if not adapts:
+            next_damping, ratio, trial_loss = damping, None, loss_new
+            break
+        trial_loss = loss_new = _finite_or_inf(loss_at(alpha)) if loss_new is None else loss_new
+        predicted = alpha * slope - 0.5 * alpha**2 * curvature_term
+        ratio = reduction_ratio(loss0 - loss_new, predicted) if alpha > 0 else -math.inf
+        poor = not math.isfinite(ratio) or ratio < settings.damping_rule.lower
+        lowest = floor() if (settings.adaptive_damping or damping > 0 or poor) else 0.0
+        next_damping = _next_damping(settings, damping, ratio, lowest, forward, theta, curvature, solved)
+        accepted = math.isfinite(loss_new) and loss_new <= loss0
+        retry = attempts < settings.max_attempts and next_damping > damping and _damping_reuses(settings)
+        if accepted or not retry:
+            if not accepted:
+                alpha, loss_new = 0.0, loss0  # a step that increases the loss is rejected
+            break
+        damping = next_damping  # rejected: solve again with more damping on the same factorisation
+
+    momentum = {name: direction[name].detach().clone() for name in direction if problem.momentum[name] > 0}
+    update = None if alpha == 0.0 else {name: alpha * s for name, s in step_vec.items()}
+    info = {
+        "loss": loss0,
+        "loss_after": loss_new,
+        "trial_loss": trial_loss,
+        "step_size": alpha,
+        "damping": damping,
+        "next_damping": next_damping,
+        "attempts": attempts,
+        "ratio": ratio,
+        "rank": solved.rank,
+        "method": solved.method,
+    }
+    return StepOutcome(update, StepState(next_damping, momentum), info)
+
+
+def _next_damping(
+    settings: StepSettings,
+    damping: float,
+    ratio: float,
+    floor: float,
+    forward: Forward,
+    theta: dict[str, Tensor],
+    curvature: Curvature,
+    solved: Solved,
+) -> float:
+    rule = settings.damping_rule
+    if settings.adaptive_damping:
+        return rule.update(damping, ratio, floor)
+    return rule.update_from_zero(
+        damping,
+        ratio,
+        floor,
+        lambda: gradient_curvature(forward, theta, curvature, solved),
+        settings.resting_damping,
+    )
+
+
+def _damping_reuses(settings: StepSettings) -> bool:
+    # a MinNorm factorisation factors another matrix: a damped retry would need a new one
+    return not isinstance(settings.inverse, ng.MinNorm)
+
+
+def _solve(fac: Factorized, loss: Loss, damping: float, curvature: Curvature, first: bool) -> Solved:
+    # the first solve uses the inverse the factorisation was made for; retries override the damping
+    result = fac.solve(loss) if first else fac.solve(loss, inverse=ng.Damped(damping / curvature.scale))
+    return Solved(
+        dict(result.direction), result.pushforward, dict(result.gradient), result.rank, result.method
+    )
+
+
+@contextmanager
+def _solver_errors(loss0: float) -> Iterator[None]:
+    """Solver failures (an eigh that does not converge, a non-finite solve) as `NGDStepError`."""
     try:
-        solved = solve(forward, theta, engine_loss, curvature.metric, inverse, settings.method)
+        yield
     except (ValueError, torch.linalg.LinAlgError) as error:
         kind = (
             "torch.linalg.LinAlgError"
@@ -168,64 +295,6 @@ def ngd_step(
             f"({kind}: {error}); the step was not taken and the parameters and optimizer "
             "state are unchanged (try damping > 0, adaptive_damping=True, or float64)"
         ) from error
-    direction = add_prior(solved.direction, prior)
-    _check_direction(direction, solved, forward, theta, loss0)
-
-    step_vec = {name: problem.lr[name] * v for name, v in direction.items()}
-    _check_update(theta, direction, problem.lr)
-    rule, line_search = settings.damping_rule, settings.line_search
-    needs_model = settings.adaptive_damping or settings.safeguard or line_search.needs_model
-    slope = curvature_term = math.nan
-    if needs_model:
-        jd = _step_pushforward(forward, theta, step_vec, solved, jp, problem.lr, z0)
-        slope = float((output_gradient(loss, z0) * jd).sum())  # ⟨∇L, d⟩ = ⟨∇_z L, J d⟩
-        curvature_term = curvature.scale * float((jd * curvature.matvec(jd)).sum())  # dᵀ (sG) d
-
-    def loss_at(alpha: float) -> float:
-        trial = {name: t - alpha * step_vec[name] for name, t in theta.items()}
-        return float(loss(forward(trial)).detach())
-
-    alpha, loss_new = line_search.search(LineProblem(loss_at, loss0, slope, curvature_term))
-    if (settings.adaptive_damping or settings.safeguard) and loss_new is None:
-        loss_new = _finite_or_inf(loss_at(alpha))
-    damping, ratio, trial_loss = state.damping, None, loss_new
-
-    def floor() -> float:
-        return precision_floor(forward, theta, curvature, z0.dtype)
-
-    if settings.adaptive_damping or settings.safeguard:
-        predicted = alpha * slope - 0.5 * alpha**2 * curvature_term
-        ratio = reduction_ratio(loss0 - loss_new, predicted) if alpha > 0 else -math.inf
-        poor = not math.isfinite(ratio) or ratio < rule.lower
-        # the floor costs two JVPs; at λ = 0 after a good step the rule needs none
-        lowest = floor() if (settings.adaptive_damping or damping > 0 or poor) else 0.0
-        if settings.adaptive_damping:
-            damping = rule.update(damping, ratio, lowest)
-        else:
-            damping = rule.update_from_zero(
-                damping,
-                ratio,
-                lowest,
-                lambda: gradient_curvature(forward, theta, curvature, solved),
-                settings.resting_damping,
-            )
-        if not (math.isfinite(loss_new) and loss_new <= loss0):
-            alpha, loss_new = 0.0, loss0  # a step that increases the loss is rejected
-
-    momentum = {name: direction[name].detach().clone() for name in direction if problem.momentum[name] > 0}
-    update = None if alpha == 0.0 else {name: alpha * s for name, s in step_vec.items()}
-    info = {
-        "loss": loss0,
-        "loss_after": loss_new,
-        "trial_loss": trial_loss,
-        "step_size": alpha,
-        "damping": state.damping,
-        "next_damping": damping,
-        "ratio": ratio,
-        "rank": solved.rank,
-        "method": solved.method,
-    }
-    return StepOutcome(update, StepState(damping, momentum), info)
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -243,14 +312,6 @@ def scalar_loss(loss: Loss, z: Tensor) -> float:
             "learning rate)"
         )
     return value
-
-
-def output_gradient(loss: Loss, z0: Tensor) -> Tensor:
-    """∇_z L at z₀."""
-    z = z0.detach().requires_grad_(True)
-    with torch.enable_grad():
-        (grad,) = torch.autograd.grad(loss(z), z)
-    return grad
 
 
 def precision_floor(

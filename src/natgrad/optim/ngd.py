@@ -36,7 +36,7 @@ from torch.func import functional_call
 
 from ._checkpoint import check_state_dict
 from ._closure import OutputGradientLoss, is_closure, run_closure
-from ._core import Solve, StepProblem, StepSettings, StepState, engine_solve, ngd_step
+from ._core import Factorize, StepProblem, StepSettings, StepState, engine_factorize, ngd_step
 from ._damping import LevenbergMarquardt
 from ._line_search import LineSearch, default_grid, resolve_line_search
 from ._losses import LeastSquares
@@ -71,8 +71,9 @@ class NGD(torch.optim.Optimizer):
         mc_samples: k ≥ 1 for a Monte-Carlo Fisher from k sampled labels per example; None for the exact one.
         method: engine route (``"auto"``, ``"primal"``, ``"dual"``, ``"lstsq"``, ``"krylov"``, ...).
         seed: seed of the generator that draws Monte-Carlo labels (saved in ``state_dict``).
-        solve: the function computing v = G⁻∇ (default: one `natgrad.natural_gradient` call); see
-            `natgrad.optim.engine_solve` for its signature.
+        factorize: the function that factorises G = JᵀgJ at θ for the step's solves (default
+            `natgrad.optim.engine_factorize`, i.e. `natgrad.factorize`); its result needs
+            ``solve(loss, inverse=...)``.
     """
 
     def __init__(
@@ -92,7 +93,7 @@ class NGD(torch.optim.Optimizer):
         mc_samples: int | None = None,
         method: str = "auto",
         seed: int = 0,
-        solve: Solve | None = None,
+        factorize: Factorize | None = None,
     ) -> None:
         _check_step_settings(lr, momentum)
         if not (isinstance(damping, (int, float)) and damping >= 0 and math.isfinite(damping)):
@@ -113,7 +114,7 @@ class NGD(torch.optim.Optimizer):
         self.resting_damping = float(damping)
         self.adaptive_damping = bool(adaptive_damping)
         self.safeguard = bool(safeguard)
-        self.solve: Solve = engine_solve if solve is None else solve
+        self.factorize: Factorize = engine_factorize if factorize is None else factorize
         self._line_search = strategy
         self._module: torch.nn.Module | None = None
         self.damping_schedule = damping_schedule or LevenbergMarquardt()
@@ -253,7 +254,7 @@ class NGD(torch.optim.Optimizer):
             self._group_settings(named, "momentum"),
             self._mc_generator(next(iter(theta.values()))),
         )
-        outcome = ngd_step(state, problem, settings, self.solve)
+        outcome = ngd_step(state, problem, settings, self.factorize)
         with torch.no_grad():
             for name, p in named.items():
                 if outcome.update is not None:
