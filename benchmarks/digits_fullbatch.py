@@ -107,6 +107,25 @@ def run(
     }
 
 
+def thinned(result: dict[str, Any], points: int = 400) -> dict[str, Any]:
+    """The curves at about ``points`` log-spaced steps (every step when there are fewer), for the JSON."""
+    total = len(result["losses"])
+    keep = sorted(
+        {0, total - 1} | {min(total - 1, round(total ** (k / points)) - 1) for k in range(points + 1)}
+    )
+    keep = list(range(total)) if total <= points else keep
+    out = dict(result)
+    out["recorded_steps"] = keep
+    out["losses"] = [result["losses"][k] for k in keep]
+    out["times_s"] = [result["times_s"][k] for k in keep]
+    out["details"] = (
+        [result["details"][k - 1] for k in keep if k > 0]
+        if result["details"] and result["details"][0]
+        else []
+    )
+    return out
+
+
 def first_reaching(result: dict[str, Any], target: float) -> dict[str, Any]:
     """The first step (and its cumulative time) with train loss ≤ ``target``; None if never."""
     for k, value in enumerate(result["losses"]):
@@ -202,7 +221,7 @@ def main() -> None:
             "lbfgs": "lr=1, history 20, strong Wolfe",
         },
         "summary": summary,
-        "results": results,
+        "results": {name: thinned(r) for name, r in results.items()},
         "environment": environment(device),
     }
     write_json_atomic(args.out, record)

@@ -169,7 +169,7 @@ def ngd_step(
     engine_loss = _scaled(loss, curvature.scale)
     jp = None
     if prior is not None:
-        _, jp = jvp(forward, (theta,), (prior,))
+        jp = jvp(forward, (theta,), (prior,))[1]
         engine_loss = shifted_loss(engine_loss, curvature.matvec(jp))
     adapts = settings.adaptive_damping or settings.safeguard
     line_search = settings.line_search or FullStep()
@@ -200,7 +200,7 @@ def ngd_step(
         _check_update(theta, direction, problem.lr)
         step_vec = {name: problem.lr[name] * v for name, v in direction.items()}
         slope = curvature_term = math.nan
-        if needs_model:
+        if grad_z is not None:
             jd = _step_pushforward(forward, theta, step_vec, solved, jp, problem.lr, z0)
             slope = float((grad_z * jd).sum())  # ⟨∇L, d⟩ = ⟨∇_z L, J d⟩
             curvature_term = curvature.scale * float((jd * curvature.matvec(jd)).sum())  # dᵀ (sG) d
@@ -304,14 +304,14 @@ def scalar_loss(loss: Loss, z: Tensor) -> float:
     if not isinstance(value, Tensor) or value.numel() != 1:
         shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ValueError(f"NGD.step: loss(z) must return a scalar tensor, got {shape}")
-    value = float(value.detach())
-    if not math.isfinite(value):
+    number = float(value.detach())
+    if not math.isfinite(number):
         raise ValueError(
-            f"NGD.step: the loss is not finite ({value}) at the current parameters; the step was not "
+            f"NGD.step: the loss is not finite ({number}) at the current parameters; the step was not "
             "taken and the parameters are unchanged (check the data and the model outputs, or lower the "
             "learning rate)"
         )
-    return value
+    return number
 
 
 def precision_floor(
@@ -326,7 +326,7 @@ def precision_floor(
             name: torch.randint(0, 2, t.shape, generator=generator, device=t.device).to(t.dtype) * 2 - 1
             for name, t in theta.items()
         }
-        _, ju = jvp(forward, (theta,), (probe,))
+        ju = jvp(forward, (theta,), (probe,))[1]
         total += float((ju * curvature.matvec(ju)).sum())
     trace = curvature.scale * total / _TRACE_PROBES
     return torch.finfo(dtype).eps * max(trace, 0.0)
@@ -340,7 +340,7 @@ def gradient_curvature(
     norm2 = sum(float(g.pow(2).sum()) for g in grad.values())
     if not norm2 > 0:
         return 0.0
-    _, jg = jvp(forward, (theta,), (grad,))
+    jg = jvp(forward, (theta,), (grad,))[1]
     return curvature.scale * float((jg * curvature.matvec(jg)).sum()) / norm2
 
 
@@ -399,7 +399,7 @@ def _check_direction(
         name: torch.randn(t.shape, generator=generator, device=t.device).to(t.dtype)
         for name, t in theta.items()
     }
-    _, ju = jvp(forward, (theta,), (probe,))
+    ju = jvp(forward, (theta,), (probe,))[1]
     if not bool(ju.any()):
         raise NGDStepError(
             "NGD.step: forward(params) does not depend on the parameters (its Jacobian is zero), so no step "
@@ -440,5 +440,5 @@ def _step_pushforward(
         if jp is not None:
             jv = jv + jp
         return rates.pop() * jv
-    _, jd = jvp(forward, (theta,), (step_vec,))
+    jd = jvp(forward, (theta,), (step_vec,))[1]
     return jd

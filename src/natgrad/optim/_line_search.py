@@ -96,7 +96,10 @@ class LineProblem:
 class LineSearch(Protocol):
     """A step-size strategy: ``search(problem) -> (α, L(θ − α d) or None when not evaluated)``."""
 
-    needs_model: bool
+    @property
+    def needs_model(self) -> bool:
+        """Whether ``search`` uses the slope and curvature (they cost the step's pushforward)."""
+        ...
 
     def search(self, problem: LineProblem) -> tuple[float, float | None]:
         """The step factor α and the loss there (None when the strategy did not evaluate it)."""
@@ -173,7 +176,7 @@ def resolve_line_search(setting: object, grid: tuple[float, ...] | None) -> Line
     if isinstance(setting, FullStep | GridSearch | Backtracking) or (
         hasattr(setting, "search") and hasattr(setting, "needs_model")
     ):
-        return setting  # type: ignore[return-value]
+        return setting
     raise ValueError(
         f"NGD: line_search must be one of {LINE_SEARCH_NAMES} or a strategy object (FullStep, GridSearch, "
         f"Backtracking), got {setting!r}"
