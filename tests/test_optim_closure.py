@@ -86,6 +86,27 @@ def test_closure_route_works_with_an_lr_scheduler_and_kwargs() -> None:
     assert opt.param_groups[0]["lr"] == 0.5
 
 
+def test_closure_by_keyword_like_lightning() -> None:
+    """``optimizer.step(closure=closure)`` is the same step as ``optimizer.step(closure)``."""
+    model, x, y = _classifier()
+    twin = torch.nn.Sequential(*[m for m in _classifier()[0]])
+    steps = []
+    for m, by_keyword in ((model, True), (twin, False)):
+        opt = NGD.from_module(m, metric=ng.metrics.Categorical(), safeguard=False)
+        closure = _closure(opt, m, x, y)
+        steps.append(opt.step(closure=closure) if by_keyword else opt.step(closure))
+    assert torch.equal(steps[0], steps[1]) and torch.equal(_flat(model), _flat(twin))
+    opt = NGD.from_module(model, metric=ng.metrics.Categorical())
+    with pytest.raises(
+        TypeError, match=r"NGD.step: pass either closure=... or forward \(and loss\), not both"
+    ):
+        opt.step(lambda p: p, closure=_closure(opt, model, x, y))
+    with pytest.raises(TypeError, match=r"looks like a torch-style closure, but a loss was given too"):
+        opt.step(_closure(opt, model, x, y), CrossEntropy(y))
+    with pytest.raises(TypeError, match=r"NGD.step: expected forward, a callable params -> outputs"):
+        opt.step()
+
+
 def test_closure_needs_the_module() -> None:
     model, x, y = _classifier()
     opt = NGD(model.parameters(), metric=ng.metrics.Categorical())

@@ -195,8 +195,10 @@ class NGD(torch.optim.Optimizer):
     # ------------------------------------------------------------------ the step
     def step(  # type: ignore[override]
         self,
-        forward: Callable[..., Any],
+        forward: Callable[..., Any] | None = None,
         loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        closure: Callable[[], Any] | None = None,
     ) -> torch.Tensor:
         """One natural gradient step; returns the loss before the step.
 
@@ -206,17 +208,29 @@ class NGD(torch.optim.Optimizer):
                 ``backward()``, return the loss) for an optimizer built with `NGD.from_module` and a given
                 ``metric`` — see the module docstring for what that route computes.
             loss: ``z -> scalar``; None means ½‖z‖² with the Euclidean metric (Gauss–Newton on residuals).
+            closure: the torch-style closure by keyword, as ``optimizer.step(closure=closure)`` (PyTorch
+                Lightning's call).
 
         Raises:
             ValueError: the loss is not finite (the parameters are left unchanged).
             NGDStepError: the step cannot be computed or would make a parameter non-finite (parameters and
                 optimizer state unchanged).
         """
+        if closure is not None:
+            if forward is not None or loss is not None:
+                raise TypeError("NGD.step: pass either closure=... or forward (and loss), not both")
+            forward = closure
         if not callable(forward):
             raise TypeError(
-                f"NGD.step: forward must be callable params -> outputs, got {type(forward).__name__}"
+                "NGD.step: expected forward, a callable params -> outputs (with a loss z -> scalar), or a "
+                f"torch-style closure (); got {type(forward).__name__}"
             )
-        if loss is None and is_closure(forward):
+        if is_closure(forward):
+            if loss is not None:
+                raise TypeError(
+                    "NGD.step: forward takes no arguments, so it looks like a torch-style closure, but a loss "
+                    "was given too; pass step(closure) alone, or forward as params -> outputs with the loss"
+                )
             return self._closure_step(forward)
         loss = LeastSquares() if loss is None else loss
         named = self.named_parameters()
