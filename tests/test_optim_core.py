@@ -205,3 +205,18 @@ def test_line_search_strategies_are_objects() -> None:
         opt.step(lambda p, f=f, m=m: f(p, x), CrossEntropy(y))
         results.append(opt.last_step["step_size"])
     assert results[0] in {0.5**k for k in range(30)} and results[1] in {0.3**k for k in range(30)}
+
+
+def test_safeguard_without_a_reusable_factorisation_rejects_and_waits() -> None:
+    """MinNorm factors another matrix, so a damped retry cannot reuse it: the rejected step leaves θ unchanged
+    and the damping applies from the next step."""
+    model, x, y = _classifier()
+    d = sum(p.numel() for p in model.parameters())
+    opt = NGD(model.parameters(), inverse=ng.MinNorm(torch.ones(d, dtype=DT)))
+    f = opt.functional(model)
+    before = _flat(model)
+    opt.step(lambda p: f(p, x), CrossEntropy(y, reduction="sum"))
+    assert torch.equal(_flat(model), before)
+    assert opt.last_step["attempts"] == 1 and opt.last_step["step_size"] == 0.0 and opt.damping > 0
+    opt.step(lambda p: f(p, x), CrossEntropy(y, reduction="sum"))
+    assert opt.last_step["loss_after"] < opt.last_step["loss"]

@@ -220,7 +220,11 @@ def ngd_step(
         lowest = floor() if (settings.adaptive_damping or damping > 0 or poor) else 0.0
         next_damping = _next_damping(settings, damping, ratio, lowest, forward, theta, curvature, solved)
         accepted = math.isfinite(loss_new) and loss_new <= loss0
-        retry = attempts < settings.max_attempts and next_damping > damping and _damping_reuses(settings)
+        retry = (
+            attempts < settings.max_attempts
+            and next_damping > damping
+            and _reuses(fac, next_damping, curvature)
+        )
         if accepted or not retry:
             if not accepted:
                 alpha, loss_new = 0.0, loss0  # a step that increases the loss is rejected
@@ -266,9 +270,10 @@ def _next_damping(
     )
 
 
-def _damping_reuses(settings: StepSettings) -> bool:
-    # a MinNorm factorisation factors another matrix: a damped retry would need a new one
-    return not isinstance(settings.inverse, ng.MinNorm)
+def _reuses(fac: Factorized, damping: float, curvature: Curvature) -> bool:
+    """Whether a retry with damping λ can reuse ``fac`` (a MinNorm factorisation factors another matrix)."""
+    refuses = getattr(fac, "refuses", None)  # natgrad.GramFactorization says why not; others are trusted
+    return refuses is None or refuses(ng.Damped(damping / curvature.scale)) is None
 
 
 def _solve(fac: Factorized, loss: Loss, damping: float, curvature: Curvature, first: bool) -> Solved:
