@@ -62,8 +62,9 @@ class StepSettings:
     Attributes:
         resting_damping: the configured λ the safeguard returns to (0: the generalized inverse).
         adaptive_damping: adapt λ by the Levenberg–Marquardt ratio rule and reject loss increases.
-        safeguard: without adaptive damping, reject a step that increases the loss and adapt λ by
-            `LevenbergMarquardt.update_from_zero` between ``resting_damping`` and the rule's maximum.
+        safeguard: without adaptive damping and without a line search, reject a step that increases the loss
+            and adapt λ by `LevenbergMarquardt.update_from_zero` between ``resting_damping`` and the rule's
+            maximum.
         damping_rule: the `LevenbergMarquardt` rule.
         line_search: the step-size strategy.
         metric: ``"auto"`` or a natgrad metric.
@@ -171,8 +172,10 @@ def ngd_step(
     if prior is not None:
         jp = jvp(forward, (theta,), (prior,))[1]
         engine_loss = shifted_loss(engine_loss, curvature.matvec(jp))
-    adapts = settings.adaptive_damping or settings.safeguard
     line_search = settings.line_search or FullStep()
+    # a line search guards the step by itself (it never accepts a larger loss); the safeguard guards α = 1
+    safeguarded = settings.safeguard and isinstance(line_search, FullStep)
+    adapts = settings.adaptive_damping or safeguarded
     needs_model = adapts or line_search.needs_model
     grad_z = output_gradient("NGD.step", loss, z0)[1] if needs_model else None
     cached: dict[str, float] = {}

@@ -56,7 +56,8 @@ class NGD(torch.optim.Optimizer):
             the loss is then rejected (parameters unchanged, λ grows). λ never falls below
             max(rule minimum, eps·tr(sG)), eps of the model's dtype (the precision floor).
         damping_schedule: the `LevenbergMarquardt` rule (default boost 1.5, thresholds 1/4 and 3/4).
-        safeguard: when λ is not adaptive (the default), run the Levenberg–Marquardt rule anyway but with
+        safeguard: when λ is not adaptive and there is no line search (the default), run the
+            Levenberg–Marquardt rule anyway but with
             λ = ``damping`` as its resting value: a step that increases the loss (or a non-finite one) is
             rejected (parameters unchanged) and λ grows — from 0 straight to the curvature along the gradient
             ∇ᵀ(sG)∇/‖∇‖² —, and after good steps λ shrinks back to ``damping`` (0: the generalized inverse
