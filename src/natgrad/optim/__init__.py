@@ -2,7 +2,7 @@
 
 Example::
 
-    opt = NGD(model.parameters(), lr=1.0, line_search="backtracking")
+    opt = NGD(model.parameters())                           # safeguarded exact steps
     f = opt.functional(model)
     for x, y in batches:
         opt.step(lambda p: f(p, x), CrossEntropy(y))       # categorical Fisher from the loss
