@@ -68,6 +68,20 @@ def test_huge_lr_is_refused_and_changes_nothing() -> None:
     assert opt.steps_taken == 1
 
 
+@pytest.mark.parametrize("lr", [math.nan, -0.5, 0.0])
+def test_lr_changed_after_construction_is_checked_at_the_step(lr: float) -> None:
+    model, opt, x, y = _trained()
+    opt.param_groups[0]["lr"] = lr
+    f = opt.functional(model)
+    snapshot = _snapshot(model, opt)
+    with pytest.raises(
+        ValueError,
+        match=r"NGD.step: parameter group 0: NGD: lr must be a finite number > 0, got .*nothing was",
+    ):
+        opt.step(lambda p: f(p, x), CrossEntropy(y))
+    _assert_unchanged(model, opt, snapshot)
+
+
 class _Broken:
     """A factorisation whose solves fail like torch's eigh or return a NaN direction."""
 

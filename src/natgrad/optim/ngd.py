@@ -259,6 +259,11 @@ class NGD(torch.optim.Optimizer):
         settings: StepSettings,
     ) -> None:
         """Run the functional core, then apply its update and store its state (nothing before it returns)."""
+        for index, group in enumerate(self.param_groups):  # a scheduler or a user may have changed them
+            try:
+                _check_step_settings(group["lr"], group["momentum"])
+            except ValueError as error:
+                raise ValueError(f"NGD.step: parameter group {index}: {error}; nothing was changed") from None
         theta = {name: p.detach() for name, p in named.items()}
         state = StepState(self.damping, self._momentum_buffers(named))
         problem = StepProblem(
