@@ -7,7 +7,9 @@ One step at parameters θ (all groups together, since the metric couples them):
 
 with g the metric (from the loss, given, or Monte-Carlo), G⁻ the engine's generalized inverse (Moore–Penrose
 by default), p = μ v_prev the dual-form momentum (zero without momentum), and α ∈ (0, 1] from the line search
-(1 without one). The direction comes from ``natgrad.natural_gradient(..., method=...)``.
+(1 without one). G is factorised once per step (``natgrad.factorize(..., method=...)``); by default a step
+that would increase the loss is rejected and solved again with Levenberg–Marquardt damping on the same
+factorisation (the safeguard; see docs/optim.md for the rule and the precision floor of λ).
 
 Two ways to call a step:
 
