@@ -202,34 +202,29 @@ INVERSES = ["moore-penrose", "ginverse", "minnorm-diag", "minnorm-dense", "dampe
 STRATEGIES = ["kernel", "matrix-free"]
 
 
-SMALL_PLAN = [
-    ("mlp", "categorical", "moore-penrose"),
-    ("cnn", "gaussian", "ginverse"),
-    ("embedding", "euclidean", "minnorm-dense"),
-    ("embedding", "dense-singular", "damped"),
-    ("mlp", "point-dependent", "minnorm-diag"),
-    ("softmax-mlp", "fisher-rao", "moore-penrose"),
-]
+# Each world size runs one model with every metric and every inverse; together they cover the whole product.
+MODEL_FOR_WORLD = {1: "cnn", 2: "mlp", 3: "embedding"}
 
 
-def plan(full: bool) -> list[tuple[str, str, str]]:
-    """(model, metric, inverse) triples: every combination when ``full``, else a few that cover the three
-    models, both Krylov systems and every kind of inverse."""
-    if full:
-        triples = [(m, me, i) for m in ("mlp", "cnn", "embedding") for me in LOGIT_METRICS for i in INVERSES]
-        return triples + [("softmax-mlp", "fisher-rao", i) for i in INVERSES]
-    return SMALL_PLAN
+def plan(world_size: int) -> list[tuple[str, str, str]]:
+    """(model, metric, inverse) triples for a world size: its model × every metric × every inverse, and the
+    Fisher–Rao metric (on probabilities) × every inverse at world size 2."""
+    model = MODEL_FOR_WORLD[world_size]
+    triples = [(model, metric, inverse) for metric in LOGIT_METRICS for inverse in INVERSES]
+    if world_size == 2:
+        triples += [("softmax-mlp", "fisher-rao", inverse) for inverse in INVERSES]
+    return triples
 
 
 def _flat(params) -> Tensor:
     return ng.flatten_params(params).detach().clone()
 
 
-def agreement_job(rank: int, world_size: int, full: bool, tol: float) -> dict:
+def agreement_job(rank: int, world_size: int, tol: float) -> dict:
     """Distributed answers for every planned case and strategy; rank 0 adds the single-process ones."""
     sizes = SHARDS[world_size]
     out: dict = {"sizes": sizes, "cases": {}}
-    for model_name, metric_name, inverse_name in plan(full):
+    for model_name, metric_name, inverse_name in plan(world_size):
         module, x, slices = build(MODELS[model_name], sizes)
         phi, params = ng.from_module(module, x[slices[rank]])
         z = phi(params).detach()

@@ -1,7 +1,7 @@
 """Run a function on a local gloo process group of a few processes, with a wall-clock bound.
 
-``run_world(job, world_size, *args)`` spawns ``world_size`` processes (torch.multiprocessing, spawn start
-method) on a free localhost port; each calls ``job(rank, world_size, *args)`` and its return value comes back
+``run_world(job, world_size, *args)`` starts ``world_size`` processes (torch.multiprocessing; fork by default,
+which reuses the test process's imports and saves seconds per process) on a free localhost port; each calls ``job(rank, world_size, *args)`` and its return value comes back
 in a list indexed by rank. A rank that raises comes back as ``{"exception": ..., "message": ...}`` so tests can
 check failure behaviour; a rank that exits or hangs past ``timeout`` ends the run with an AssertionError.
 """
@@ -65,6 +65,7 @@ def run_world(
     timeout: float = 60.0,
     pg_timeout: float = 30.0,
     allow_exit: bool = False,
+    start_method: str = "fork",
 ) -> list[Any]:
     """``job(rank, world_size, *args)`` on each rank of a fresh gloo group; returns the results by rank.
 
@@ -77,7 +78,7 @@ def run_world(
             args=(world_size, free_port(), out_dir, pg_timeout, job, args),
             nprocs=world_size,
             join=False,
-            start_method="spawn",
+            start_method=start_method,
         )
         deadline = time.monotonic() + timeout
         while any(p.is_alive() for p in context.processes):

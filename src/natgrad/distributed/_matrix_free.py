@@ -28,9 +28,9 @@ from natgrad._routes._problem import Problem
 from natgrad.distributed._comm import Communicator
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm
 
-DIVERGENCE = (
-    1e6  # a residual this many times ‖b‖: the system is inconsistent (CG does not stagnate, it grows)
-)
+# A residual this many times ‖b‖ means b leaves the range of a singular system (CG then grows instead of
+# converging); a false alarm on a consistent system costs only the fallback to the Gram system.
+DIVERGENCE = 10.0
 
 
 @dataclass(frozen=True)
