@@ -333,8 +333,13 @@ def failure_job(rank: int, world_size: int) -> dict:
     phi, params = _mlp_shard(rank, world_size)
     try:
         ngd.natural_gradient(phi, params, lambda o: (o**2).sum(), strategy="matrix-free", max_iter=2)
-    except ngd.ConvergenceError as exc:
-        out["convergence"] = {"message": str(exc), "iterations": exc.certificate.iterations}
+    except ng.ConvergenceError as exc:
+        certificate = exc.result.certificate
+        out["convergence"] = {
+            "message": str(exc),
+            "iterations": certificate.iterations,
+            "status": exc.result.status,
+        }
     res = ngd.natural_gradient(phi, params, lambda o: (o**2).sum())
     out["after"] = _flat(res.direction)
     return out

@@ -88,6 +88,7 @@ def test_bad_input_on_one_rank_fails_every_rank_naming_it():
     for result in results:
         assert "strategy='matrix-free'" in result["convergence"]["message"]
         assert result["convergence"]["iterations"] >= 2
+        assert result["convergence"]["status"] == "max_iter_reached"
         assert torch.equal(result["after"], results[0]["after"])  # the group still works afterwards
 
 

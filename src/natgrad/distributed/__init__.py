@@ -8,11 +8,10 @@ densely) and "matrix-free" (conjugate gradients with one all-reduce of d numbers
 
 from natgrad.distributed._comm import DistributedError
 from natgrad.distributed._engine import DistributedNaturalGradient, natural_gradient
-from natgrad.distributed._matrix_free import Certificate, ConvergenceError
+from natgrad.distributed._matrix_free import Certificate
 
 __all__ = [
     "Certificate",
-    "ConvergenceError",
     "DistributedError",
     "DistributedNaturalGradient",
     "natural_gradient",

@@ -15,10 +15,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from natgrad.exceptions import NatgradError
+
 CALL = "natgrad.distributed.natural_gradient"
 
 
-class DistributedError(RuntimeError):
+class DistributedError(NatgradError, RuntimeError):
     """A distributed natural-gradient call failed on at least one rank; raised on every rank of the group.
 
     Attributes:

@@ -23,28 +23,34 @@ import torch
 from torch import Tensor
 
 from natgrad._checks import check_real
+from natgrad._factorize import default_tolerance
+from natgrad._result import NaturalGradient, Status
+from natgrad._routes._inverse import apply_inverse
+from natgrad._routes._problem import RightHandSide
 from natgrad._tree import Params, unflatten_like
 from natgrad.distributed._comm import CALL, Communicator, DistributedError, resolve_group
 from natgrad.distributed._kernel import solve_kernel
-from natgrad.distributed._matrix_free import Certificate, solve_matrix_free
+from natgrad.distributed._matrix_free import Certificate, ShardedKrylovFactorization, ShardedRows
 from natgrad.distributed._shard import STATUS_FIELDS, Shard, failed_status, prepare_shard
-from natgrad.linalg import Inverse, MoorePenrose
+from natgrad.exceptions import ConvergenceError, InvalidInputError
+from natgrad.linalg import Inverse
 from natgrad.metrics import Euclidean, Metric
-from natgrad.natural_gradient import DEFAULT_MEMORY_BUDGET, NaturalGradient, choose_route
+from natgrad.natural_gradient import DEFAULT_MEMORY_BUDGET, choose_route
 
 STRATEGIES = ("auto", "kernel", "matrix-free")
 REDUCTIONS = ("sum", "mean")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistributedNaturalGradient(NaturalGradient):
     """The result of :func:`natural_gradient` on one rank.
 
     ``direction``, ``gradient``, ``loss`` and ``rank`` are those of the whole batch and identical on every rank;
-    ``output`` and ``pushforward`` are this rank's shard (z_p and J_p v).
+    ``output`` and ``pushforward`` are this rank's shard (z_p and J_p v). ``method`` is the engine route the
+    strategy corresponds to: "primal" or "dual" (kernel strategy, on rank 0), "krylov" (matrix-free).
 
     Attributes:
-        strategy: "kernel" or "matrix-free" (what ran; ``method`` says the same).
+        strategy: "kernel" or "matrix-free" (what ran).
         certificate: the matrix-free solves' :class:`Certificate` (None on the kernel strategy).
         communication: collectives this rank ran and the bytes it contributed, by kind.
         shard_examples: N_p of every rank (leading dimension of each shard's outputs).
@@ -62,21 +68,23 @@ def _check_options(strategy: str, reduction: str, memory_budget: Any, tol: Any, 
             f"{CALL}: strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}"
         )
     if reduction not in REDUCTIONS:
-        raise ValueError(
+        raise InvalidInputError(
             f"{CALL}: reduction must be 'sum' (global loss = Σ of the ranks' losses) or 'mean' (each rank's "
             f"loss is its shard's mean; global loss = mean over the whole batch), got {reduction!r}"
         )
     if tol is not None and not (0 < check_real(CALL, "tol", tol) < 1):
-        raise ValueError(f"{CALL}: tol must be in (0, 1) (a relative residual), got {tol!r}")
+        raise InvalidInputError(f"{CALL}: tol must be in (0, 1) (a relative residual), got {tol!r}")
     if max_iter is not None and (
         isinstance(max_iter, bool) or not isinstance(max_iter, Integral) or max_iter < 1
     ):
-        raise ValueError(f"{CALL}: max_iter must be a positive int, got {max_iter!r}")
+        raise InvalidInputError(f"{CALL}: max_iter must be a positive int, got {max_iter!r}")
     if memory_budget is None:
         return DEFAULT_MEMORY_BUDGET
     budget = check_real(CALL, "memory_budget", memory_budget)
     if not (budget > 0 and budget < float("inf")):
-        raise ValueError(f"{CALL}: memory_budget must be a finite number of bytes > 0, got {memory_budget!r}")
+        raise InvalidInputError(
+            f"{CALL}: memory_budget must be a finite number of bytes > 0, got {memory_budget!r}"
+        )
     return int(budget)
 
 
@@ -155,6 +163,7 @@ def natural_gradient(
     memory_budget: int | None = None,
     tol: float | None = None,
     max_iter: int | None = None,
+    throw: bool = True,
 ) -> DistributedNaturalGradient:
     """The natural gradient v = G⁻∇ξL of the whole batch, for a batch sharded over the ranks of ``group``.
 
@@ -179,6 +188,8 @@ def natural_gradient(
         memory_budget: bytes rank 0 may allocate for the kernel strategy (default 1 GiB).
         tol: relative residual each matrix-free solve must reach (default 1e-12 in float64, 1e-6 in float32).
         max_iter: operator products allowed per matrix-free solve (default 10·min(r, d) + 50).
+        throw: raise ``natgrad.ConvergenceError`` when a matrix-free solve stops above ``tol`` (False: return
+            the result with ``status == "max_iter_reached"``).
 
     Returns:
         :class:`DistributedNaturalGradient`; ``info`` holds the dense route or the Krylov system used.
@@ -186,7 +197,8 @@ def natural_gradient(
     Raises:
         DistributedError: on every rank, when any rank's input was bad or its local work raised (the message
             names the ranks and their errors), or when the ranks disagree on the parameters.
-        ConvergenceError: on every rank, when the matrix-free solves do not reach ``tol``.
+        natgrad.ConvergenceError: on every rank, when the matrix-free solves do not reach ``tol``; its
+            ``result`` holds the unconverged answer and its certificate.
     """
     comm = Communicator(resolve_group(CALL, group))
     error: BaseException | None = None
@@ -195,11 +207,11 @@ def natural_gradient(
     try:
         budget = _check_options(strategy, reduction, memory_budget, tol, max_iter)
         shard = prepare_shard(CALL, phi, params, loss, Euclidean() if metric is None else metric, inverse)
-        status = shard.status(comm.device)
+        local_record = shard.status(comm.device)
         settings = _settings_record(strategy, reduction)
     except Exception as exc:  # noqa: BLE001 -- every rank raises it below
-        error, status, settings = exc, failed_status(comm.device), [-1.0, -1.0]
-    record = torch.cat([status, torch.tensor(settings, dtype=torch.float64, device=comm.device)])
+        error, local_record, settings = exc, failed_status(comm.device), [-1.0, -1.0]
+    record = torch.cat([local_record, torch.tensor(settings, dtype=torch.float64, device=comm.device)])
     gathered = comm.all_gather(record)  # phase 1: every rank's status in one collective
     if bool((gathered[:, 0] == 0).any()):
         comm.agree(error, "input validation")
@@ -222,17 +234,14 @@ def natural_gradient(
     summed = torch.cat([weight * shard.grad, (weight * shard.loss).reshape(1).to(dtype)])
     comm.all_reduce(summed)
     grad, loss_value = summed[:d], summed[d]
-    c = weight * shard.coefficients if consistent else None
-    problem = shard.problem(weight)
+    rhs = RightHandSide(weight * shard.output_grad, grad, weight * shard.coefficients if consistent else None)
 
     itemsize = shard.lin.flat.element_size()
     route = choose_route(r, d, itemsize, budget)
     chosen = strategy if strategy != "auto" else ("matrix-free" if route == "krylov" else "kernel")
-    mp = (
-        shard.inverse
-        if isinstance(shard.inverse, MoorePenrose)
-        else getattr(shard.inverse, "moore_penrose", None)
-    )
+    solve_tol = default_tolerance(dtype) if tol is None else float(tol)
+    limit = 10 * min(r, d) + 50 if max_iter is None else int(max_iter)
+    problem = shard.problem(CALL, r, solve_tol, limit, budget)
     info: dict[str, Any] = {
         "consistent": consistent,
         "r": r,
@@ -241,38 +250,47 @@ def natural_gradient(
         "world_size": comm.size,
     }
     certificate = None
+    status: Status = "success"
     if chosen == "kernel":
-        dense = "primal" if d <= r else "dual"
-        chunk = max(1, min(rows[comm.rank], d, budget // max(1, 4 * itemsize * (shard.lin.n + d))))
-        v, rank, _ = solve_kernel(comm, problem, shard.inverse, grad, c, rows, dense, chunk)
-        info.update(route=dense, rtol=(mp or MoorePenrose()).resolve_rtol(dtype, r, d))
+        method = "primal" if d <= r else "dual"
+        v, rank = solve_kernel(comm, problem, shard.inverse, rhs, rows, method)
+        info["rtol"] = problem.rtol
         result_rank: int | None = rank
     else:
-        eps = torch.finfo(dtype).eps
-        solve_tol = (1e-12 if eps < 1e-10 else 1e-6) if tol is None else float(tol)
-        limit = 10 * min(r, d) + 50 if max_iter is None else int(max_iter)
-        system = "kernel" if r <= d else "gram"
-        v, certificate = solve_matrix_free(
-            comm, problem, shard.inverse, grad, c, system, solve_tol, limit, CALL
+        method, result_rank = "krylov", None
+        fac = ShardedKrylovFactorization(
+            ShardedRows(comm, problem), "kernel" if r <= d else "gram", solve_tol, limit
         )
+        v = apply_inverse(fac, shard.inverse, rhs, problem.scaling).direction
         comm.broadcast_from_root(v)  # bit-for-bit the same direction on every rank
-        info.update(
-            system=certificate.system, iterations=certificate.iterations, residual=certificate.residual
-        )
-        result_rank = None
+        certificate = fac.certificate()
+        info.update(fac.info(), system=certificate.system)
+        if certificate.fallback is not None:
+            info["fallback"] = certificate.fallback
+        status = "success" if certificate.converged else "max_iter_reached"
     pushforward = shard.lin.jvp(v).reshape(shard.z.shape)
     info["communication"] = comm.summary()
-    return DistributedNaturalGradient(
+    result = DistributedNaturalGradient(
         direction=unflatten_like(v.to(device), params),
         pushforward=pushforward,
         gradient=unflatten_like(grad, params),
         rank=result_rank,
-        method=chosen,
+        method=method,  # type: ignore[arg-type]
         output=shard.z,
         loss=loss_value,
         info=info,
+        status=status,
         strategy=chosen,
         certificate=certificate,
         communication=info["communication"],
         shard_examples=examples,
     )
+    if certificate is not None and not certificate.converged and throw:
+        raise ConvergenceError(
+            f"{CALL}: strategy='matrix-free' ({certificate.system} system) stopped after "
+            f"{certificate.iterations} products at relative residual {certificate.residual:.3g} > tol "
+            f"{solve_tol:.3g}; raise max_iter, loosen tol, use strategy='kernel' (dense, with a rank cutoff), "
+            "or pass throw=False to get the result with status 'max_iter_reached'",
+            result,
+        )
+    return result

@@ -12,8 +12,10 @@ sharded vectors (one all-reduced number each). Every generalized inverse becomes
 
 CG from zero stays in the range of the operator, so on a consistent system it converges to the
 pseudo-inverse solution. Each solve stops when the recomputed residual ‖b − Mx‖ ≤ tol·‖b‖ (restarting from the
-current iterate when the recurrence claims convergence that the recomputed residual does not confirm), or
-raises :class:`ConvergenceError` at ``max_iter`` products. The certificate reports the residuals.
+current iterate when the recurrence claims convergence that the recomputed residual does not confirm), or at
+``max_iter`` products; the certificate reports the residuals, and the caller raises ``ConvergenceError``
+when one is above the tolerance. The inverses themselves are the engine's (``_routes._inverse``), applied to
+:class:`ShardedKrylovFactorization`.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from natgrad._routes._factorization import Factorization, SolveInfo
 from natgrad._routes._problem import Problem
 from natgrad.distributed._comm import Communicator
-from natgrad.linalg import Damped, GInverse, Inverse, MinNorm
 
 # A residual this many times ‖b‖ means b leaves the range of a singular system (CG then grows instead of
 # converging); a false alarm on a consistent system costs only the fallback to the Gram system.
@@ -56,32 +58,19 @@ class Certificate:
     fallback: str | None = None
 
 
-class ConvergenceError(RuntimeError):
-    """The matrix-free strategy did not reach its tolerance; raised on every rank with the certificate."""
-
-    def __init__(self, message: str, certificate: Certificate) -> None:
-        super().__init__(message)
-        self.certificate = certificate
-
-
 class ShardedRows:
-    """A = [A_0; A_1; …] with this rank's rows A_p (optionally A h^{-1/2} for MinNorm)."""
+    """A = [A_0; A_1; …] with this rank's rows A_p (A_p S for MinNorm: the problem applies S)."""
 
-    def __init__(self, comm: Communicator, problem: Problem, scale: Tensor | None) -> None:
-        self.comm, self.problem, self.scale = comm, problem, scale
-
-    def _scaled(self, x: Tensor) -> Tensor:
-        if self.scale is None:
-            return x
-        return self.scale * x if self.scale.ndim == 1 else self.scale @ x
+    def __init__(self, comm: Communicator, problem: Problem) -> None:
+        self.comm, self.problem = comm, problem
 
     def rows(self, x: Tensor) -> Tensor:
         """A_p x for a replicated x (local, no communication)."""
-        return self.problem.a_matvec(self._scaled(x))
+        return self.problem.a_matvec(x)
 
-    def cols(self, y: Tensor, extra: Tensor | None = None) -> Tensor:
-        """Aᵀy = Σ_p A_pᵀ y_p: one all-reduce of d numbers, plus an error flag and ``extra`` (summed too)."""
-        return self.cols_and_sums(y, extra)[0]
+    def cols(self, y: Tensor) -> Tensor:
+        """Aᵀy = Σ_p A_pᵀ y_p: one all-reduce of d numbers (plus an error flag)."""
+        return self.cols_and_sums(y)[0]
 
     def cols_and_sums(self, y: Tensor, extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(Aᵀy, Σ_p extra_p) in one all-reduce; ``extra`` is a short vector of local partial sums."""
@@ -90,7 +79,7 @@ class ShardedRows:
         k = 0 if extra is None else extra.numel()
         buffer = torch.zeros(d + 1 + k, dtype=y.dtype, device=y.device)
         try:
-            buffer[:d] = self._scaled(self.problem.at_matvec(y))
+            buffer[:d] = self.problem.at_matvec(y)
             if extra is not None:
                 buffer[d + 1 :] = extra
         except Exception as exc:  # noqa: BLE001 -- reported on every rank by agree() below
@@ -153,11 +142,21 @@ def cg(
     return x, used, residual
 
 
-class MatrixFreeSolver:
-    """Pseudo-inverse solves on the kernel or Gram system of :class:`ShardedRows`, with their certificate."""
+class ShardedKrylovFactorization(Factorization):
+    """G = AᵀA with rows sharded over ranks, "factorised" as CG solves: the engine's inverses apply unchanged.
 
-    def __init__(self, op: ShardedRows, system: str, tol: float, max_iter: int, damping: float = 0.0) -> None:
-        self.op, self.system, self.tol, self.max_iter, self.damping = op, system, tol, max_iter, damping
+    ``pinv``, ``complement`` and ``damped`` answer the :class:`Factorization` products with the solves of the
+    module docstring; the records since :meth:`begin` give the certificate. The rank is not known (None).
+    """
+
+    rank = None
+
+    def __init__(self, op: ShardedRows, system: str, tol: float, max_iter: int) -> None:
+        self.op, self.preferred, self.tol, self.max_iter = op, system, tol, max_iter
+        self.begin()
+
+    def begin(self) -> None:
+        self.system = self.preferred
         self.iterations, self.solves, self.residual = 0, 0, 0.0
         self.fallback: str | None = None
 
@@ -170,99 +169,75 @@ class MatrixFreeSolver:
         self.residual = max(self.residual, residual)
         return x
 
-    def _kernel_apply(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        # yᵀ(K + λI)y = ‖Aᵀy‖² + λ‖y‖²: ‖y‖² rides along in the all-reduce of Aᵀy.
-        w, sums = self.op.cols_and_sums(y, (y @ y).reshape(1))
-        return self.op.rows(w) + self.damping * y, w @ w + self.damping * sums[0]
+    def _kernel_solve(self, b: Tensor, damping: float = 0.0, tentative: bool = False) -> Tensor | None:
+        """(K + λI)⁺ b for sharded b; None if ``tentative`` and it did not converge."""
 
-    def _gram_apply(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        gx = self.op.cols(self.op.rows(x)) + self.damping * x
-        return gx, x @ gx
+        def apply(y: Tensor) -> tuple[Tensor, Tensor]:
+            # yᵀ(K + λI)y = ‖Aᵀy‖² + λ‖y‖²: ‖y‖² rides along in the all-reduce of Aᵀy.
+            w, sums = self.op.cols_and_sums(y, (y @ y).reshape(1))
+            return self.op.rows(w) + damping * y, w @ w + damping * sums[0]
 
-    def kernel_pinv(self, b: Tensor, tentative: bool = False) -> Tensor | None:
-        """(K + λI)⁺ b for sharded b (λ = 0 unless damped); None if ``tentative`` and it did not converge."""
-        return self._solve(self._kernel_apply, b, self.op.sharded_dot, tentative)
+        return self._solve(apply, b, self.op.sharded_dot, tentative)
 
-    def gram_pinv(self, b: Tensor) -> Tensor:
+    def _kernel_pinv(self, b: Tensor, damping: float = 0.0) -> Tensor:
+        y = self._kernel_solve(b, damping)
+        assert y is not None
+        return y
+
+    def _gram_pinv(self, b: Tensor, damping: float = 0.0) -> Tensor:
         """(G + λI)⁺ b for replicated b."""
-        return self._solve(self._gram_apply, b, lambda u, w: u @ w)
 
-    def projector(self, x: Tensor) -> Tensor:
+        def apply(x: Tensor) -> tuple[Tensor, Tensor]:
+            gx = self.op.cols(self.op.rows(x)) + damping * x
+            return gx, x @ gx
+
+        x = self._solve(apply, b, lambda u, w: u @ w)
+        assert x is not None
+        return x
+
+    def _projector(self, x: Tensor) -> Tensor:
         """P x = G⁺G x, the projection onto the row space of A."""
         if self.system == "kernel":
-            return self.op.cols(self.kernel_pinv(self.op.rows(x)))
-        return self.gram_pinv(self.op.cols(self.op.rows(x)))
+            return self.op.cols(self._kernel_pinv(self.op.rows(x)))
+        return self._gram_pinv(self.op.cols(self.op.rows(x)))
 
     def complement(self, x: Tensor) -> Tensor:
         """(I − P) x, the part of x in ker A, projected twice: one pass leaves tol·‖x‖ in the row space
         (which J maps into the pushforward), the second tol²·‖x‖."""
-        once = x - self.projector(x)
-        return once - self.projector(once)
+        once = x - self._projector(x)
+        return once - self._projector(once)
 
-    def moore_penrose(self, grad: Tensor, c: Tensor | None) -> Tensor:
+    def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
         """A⁺c when c is given (∇ = Aᵀc), else G⁺∇ = A⁺y with y = (Aᵀ)⁺∇ = K⁺(A∇)."""
         if c is None:
             # Two consistent solves: y = K⁺(A∇) (A∇ lies in range K), then G v = Aᵀy (Aᵀy lies in range G).
             # Pseudo-inverting twice on one operator (K⁺K⁺A∇) would amplify the rounding in its null space.
-            y = self.kernel_pinv(self.op.rows(grad))
-            return self.gram_pinv(self.op.cols(y))
+            return self._gram_pinv(self.op.cols(self._kernel_pinv(self.op.rows(grad))))
         if self.system == "kernel":
-            y = self.kernel_pinv(c, tentative=True)
+            y = self._kernel_solve(c, tentative=True)
             if y is not None:
                 return self.op.cols(y)
             # c has a part outside range K (A is rank deficient): G v = Aᵀc is consistent.
             self.system, self.fallback = "gram", "c is not in the range of K (A is rank deficient)"
-        return self.gram_pinv(self.op.cols(c))
+        return self._gram_pinv(self.op.cols(c))
+
+    def damped(self, grad: Tensor, c: Tensor | None, damping: float) -> Tensor:
+        """(G + λI)⁻¹∇: Aᵀ(K + λI)⁻¹c on the kernel system when ∇ = Aᵀc, else CG on G + λI."""
+        if self.system == "kernel" and c is not None:
+            return self.op.cols(self._kernel_pinv(c, damping))
+        self.system = "gram"
+        return self._gram_pinv(grad, damping)
 
     def certificate(self) -> Certificate:
+        """How the solves since :meth:`begin` ended."""
         converged = self.residual <= self.tol
         return Certificate(
             self.system, self.iterations, self.residual, self.solves, self.tol, converged, self.fallback
         )
 
-
-def solve_matrix_free(
-    comm: Communicator,
-    problem: Problem,
-    inverse: Inverse,
-    grad: Tensor,
-    c: Tensor | None,
-    system: str,
-    tol: float,
-    max_iter: int,
-    call: str,
-) -> tuple[Tensor, Certificate]:
-    """v = G⁻∇ for the whole batch. ``problem`` holds this rank's rows; ``grad`` is the global gradient and
-    ``c`` this rank's block of the global c (or None on every rank)."""
-    if isinstance(inverse, Damped):
-        solver = MatrixFreeSolver(
-            ShardedRows(comm, problem, None), system, tol, max_iter, float(inverse.damping)
-        )
-        if system == "kernel" and c is not None:  # (AᵀA + λI)⁻¹Aᵀc = Aᵀ(AAᵀ + λI)⁻¹c
-            v = solver.op.cols(solver.kernel_pinv(c))
-        else:
-            solver.system = "gram"
-            v = solver.gram_pinv(grad)
-    elif isinstance(inverse, MinNorm):
-        h_is = inverse.inv_sqrt(call)
-        solver = MatrixFreeSolver(ShardedRows(comm, problem, h_is), system, tol, max_iter)
-        scaled = h_is * grad if h_is.ndim == 1 else h_is @ grad
-        v_h = solver.moore_penrose(scaled, c)
-        v = h_is * v_h if h_is.ndim == 1 else h_is @ v_h
-    else:
-        solver = MatrixFreeSolver(ShardedRows(comm, problem, None), system, tol, max_iter)
-        v = solver.moore_penrose(grad, c)
-        if isinstance(inverse, GInverse):
-            if inverse.U is not None:
-                v = v + solver.complement(inverse.U @ grad)
-            if inverse.V is not None:
-                v = v + inverse.V @ solver.complement(grad)
-    certificate = solver.certificate()
-    if not certificate.converged:
-        raise ConvergenceError(
-            f"{call}: strategy='matrix-free' ({certificate.system} system) stopped after "
-            f"{certificate.iterations} products at relative residual {certificate.residual:.3g} > tol "
-            f"{tol:.3g}; raise max_iter, loosen tol, or use strategy='kernel' (dense, with a rank cutoff)",
-            certificate,
-        )
-    return v, certificate
+    def info(self) -> SolveInfo:
+        return {
+            "iterations": self.iterations,
+            "residual": self.residual,
+            "converged": self.residual <= self.tol,
+        }

@@ -14,12 +14,15 @@ import torch
 from torch import Tensor
 
 from natgrad._checks import check_finite, check_params
+from natgrad._factorize import check_inverse
+from natgrad._loss import output_gradient
+from natgrad._routes._inverse import cutoff, scaling
 from natgrad._routes._problem import Problem
 from natgrad._tree import Params, num_params
+from natgrad.exceptions import InvalidInputError, InvalidTypeError
 from natgrad.linalg import Inverse
 from natgrad.metrics import LocalMetric, Metric
 from natgrad.models import Linearization
-from natgrad.natural_gradient import _check_inverse, _output_gradient
 
 # The fixed-length record every rank shares in the first collective (one all_gather of float64 numbers).
 STATUS_FIELDS = (
@@ -51,6 +54,7 @@ class Shard:
     grad: Tensor  # J_pᵀ ∇L_p, (d,)
     coefficients: Tensor  # c_p = B_p⁺ ∇L_p
     inverse: Inverse
+    params: Params
 
     @property
     def z(self) -> Tensor:
@@ -60,9 +64,20 @@ class Shard:
     def examples(self) -> int:
         return int(self.z.shape[0]) if self.z.ndim else 1
 
-    def problem(self, weight: float) -> Problem:
-        """The engine's :class:`Problem` for this rank's rows, with the loss term weighted by ``weight``."""
-        return Problem(self.lin, self.metric, weight * self.output_grad, weight * self.grad, None)
+    def problem(self, call: str, r: int, tol: float, max_iter: int, budget: int) -> Problem:
+        """The engine's :class:`Problem` for this rank's rows A_p (A_p S for MinNorm), with the cutoff of the
+        whole batch's r rows."""
+        return Problem(
+            lin=self.lin,
+            metric=self.metric,
+            record=None,
+            params=self.params,
+            rtol=cutoff(self.inverse, self.lin.flat.dtype, r, self.lin.d),
+            tol=tol,
+            max_iter=max_iter,
+            budget=budget,
+            scaling=scaling(self.inverse, call),
+        )
 
     def status(self, device: torch.device) -> Tensor:
         """This rank's record (see ``STATUS_FIELDS``) as a float64 vector on ``device``."""
@@ -115,32 +130,36 @@ def prepare_shard(
 ) -> Shard:
     """Validate and linearise this rank's shard; raises (locally) on bad input, like the single-process engine."""
     if not callable(phi) or not callable(loss):
-        raise TypeError(f"{call}: phi and loss must be callables (params -> Tensor, Tensor -> scalar)")
+        raise InvalidTypeError(f"{call}: phi and loss must be callables (params -> Tensor, Tensor -> scalar)")
     if not isinstance(metric, Metric):
-        raise TypeError(f"{call}: metric must be a natgrad.metrics.Metric, got {type(metric).__name__}")
+        raise InvalidTypeError(
+            f"{call}: metric must be a natgrad.metrics.Metric, got {type(metric).__name__}"
+        )
     dtype, device = check_params(call, params)
     if num_params(params) == 0:
-        raise ValueError(f"{call}: params have no entries (d = 0); expected at least one scalar parameter")
+        raise InvalidInputError(
+            f"{call}: params have no entries (d = 0); expected at least one scalar parameter"
+        )
     lin = Linearization(phi, params, call=call)
     z = lin.z
     if z.dtype != dtype or z.device != device:
-        raise TypeError(
+        raise InvalidTypeError(
             f"{call}: phi(params) returned {z.dtype} on {z.device} but the parameters are {dtype} on {device}; "
             "phi must keep the parameters' dtype and device"
         )
     if z.numel() == 0 or z.ndim == 0:
-        raise ValueError(
+        raise InvalidInputError(
             f"{call}: phi(params) on this rank's shard returned shape {tuple(z.shape)}; expected a batch "
             "(N_p, ...) with at least one example per rank"
         )
     check_finite(call, "phi(params) (the model outputs on this shard)", z, "check the parameters and inputs")
-    loss_value, output_grad = _output_gradient(loss, z)
+    loss_value, output_grad = output_gradient(call, loss, z)
     check_finite(call, "loss(phi(params)) on this shard", loss_value, "the loss must be finite")
     check_finite(
         call, "the output gradient ∇z L on this shard", output_grad, "the loss is not differentiable at z"
     )
     output_grad = output_grad.reshape(-1)
-    inverse = _check_inverse(inverse, lin.d, lin.flat)
+    inverse = check_inverse(call, inverse, lin.d, lin.flat)
     local = metric.at(z, call=call)
     check_finite(
         call, "the metric factor", local.factor_t_matmul(torch.ones_like(output_grad)), f"{metric!r}"
@@ -148,4 +167,4 @@ def prepare_shard(
     grad = lin.vjp(output_grad)
     check_finite(call, "the parameter gradient on this shard", grad, "phi is not differentiable at params")
     coefficients = local.factor_solve(output_grad)
-    return Shard(lin, local, loss_value, output_grad, grad, coefficients, inverse)
+    return Shard(lin, local, loss_value, output_grad, grad, coefficients, inverse, params)
