@@ -6,11 +6,17 @@ summed loss); failures must end on every rank with an error naming the bad rank,
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 import _distributed_jobs as jobs
-from _spawn import run_world
+from _spawn import free_port, run_world
 from cases import relative_error
 
 TOL = 1e-10
@@ -98,3 +104,26 @@ def test_dead_rank_fails_the_others_within_the_timeout():
     assert results[1] == {"exitcode": 3}
     assert results[0]["error"] is not None, results[0]
     assert results[0]["seconds"] <= pg_timeout + 5.0
+
+
+def test_example_runs_under_torchrun():
+    """examples/distributed_ngd.py, launched as its docstring says, agrees with the one-process engine."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root / "src"), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    done = subprocess.run(
+        [*command, str(root / "examples" / "distributed_ngd.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    agreements = [
+        float(x) for x in re.findall(r"agreement with the single-process engine: (\S+)", done.stdout)
+    ]
+    assert len(agreements) == 2 and max(agreements) < 1e-10, done.stdout
+    assert "parameters identical on every rank: True" in done.stdout
+    losses = [float(x) for x in re.findall(r"mean cross-entropy (\S+)", done.stdout)]
+    assert len(losses) == 8 and losses[-1] < losses[0] / 5, losses
