@@ -356,3 +356,83 @@ def dead_rank_job(rank: int, world_size: int) -> dict:
     except Exception as exc:  # noqa: BLE001 -- gloo raises RuntimeError or DistBackendError
         return {"error": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - start}
     return {"error": None}
+
+
+def _mlp_batch(world_size: int):
+    module, x, slices = build(MODELS["mlp"], SHARDS[world_size])
+    labels = torch.randint(0, 3, (x.shape[0],), generator=_gen(21))
+    return module, x, labels, slices
+
+
+def _flat_module(module: nn.Module) -> Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()]).clone()
+
+
+def _trajectory(opt, module, forward_input, loss, steps: int) -> list[Tensor]:
+    f = opt.functional(module)
+    points = []
+    for _ in range(steps):
+        opt.step(lambda p: f(p, forward_input), loss)
+        points.append(_flat_module(module))
+    return points
+
+
+def ngd_job(rank: int, world_size: int, checkpoint: str) -> dict:
+    """The NGD hook: the distributed factorize against ng.factorize, and (when natgrad.optim.NGD takes the
+    hook) 20 distributed steps against the one-process trajectory, identical ranks, resume from rank 0."""
+    from natgrad.optim import NGD as LocalNGD
+    from natgrad.optim import CrossEntropy
+
+    module, x, labels, slices = _mlp_batch(world_size)
+    shard = slices[rank]
+    phi, params = ng.from_module(module, x[shard])
+    loss = CrossEntropy(labels[shard], reduction="sum")
+    out: dict = {"factorize": {}}
+    fac = ngd.DistributedFactorize()(phi, params, ng.metrics.Categorical(), ng.MoorePenrose(), "auto")
+    answers = {"moore-penrose": fac.solve(loss), "damped": fac.solve(loss, inverse=ng.Damped(0.3))}
+    if rank == 0:
+        phi_all, params_all = ng.from_module(module, x)
+        single = ng.factorize(phi_all, params_all, ng.metrics.Categorical(), ng.MoorePenrose())
+        loss_all = CrossEntropy(labels, reduction="sum")
+        expected = {
+            "moore-penrose": single.solve(loss_all),
+            "damped": single.solve(loss_all, inverse=ng.Damped(0.3)),
+        }
+        for key, res in answers.items():
+            out["factorize"][key] = (_flat(res.direction), _flat(expected[key].direction))
+    try:
+        ngd.NGD(module.parameters())
+    except ng.InvalidTypeError as exc:
+        out["hook"] = str(exc)
+        return out
+    settings = {"lr": 0.5, "damping": 1e-2}
+    steps = 20
+    out["ddp"] = _ddp_refusal(module)
+    start = _flat_module(module)
+    opt = ngd.NGD(module.parameters(), **settings)
+    out["distributed"] = _trajectory(opt, module, x[shard], loss, steps // 2)
+    if rank == 0:
+        torch.save({"model": module.state_dict(), "optimizer": opt.state_dict()}, checkpoint)
+    torch.distributed.barrier()
+    out["distributed"] += _trajectory(opt, module, x[shard], loss, steps // 2)
+    saved = torch.load(checkpoint, weights_only=False)  # every rank resumes from rank 0's checkpoint
+    resumed_module, _, _, _ = _mlp_batch(world_size)
+    resumed_module.load_state_dict(saved["model"])
+    resumed = ngd.NGD(resumed_module.parameters(), **settings)
+    resumed.load_state_dict(saved["optimizer"])
+    out["resumed"] = _trajectory(resumed, resumed_module, x[shard], loss, steps // 2)
+    if rank == 0:
+        single_module, _, _, _ = _mlp_batch(world_size)
+        assert torch.equal(_flat_module(single_module), start)
+        local = LocalNGD(single_module.parameters(), safeguard=False, **settings)
+        out["single"] = _trajectory(local, single_module, x, CrossEntropy(labels, reduction="sum"), steps)
+    return out
+
+
+def _ddp_refusal(module: nn.Module) -> str:
+    ddp = nn.parallel.DistributedDataParallel(module)
+    try:
+        ngd.NGD(ddp.parameters()).functional(ddp)
+    except ng.InvalidTypeError as exc:
+        return str(exc)
+    return ""

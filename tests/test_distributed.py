@@ -6,6 +6,7 @@ summed loss); failures must end on every rank with an error naming the bad rank,
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -127,3 +128,35 @@ def test_example_runs_under_torchrun():
     assert "parameters identical on every rank: True" in done.stdout
     losses = [float(x) for x in re.findall(r"mean cross-entropy (\S+)", done.stdout)]
     assert len(losses) == 8 and losses[-1] < losses[0] / 5, losses
+
+
+@functools.cache
+def _ngd_results(tmp: str) -> list:
+    results = run_world(jobs.ngd_job, 2, str(Path(tmp) / "ngd.pt"), timeout=180)
+    _raise_worker_errors(results)
+    return results
+
+
+@pytest.fixture(scope="module")
+def ngd_results(tmp_path_factory):
+    return _ngd_results(str(tmp_path_factory.mktemp("ngd")))
+
+
+def test_distributed_factorize_equals_natgrad_factorize(ngd_results):
+    """The optimizer's hook: solve(loss) and solve(loss, inverse=Damped) of the sharded batch."""
+    for key, (got, expected) in ngd_results[0]["factorize"].items():
+        assert relative_error(got, expected) <= TOL, key
+
+
+def test_ngd_on_two_ranks_follows_the_one_process_trajectory(ngd_results):
+    if "hook" in ngd_results[0]:
+        pytest.skip(f"natgrad.optim.NGD has no factorize hook here: {ngd_results[0]['hook']}")
+    single = ngd_results[0]["single"]
+    for rank, result in enumerate(ngd_results):
+        assert len(result["distributed"]) == len(single) == 20
+        for step, (got, expected) in enumerate(zip(result["distributed"], single, strict=True)):
+            assert relative_error(got, expected) <= 1e-8, (rank, step)
+            assert torch.equal(got, ngd_results[0]["distributed"][step]), (rank, step)  # identical ranks
+        for got, expected in zip(result["resumed"], result["distributed"][10:], strict=True):
+            assert torch.equal(got, expected)  # resumed from rank 0's checkpoint: the same steps
+        assert "pass the wrapped module (ddp.module)" in result["ddp"]

@@ -27,7 +27,7 @@ from natgrad._factorize import default_tolerance
 from natgrad._result import NaturalGradient, Status
 from natgrad._routes._inverse import apply_inverse
 from natgrad._routes._problem import RightHandSide
-from natgrad._tree import Params, unflatten_like
+from natgrad._tree import Parametrisation, Params, unflatten_like
 from natgrad.distributed._comm import CALL, Communicator, DistributedError, resolve_group
 from natgrad.distributed._kernel import solve_kernel
 from natgrad.distributed._matrix_free import Certificate, ShardedKrylovFactorization, ShardedRows
@@ -151,7 +151,7 @@ def _consistent(table: dict[str, Tensor], weights: Tensor, dtype: torch.dtype) -
 
 
 def natural_gradient(
-    phi: Callable[[Params], Tensor],
+    phi: Parametrisation,
     params: Params,
     loss: Callable[[Tensor], Tensor],
     metric: Metric | None = None,
