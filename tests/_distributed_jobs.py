@@ -202,15 +202,26 @@ INVERSES = ["moore-penrose", "ginverse", "minnorm-diag", "minnorm-dense", "dampe
 STRATEGIES = ["kernel", "matrix-free"]
 
 
-# Each world size runs one model with every metric and every inverse; together they cover the whole product.
-MODEL_FOR_WORLD = {1: "cnn", 2: "mlp", 3: "embedding"}
+# World sizes 1 and 2 run the whole product (model × metric × inverse) between them; world size 3, where
+# every collective costs most on a shared machine, runs every metric and every inverse across the models.
+FULL_MODELS = {1: ("cnn", "embedding"), 2: ("mlp",)}
+THREE_RANKS = [
+    ("mlp", "euclidean", "ginverse"),
+    ("mlp", "categorical", "moore-penrose"),
+    ("cnn", "gaussian", "minnorm-diag"),
+    ("cnn", "bernoulli", "damped"),
+    ("embedding", "dense-singular", "minnorm-dense"),
+    ("embedding", "factor", "moore-penrose"),
+    ("mlp", "point-dependent", "damped"),
+    ("softmax-mlp", "fisher-rao", "ginverse"),
+]
 
 
 def plan(world_size: int) -> list[tuple[str, str, str]]:
-    """(model, metric, inverse) triples for a world size: its model × every metric × every inverse, and the
-    Fisher–Rao metric (on probabilities) × every inverse at world size 2."""
-    model = MODEL_FOR_WORLD[world_size]
-    triples = [(model, metric, inverse) for metric in LOGIT_METRICS for inverse in INVERSES]
+    """(model, metric, inverse) triples for a world size (see ``FULL_MODELS``)."""
+    if world_size not in FULL_MODELS:
+        return THREE_RANKS
+    triples = [(m, me, i) for m in FULL_MODELS[world_size] for me in LOGIT_METRICS for i in INVERSES]
     if world_size == 2:
         triples += [("softmax-mlp", "fisher-rao", inverse) for inverse in INVERSES]
     return triples
@@ -260,6 +271,28 @@ def agreement_job(rank: int, world_size: int, tol: float) -> dict:
             }
         out["cases"][(model_name, metric_name, inverse_name)] = entry
     out["mean"] = mean_reduction_job(rank, world_size)
+    out["float32"] = float32_job(rank, world_size)
+    return out
+
+
+def float32_job(rank: int, world_size: int) -> dict:
+    """Both strategies in float32 (damped, well conditioned) against the float64 engine."""
+    sizes = SHARDS[world_size]
+    out: dict = {}
+    for strategy in STRATEGIES:
+        module, x, slices = build(MODELS["mlp"], sizes, torch.float32)
+        phi, params = ng.from_module(module, x[slices[rank]])
+        metric, loss = shard_metric("categorical", phi(params).detach(), rank)
+        res = ngd.natural_gradient(phi, params, loss, metric, ng.Damped(0.1), strategy=strategy)
+        out[strategy] = _flat(res.direction)
+    if rank == 0:
+        module, x, slices = build(MODELS["mlp"], sizes)
+        phi_all, params_all = ng.from_module(module, x)
+        parts = [phi_all(params_all).detach()[s] for s in slices]
+        metric_all, loss_all = whole_metric("categorical", parts)
+        out["single64"] = _flat(
+            ng.natural_gradient(phi_all, params_all, loss_all, metric_all, ng.Damped(0.1)).direction
+        )
     return out
 
 
