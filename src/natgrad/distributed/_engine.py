@@ -241,7 +241,7 @@ def natural_gradient(
     chosen = strategy if strategy != "auto" else ("matrix-free" if route == "krylov" else "kernel")
     solve_tol = default_tolerance(dtype) if tol is None else float(tol)
     limit = 10 * min(r, d) + 50 if max_iter is None else int(max_iter)
-    problem = shard.problem(CALL, r, solve_tol, limit, budget)
+    problem = shard.problem(r, solve_tol, limit, budget)
     info: dict[str, Any] = {
         "consistent": consistent,
         "r": r,

@@ -51,7 +51,11 @@ class DistributedFactorize:
 
     Args:
         group: process group (default: the world group).
-        strategy, reduction, memory_budget, tol, max_iter: as in :func:`natgrad.distributed.natural_gradient`.
+        strategy: "auto", "kernel" or "matrix-free", as in :func:`natgrad.distributed.natural_gradient`.
+        reduction: "sum" or "mean", as there.
+        memory_budget: bytes rank 0 may allocate for the kernel strategy.
+        tol: relative residual of the matrix-free solves.
+        max_iter: operator products per matrix-free solve.
     """
 
     group: Any = None
@@ -111,8 +115,12 @@ class NGD(LocalNGD):
         params: as for ``natgrad.optim.NGD`` (of the module itself, not of a ``DistributedDataParallel``
             wrapper: pass ``ddp.module``).
         lr: step length.
-        group, strategy, reduction, memory_budget, tol, max_iter: as in
-            :func:`natgrad.distributed.natural_gradient`.
+        group: process group (default: the world group).
+        strategy: "auto", "kernel" or "matrix-free", as in :func:`natgrad.distributed.natural_gradient`.
+        reduction: "sum" (use the losses with ``reduction="sum"``) or "mean", as there.
+        memory_budget: bytes rank 0 may allocate for the kernel strategy.
+        tol: relative residual of the matrix-free solves.
+        max_iter: operator products per matrix-free solve.
         **settings: the other settings of ``natgrad.optim.NGD`` (damping, momentum, metric, inverse, ...).
 
     Raises:

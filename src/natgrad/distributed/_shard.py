@@ -17,7 +17,7 @@ from natgrad._checks import check_finite, check_params
 from natgrad._factorize import check_inverse
 from natgrad._loss import output_gradient
 from natgrad._routes._inverse import cutoff, scaling
-from natgrad._routes._problem import Problem
+from natgrad._routes._problem import Problem, Scaling
 from natgrad._tree import Params, num_params
 from natgrad.exceptions import InvalidInputError, InvalidTypeError
 from natgrad.linalg import Inverse
@@ -55,6 +55,9 @@ class Shard:
     coefficients: Tensor  # c_p = B_p⁺ ∇L_p
     inverse: Inverse
     params: Params
+    scaling: (
+        Scaling | None
+    )  # h^{-1/2} for MinNorm, validated here so that a bad h fails before any collective
 
     @property
     def z(self) -> Tensor:
@@ -64,7 +67,7 @@ class Shard:
     def examples(self) -> int:
         return int(self.z.shape[0]) if self.z.ndim else 1
 
-    def problem(self, call: str, r: int, tol: float, max_iter: int, budget: int) -> Problem:
+    def problem(self, r: int, tol: float, max_iter: int, budget: int) -> Problem:
         """The engine's :class:`Problem` for this rank's rows A_p (A_p S for MinNorm), with the cutoff of the
         whole batch's r rows."""
         return Problem(
@@ -76,7 +79,7 @@ class Shard:
             tol=tol,
             max_iter=max_iter,
             budget=budget,
-            scaling=scaling(self.inverse, call),
+            scaling=self.scaling,
         )
 
     def status(self, device: torch.device) -> Tensor:
@@ -167,4 +170,8 @@ def prepare_shard(
     grad = lin.vjp(output_grad)
     check_finite(call, "the parameter gradient on this shard", grad, "phi is not differentiable at params")
     coefficients = local.factor_solve(output_grad)
-    return Shard(lin, local, loss_value, output_grad, grad, coefficients, inverse, params)
+    # Forward mode runs only later, inside collective phases (the matrix-free products, the pushforward): a
+    # model that cannot do it must fail here, where every rank hears about it.
+    lin.jvp(torch.zeros_like(lin.flat))
+    scale = scaling(inverse, call)
+    return Shard(lin, local, loss_value, output_grad, grad, coefficients, inverse, params, scale)
