@@ -329,6 +329,7 @@ FAILURES = [
     "bad-strategy",
     "empty-shard",
     "bad-loss-shape",
+    "fails-mid-solve",
 ]
 
 
@@ -353,11 +354,27 @@ def _bad_call(rank: int, world_size: int, kind: str) -> dict:
         params = {k: v + 1e-3 for k, v in params.items()}
     if bad and kind == "bad-strategy":
         options["strategy"] = "dense"
+    if kind == "fails-mid-solve":  # phi's third call is the first Krylov product (after the VJP and a probe)
+        options["strategy"] = "matrix-free"
+        if bad:
+            phi = _failing_after(phi, calls=2)
     try:
         ngd.natural_gradient(phi, params, loss, metric, **options)
     except ngd.DistributedError as exc:
         return {"error": type(exc).__name__, "message": str(exc), "failed_ranks": exc.failed_ranks}
     return {"error": None}
+
+
+def _failing_after(phi: Callable, calls: int) -> Callable:
+    count = [0]
+
+    def failing(params):
+        count[0] += 1
+        if count[0] > calls:
+            raise RuntimeError("the model failed on this shard")
+        return phi(params)
+
+    return failing
 
 
 def failure_job(rank: int, world_size: int) -> dict:

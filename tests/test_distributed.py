@@ -84,6 +84,7 @@ def test_bad_input_on_one_rank_fails_every_rank_naming_it():
         "bad-strategy": "strategy must be one of",
         "empty-shard": "at least one example per rank",
         "bad-loss-shape": "must return a scalar",
+        "fails-mid-solve": "during a matrix-free product (Krylov iteration)",
     }
     for kind, text in expected.items():
         for rank, result in enumerate(results):

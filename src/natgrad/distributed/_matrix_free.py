@@ -59,14 +59,24 @@ class Certificate:
 
 
 class ShardedRows:
-    """A = [A_0; A_1; …] with this rank's rows A_p (A_p S for MinNorm: the problem applies S)."""
+    """A = [A_0; A_1; …] with this rank's rows A_p (A_p S for MinNorm: the problem applies S).
+
+    A local product that raises is kept and reported through the flag of the next collective, so that every
+    rank leaves the solve together instead of waiting for this one.
+    """
 
     def __init__(self, comm: Communicator, problem: Problem) -> None:
         self.comm, self.problem = comm, problem
+        self.error: BaseException | None = None
 
     def rows(self, x: Tensor) -> Tensor:
         """A_p x for a replicated x (local, no communication)."""
-        return self.problem.a_matvec(x)
+        if self.error is None:
+            try:
+                return self.problem.a_matvec(x)
+            except Exception as exc:  # noqa: BLE001 -- reported with the next collective
+                self.error = exc
+        return torch.zeros(self.problem.r, dtype=x.dtype, device=x.device)
 
     def cols(self, y: Tensor) -> Tensor:
         """Aᵀy = Σ_p A_pᵀ y_p: one all-reduce of d numbers (plus an error flag)."""
@@ -74,26 +84,35 @@ class ShardedRows:
 
     def cols_and_sums(self, y: Tensor, extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(Aᵀy, Σ_p extra_p) in one all-reduce; ``extra`` is a short vector of local partial sums."""
-        error: BaseException | None = None
         d = self.problem.d
         k = 0 if extra is None else extra.numel()
         buffer = torch.zeros(d + 1 + k, dtype=y.dtype, device=y.device)
-        try:
-            buffer[:d] = self.problem.at_matvec(y)
-            if extra is not None:
-                buffer[d + 1 :] = extra
-        except Exception as exc:  # noqa: BLE001 -- reported on every rank by agree() below
-            error = exc
+        if self.error is None:
+            try:
+                buffer[:d] = self.problem.at_matvec(y)
+                if extra is not None:
+                    buffer[d + 1 :] = extra
+            except Exception as exc:  # noqa: BLE001 -- reported on every rank by agree() below
+                self.error = exc
+        if self.error is not None:
             buffer.zero_()
             buffer[d] = 1
         self.comm.all_reduce(buffer)
-        if float(buffer[d]) != 0.0:
-            self.comm.agree(error, "a matrix-free product Aᵀy")
+        self._check(float(buffer[d]))
         return buffer[:d], buffer[d + 1 :]
 
     def sharded_dot(self, a: Tensor, b: Tensor) -> Tensor:
-        """⟨a, b⟩ for vectors sharded by rank: one all-reduced number."""
-        return self.comm.all_reduce((a @ b).reshape(1))[0]
+        """⟨a, b⟩ for vectors sharded by rank: one all-reduce of the number and the error flag."""
+        buffer = torch.stack([a @ b, torch.zeros((), dtype=a.dtype, device=a.device)])
+        if self.error is not None:
+            buffer[0], buffer[1] = 0.0, 1.0
+        self.comm.all_reduce(buffer)
+        self._check(float(buffer[1]))
+        return buffer[0]
+
+    def _check(self, flag: float) -> None:
+        if flag != 0.0:
+            self.comm.agree(self.error, "a matrix-free product (Krylov iteration)")
 
 
 def cg(
