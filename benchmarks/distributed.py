@@ -52,7 +52,7 @@ NOTE = (
 )
 NCCL_MODEL = {
     "collective": "ring all-reduce of m bytes over P GPUs: about 2(P-1)·alpha + 2(P-1)/P · m / B",
-    "matrix_free_per_product": "2 all-reduces: (d + 2)·b and b bytes -> 4(P-1)·alpha + 2(P-1)/P·(d + 2)·b/B",
+    "matrix_free_per_product": "2 all-reduces: (d + 2)·b and 2b bytes -> 4(P-1)·alpha + 2(P-1)/P·(d + 4)·b/B",
     "kernel_per_call": "gather of r_max·(d + 1)·b bytes per rank into rank 0 ((P-1)·r_max·(d+1)·b/B), "
     "broadcast of (d + 2)·b, and the dense solve on rank 0 alone",
     "typical": "alpha ≈ 5-10 µs and B ≈ 100-450 GB/s on NVLink; alpha ≈ 10-50 µs and B ≈ 12-50 GB/s on PCIe "
