@@ -133,7 +133,7 @@ def worker(rank: int, world_size: int, port: int, config: dict, out_dir: str) ->
                 "batch": total,
                 "shard": hi - lo,
                 "d": ng.num_params(params),
-                "r": res.info["r"],
+                "r": sum(res.shard_rows),
                 "step_s": float(slowest),
                 "step_s_this_rank": timing["median"],
                 "payload_bytes_per_rank": res.communication["total_payload_bytes"],

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from natgrad._checks import check_real
 from natgrad._factorize import default_tolerance
-from natgrad._result import NaturalGradient, Status
+from natgrad._result import NaturalGradient, SolveInfo, Status
 from natgrad._routes._inverse import apply_inverse
 from natgrad._routes._problem import RightHandSide
 from natgrad._tree import Parametrisation, Params, unflatten_like
@@ -54,12 +54,14 @@ class DistributedNaturalGradient(NaturalGradient):
         certificate: the matrix-free solves' :class:`Certificate` (None on the kernel strategy).
         communication: collectives this rank ran and the bytes it contributed, by kind.
         shard_examples: N_p of every rank (leading dimension of each shard's outputs).
+        shard_rows: r_p of every rank (rows of A = BᵀJ on each shard; r = Σ_p r_p).
     """
 
     strategy: str = ""
     certificate: Certificate | None = None
     communication: dict[str, Any] = field(default_factory=dict)
     shard_examples: list[int] = field(default_factory=list)
+    shard_rows: list[int] = field(default_factory=list)
 
 
 def _check_options(strategy: str, reduction: str, memory_budget: Any, tol: Any, max_iter: Any) -> int:
@@ -192,7 +194,8 @@ def natural_gradient(
             the result with ``status == "max_iter_reached"``).
 
     Returns:
-        :class:`DistributedNaturalGradient`; ``info`` holds the dense route or the Krylov system used.
+        :class:`DistributedNaturalGradient`; ``info`` has the engine's keys (``consistent``, ``rtol`` on the
+        kernel strategy, ``iterations``/``residual``/``converged`` on the matrix-free one).
 
     Raises:
         DistributedError: on every rank, when any rank's input was bad or its local work raised (the message
@@ -242,13 +245,7 @@ def natural_gradient(
     solve_tol = default_tolerance(dtype) if tol is None else float(tol)
     limit = 10 * min(r, d) + 50 if max_iter is None else int(max_iter)
     problem = shard.problem(r, solve_tol, limit, budget)
-    info: dict[str, Any] = {
-        "consistent": consistent,
-        "r": r,
-        "d": d,
-        "examples": total,
-        "world_size": comm.size,
-    }
+    info: SolveInfo = {"consistent": consistent}
     certificate = None
     status: Status = "success"
     if chosen == "kernel":
@@ -264,12 +261,9 @@ def natural_gradient(
         v = apply_inverse(fac, shard.inverse, rhs, problem.scaling).direction
         comm.broadcast_from_root(v)  # bit-for-bit the same direction on every rank
         certificate = fac.certificate()
-        info.update(fac.info(), system=certificate.system)
-        if certificate.fallback is not None:
-            info["fallback"] = certificate.fallback
+        info.update(fac.info())
         status = "success" if certificate.converged else "max_iter_reached"
     pushforward = shard.lin.jvp(v).reshape(shard.z.shape)
-    info["communication"] = comm.summary()
     result = DistributedNaturalGradient(
         direction=unflatten_like(v.to(device), params),
         pushforward=pushforward,
@@ -282,8 +276,9 @@ def natural_gradient(
         status=status,
         strategy=chosen,
         certificate=certificate,
-        communication=info["communication"],
+        communication=comm.summary(),
         shard_examples=examples,
+        shard_rows=rows,
     )
     if certificate is not None and not certificate.converged and throw:
         raise ConvergenceError(
