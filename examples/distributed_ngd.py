@@ -1,6 +1,7 @@
 """Exact natural gradient descent on a batch sharded over processes.
 
     torchrun --nproc_per_node 2 examples/distributed_ngd.py
+    python examples/distributed_ngd.py              # the same as a group of one process
 
 Every rank holds the same MLP and its own (uneven) shard of the batch; each step computes the exact natural
 gradient of the whole batch with ``natgrad.distributed.natural_gradient`` and applies it on every rank, so the
@@ -36,7 +37,11 @@ def shard_bounds(rank: int, world_size: int, total: int) -> tuple[int, int]:
 
 def main() -> None:
     use_cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    backend = "nccl" if use_cuda else "gloo"
+    if "RANK" in os.environ:  # started by torchrun: it sets the rank, world size and rendezvous address
+        dist.init_process_group(backend)
+    else:  # plain `python examples/distributed_ngd.py`: a group of one process
+        dist.init_process_group(backend, init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
     if use_cuda:
