@@ -76,31 +76,42 @@ class Communicator:
         self.calls[kind] += 1
         self.payload_bytes[kind] += tensor.numel() * tensor.element_size()
 
+    def _staged(self, tensor: Tensor) -> Tensor:
+        """``tensor`` on the backend's device (gloo: CPU, so CUDA parameters work over gloo too)."""
+        return tensor.contiguous() if tensor.device == self.device else tensor.to(self.device)
+
     def all_reduce(self, tensor: Tensor, op: Any = dist.ReduceOp.SUM) -> Tensor:
         """Reduce ``tensor`` in place over the group (sum by default) and return it."""
         self._count("all_reduce", tensor)
-        dist.all_reduce(tensor, op=op, group=self.group)
+        staged = self._staged(tensor)
+        dist.all_reduce(staged, op=op, group=self.group)
+        if staged is not tensor:
+            tensor.copy_(staged)
         return tensor
 
     def all_gather(self, tensor: Tensor) -> Tensor:
         """Stack every rank's ``tensor`` (same shape on all ranks): (size, *tensor.shape)."""
         self._count("all_gather", tensor)
-        out = [torch.empty_like(tensor) for _ in range(self.size)]
-        dist.all_gather(out, tensor.contiguous(), group=self.group)
-        return torch.stack(out)
+        staged = self._staged(tensor)
+        out = [torch.empty_like(staged) for _ in range(self.size)]
+        dist.all_gather(out, staged, group=self.group)
+        return torch.stack(out).to(tensor.device)
 
     def gather_to_root(self, tensor: Tensor) -> Tensor | None:
         """Every rank's ``tensor`` (same shape) stacked on the root, None elsewhere."""
         self._count("gather", tensor)
-        tensor = tensor.contiguous()
-        out = [torch.empty_like(tensor) for _ in range(self.size)] if self.rank == 0 else None
-        dist.gather(tensor, out, dst=self.root, group=self.group)
-        return torch.stack(out) if out is not None else None
+        staged = self._staged(tensor)
+        out = [torch.empty_like(staged) for _ in range(self.size)] if self.rank == 0 else None
+        dist.gather(staged, out, dst=self.root, group=self.group)
+        return torch.stack(out).to(tensor.device) if out is not None else None
 
     def broadcast_from_root(self, tensor: Tensor) -> Tensor:
         """The root's ``tensor`` on every rank (in place)."""
         self._count("broadcast", tensor)
-        dist.broadcast(tensor, src=self.root, group=self.group)
+        staged = self._staged(tensor)
+        dist.broadcast(staged, src=self.root, group=self.group)
+        if staged is not tensor:
+            tensor.copy_(staged)
         return tensor
 
     def agree(self, error: BaseException | None, phase: str) -> None:
