@@ -272,6 +272,7 @@ def natural_gradient(
     elif solved is None:
         solved = solve_dense(problem, inverse, route, chunk)
     v, rank, info = solved
+    info = {**lin.info, **info}  # how J t was formed, coupled examples
     if refused is not None:
         info = {**info, "structured_refused": refused}
     check_finite(CALL, "the natural gradient", v, "the Gram matrix may be too ill-conditioned; try Damped")

@@ -23,6 +23,7 @@ from natgrad._routes._kernel_inverse import KernelInverse
 from natgrad._routes._problem import Problem
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 from natgrad.models import ModuleRecord
+from natgrad.models._module import structured_obstacle
 from natgrad.models.structured import factor_for, structured_kernel
 
 
@@ -37,6 +38,9 @@ def unsupported_reason(record: ModuleRecord | None, params: object, z: Tensor | 
     """
     if record is None:
         return "phi is a plain callable; the structured route needs phi from ng.from_module(module, inputs)"
+    obstacle = structured_obstacle(record)
+    if obstacle is not None:
+        return obstacle
     module = record.module
     trainable = {k: p for k, p in module.named_parameters() if p.requires_grad}
     if not isinstance(params, dict) or set(params) != set(trainable):
@@ -113,9 +117,10 @@ def _solve(
 ) -> tuple[Tensor, int, dict, Tensor]:
     grad, c, z = problem.grad, problem.c, problem.lin.z
     try:
-        kernel, context = structured_kernel(
-            record.module, record.args, factor_for(problem.metric, z), check_outside=check_outside
-        )
+        with record.calling():  # the module's kwargs and output selection, as in phi
+            kernel, context = structured_kernel(
+                record.module, record.args, factor_for(problem.metric, z), check_outside=check_outside
+            )
     except (ValueError, TypeError) as error:
         raise StructuredUnsupported(str(error)) from error
     if kernel.shape != (problem.r, problem.r):

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._capture import ModuleCall, check_unchanged, output_signals, recording
+from ._capture import ModuleCall, check_unchanged, output_signals, recording, unowned_parameters
 from ._factors import BlockFactor, Factor, normalise_factor
 from ._layers import add_rows, add_shared_linear
 from ._modules import (
@@ -179,6 +179,7 @@ def structured_kernel(
 
     params = {name: p for name, p in module.named_parameters() if p.requires_grad}
     outside = _outside_parameters(output, calls, params, pause) if check_outside else set()
+    outside |= unowned_parameters(params, calls)  # e.g. MultiheadAttention.out_proj, LSTM weights
     if outside:
         # Parameters (partly) used outside the modules that register them: their rows come from batched
         # VJPs of the whole output, so the layer formulas must not count them again.
@@ -255,8 +256,8 @@ def _outside_parameters(
     if calls:
         signals = output_signals(output, calls, u.reshape(1, output.shape[0], -1))
         for call, s in zip(calls, signals, strict=True):
-            with torch.enable_grad(), pause():
-                out = call.module(*call.args, **call.kwargs)
+            with pause():
+                out = call.rerun()
             owned = list(call.params.values())
             for p, g in zip(owned, torch.autograd.grad(out, owned, s[0], allow_unused=True), strict=True):
                 if g is not None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._capture import ModuleCall
+from ._capture import ModuleCall, own_trainable_parameters
 
 SharedLinearBlock = tuple[torch.Tensor, torch.Tensor]  # x (N, T, P), s (N, k, T, O)
 
@@ -27,6 +27,8 @@ def _plain(module: nn.Module, cls: type[nn.Module]) -> bool:
 
 def structure_of(module: nn.Module) -> str:
     """Name of the structured formula used for ``module``, or ``"generic"``."""
+    if module._forward_pre_hooks or not set(own_trainable_parameters(module)) <= {"weight", "bias"}:
+        return "generic"  # e.g. nn.utils.weight_norm: weight recomputed from weight_g, weight_v by a hook
     if _plain(module, nn.Linear):
         return "linear"
     if _plain(module, nn.Conv1d) or _plain(module, nn.Conv2d):
@@ -163,8 +165,8 @@ def generic_rows(
     Returns:
         local parameter name -> rows (N·k, *param.shape).
     """
-    with torch.enable_grad(), pause():
-        output = call.module(*call.args, **call.kwargs)
+    with pause():
+        output = call.rerun()
     width, n = s.shape[:2]
     names = list(call.params)
     step = n if not examples_per_chunk else max(1, examples_per_chunk)

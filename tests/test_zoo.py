@@ -1,0 +1,57 @@
+"""The model zoo (stock torch.nn pieces) on every route against the literal float64 reference."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+import natgrad as ng
+from cases import ZOO, relative_error, zoo_loss
+
+TOL64 = 1e-9
+DENSE = ["primal", "dual", "lstsq", "krylov"]
+
+
+@functools.cache
+def _setup(name: str):
+    case = next(c for c in ZOO if c.name == name)
+    phi, params = case.build()
+    loss = zoo_loss(phi(params))
+    return case, phi, params, loss, ng.reference.natural_gradient(phi, params, loss)
+
+
+def _check(res, ref, route: str) -> None:
+    v, v_ref = ng.flatten_params(res.direction), ng.flatten_params(ref.direction)
+    assert relative_error(v, v_ref) <= TOL64
+    assert relative_error(res.pushforward, ref.pushforward) <= TOL64
+    if route != "krylov":
+        assert res.rank == ref.rank
+
+
+@pytest.mark.parametrize("route", [*DENSE, "structured", "auto"])
+@pytest.mark.parametrize("name", [c.name for c in ZOO])
+def test_zoo_route_matches_reference(name, route):
+    case, phi, params, loss, ref = _setup(name)
+    if route == "structured" and case.refusal is not None:
+        with pytest.raises(ValueError, match=rf"method='structured' cannot be used here: {case.refusal}"):
+            ng.natural_gradient(phi, params, loss, method=route)
+        return
+    res = ng.natural_gradient(phi, params, loss, method=route)
+    if route == "auto":  # the structured route where it applies (r < d here), else a dense route
+        assert res.method == ("structured" if case.refusal is None else "dual")
+    _check(res, ref, route)
+
+
+def test_zoo_structured_route_is_used_layer_by_layer():
+    """Attention, parametrised and shared layers get their layer formulas, not only whole-model rows."""
+    routes = {}
+    for name in ["encoder-layer-fastpath", "gpt-tied", "weight-norm", "shared-sequential"]:
+        _, phi, params, loss, _ = _setup(name)
+        routes[name] = ng.natural_gradient(phi, params, loss, method="structured").info["kernel_routes"]
+    assert routes["encoder-layer-fastpath"]["body.inner.linear1"] == "linear/pair"
+    assert routes["gpt-tied"]["block.qkv"].startswith("linear/")
+    assert routes["gpt-tied"][""] == "generic/vjp"  # the position table, a parameter of the root
+    assert routes["gpt-tied"]["tokens"] == routes["gpt-tied"]["out"] == "shared-parameter/vjp"
+    assert "0.parametrizations.weight.original0" in routes["weight-norm"]["<outside modules>"]
+    assert routes["shared-sequential"]["0"] == "shared-parameter/vjp"
