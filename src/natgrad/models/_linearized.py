@@ -106,7 +106,7 @@ class Linearization:
             except (NotImplementedError, RuntimeError) as reverse_error:
                 raise NotImplementedError(
                     f"{self.call}: phi uses an operation without forward-mode AD ({error}) and the reverse-mode "
-                    f"replacement failed too ({reverse_error}); products J t cannot be formed for this phi"
+                    f"replacement failed too ({reverse_error}); products J t cannot be formed for this phi (give custom autograd.Functions a jvp staticmethod or a differentiable backward)"
                 ) from reverse_error
             mode = "reverse"
         else:
@@ -139,9 +139,23 @@ class Linearization:
             else:  # φ does not depend on ξ
                 grads = (None,) * len(tensors)
         self._reverse = (u, tuple(g if g is not None and g.requires_grad else None for g in grads))
-        # Fail here, before any solve, if the backward pass is not differentiable either.
-        self._reverse_jvp(torch.ones_like(self.flat))
+        self._check_adjoint()
         return out.detach()
+
+    def _check_adjoint(self) -> None:
+        """⟨J t, w⟩ = ⟨t, Jᵀ w⟩ for fixed random t, w: fails here, before any solve, when the backward pass
+        is not differentiable (a custom Function marked once_differentiable cuts the graph silently)."""
+        gen = torch.Generator().manual_seed(0)
+        t = torch.randn(self.d, generator=gen, dtype=torch.float64).to(self.flat)
+        w = torch.randn(self.n, generator=gen, dtype=torch.float64).to(self.flat)
+        jt, jtw = self._reverse_jvp(t), self._vjp_flat(w)
+        left, right = torch.dot(jt, w), torch.dot(t, jtw)
+        scale = torch.linalg.vector_norm(jtw) * torch.linalg.vector_norm(t)
+        if abs(float(left - right)) > torch.finfo(self.flat.dtype).eps ** 0.5 * float(scale):
+            raise NotImplementedError(
+                f"products by the backward pass do not reproduce ⟨J t, w⟩ = ⟨t, Jᵀw⟩ ({float(left):.6g} vs "
+                f"{float(right):.6g}): phi's backward pass is not differentiable (e.g. once_differentiable)"
+            )
 
     def _reverse_jvp(self, t: Tensor, batched: bool = False) -> Tensor:
         u, grads = self._reverse  # type: ignore[misc]

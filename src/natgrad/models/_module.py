@@ -127,13 +127,23 @@ def _only_tensor(out: Any, name: str) -> Tensor:
     )
 
 
-def _check_inputs(module: nn.Module, inputs: Any, params: dict[str, Tensor]) -> None:
+def _labelled_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[tuple[str, Tensor]]:
+    """("input", t), ("input 1[0]", t), ("kwargs['mask']", t): every input tensor with a readable label."""
+    for i, arg in enumerate(args):
+        label = "input" if len(args) == 1 else f"input {i}"
+        yield from ((label + position, t) for position, t in _tensors(arg))
+    for key, value in kwargs.items():
+        yield from ((f"kwargs[{key!r}]" + position, t) for position, t in _tensors(value))
+
+
+def _check_inputs(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], params: dict[str, Tensor]
+) -> None:
     """Floating inputs must have the parameters' dtype, and every input tensor their device."""
     dtypes = {p.dtype for p in params.values()}
     devices = {p.device for p in params.values()}
     name = type(module).__name__
-    for position, t in _tensors(inputs):
-        where = f"input{position}" if position else "input"
+    for where, t in _labelled_inputs(args, kwargs):
         if len(devices) == 1 and t.device not in devices:
             (device,) = devices
             raise TypeError(
@@ -214,7 +224,7 @@ def from_module(
         )
     args = inputs if isinstance(inputs, tuple) else (inputs,)
     kw = dict(kwargs or {})
-    _check_inputs(module, (args, kw), params)
+    _check_inputs(module, args, kw, params)
     select = _selector(output)
     name_of = {id(p): name for name, p in module.named_parameters() if p.requires_grad}
     # One slot per (module instance, local name): model.modules() lists a shared instance once.
