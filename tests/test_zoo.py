@@ -46,10 +46,25 @@ def test_zoo_route_matches_reference(name, route):
 def test_zoo_structured_route_is_used_layer_by_layer():
     """Attention, parametrised and shared layers get their layer formulas, not only whole-model rows."""
     routes = {}
-    for name in ["encoder-layer-fastpath", "gpt-tied", "weight-norm", "shared-sequential"]:
+    for name in [
+        "encoder-layer-fastpath",
+        "encoder-classifier",
+        "mha-cross",
+        "mha-decoder-tied",
+        "gpt-tied",
+        "weight-norm",
+        "shared-sequential",
+    ]:
         _, phi, params, loss, _ = _setup(name)
         routes[name] = ng.natural_gradient(phi, params, loss, method="structured").info["kernel_routes"]
     assert routes["encoder-layer-fastpath"]["body.inner.linear1"] == "linear/pair"
+    # in- and out-projections as linear maps shared over positions; nothing left to whole-model rows
+    assert routes["encoder-layer-fastpath"]["body.inner.self_attn"].startswith("attention/")
+    assert routes["encoder-classifier"]["1.body.layers.1.self_attn"].startswith("attention/")
+    assert routes["mha-cross"]["attn"].startswith("attention/")
+    assert routes["mha-decoder-tied"]["attn"].startswith("attention/")
+    for name in ["encoder-layer-fastpath", "encoder-classifier", "mha-cross", "mha-decoder-tied"]:
+        assert "<outside modules>" not in routes[name]
     assert routes["gpt-tied"]["block.qkv"].startswith("linear/")
     assert routes["gpt-tied"][""] == "generic/vjp"  # the position table, a parameter of the root
     assert routes["gpt-tied"]["tokens"] == routes["gpt-tied"]["out"] == "shared-parameter/vjp"

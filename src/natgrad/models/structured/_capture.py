@@ -51,6 +51,21 @@ def own_trainable_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
     return {k: p for k, p in module._parameters.items() if p is not None and p.requires_grad}
 
 
+def plain_attention(module: nn.Module) -> bool:
+    """True for an ``nn.MultiheadAttention`` whose forward is the library's own."""
+    return isinstance(module, nn.MultiheadAttention) and type(module).forward is nn.MultiheadAttention.forward
+
+
+def call_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    """Trainable parameters a call of ``module`` owns: its own, plus ``out_proj``'s for MultiheadAttention
+    (whose forward uses the projection's weight directly and never calls the submodule)."""
+    params = own_trainable_parameters(module)
+    if plain_attention(module):
+        extra = own_trainable_parameters(module.out_proj)
+        params.update({f"out_proj.{k}": p for k, p in extra.items()})
+    return params
+
+
 def _detach(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach()
@@ -160,7 +175,7 @@ def recording(model: nn.Module) -> Iterator[_Recorder]:
     handles = []
     try:
         for name, module in model.named_modules(remove_duplicate=True):
-            params = own_trainable_parameters(module)
+            params = call_parameters(module)
             if params:
                 handles.append(module.register_forward_hook(recorder.hook(name, params), with_kwargs=True))
         yield recorder

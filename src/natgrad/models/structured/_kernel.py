@@ -13,6 +13,7 @@ from ._capture import ModuleCall, check_unchanged, output_signals, recording, un
 from ._factors import BlockFactor, Factor, normalise_factor
 from ._layers import add_rows, add_shared_linear
 from ._modules import (
+    attention_blocks,
     conv_blocks,
     embedding_blocks,
     generic_rows,
@@ -22,7 +23,12 @@ from ._modules import (
 )
 
 _CALL = "structured_kernel"
-_BLOCKS = {"linear": linear_blocks, "conv": conv_blocks, "embedding": embedding_blocks}
+_BLOCKS = {
+    "linear": linear_blocks,
+    "conv": conv_blocks,
+    "embedding": embedding_blocks,
+    "attention": attention_blocks,
+}
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Module-specific structure: which layer types have a closed-form kernel contribution, and how.
 
-Supported with structure (forward not overridden): ``nn.Linear`` (any number of leading axes, summed as
+Supported with structure (forward not overridden): ``nn.MultiheadAttention`` (batch first, packed
+in-projection, without bias_k/bias_v or zero attention: the in- and out-projections are linear maps shared
+over positions, attention itself has no parameters), ``nn.Linear`` (any number of leading axes, summed as
 shared positions), ``nn.Conv1d``/``nn.Conv2d`` (stride, padding incl. 'same' and non-zero padding modes,
 dilation, groups), ``nn.Embedding`` (without max_norm, scale_grad_by_freq or sparse gradients), affine
 ``nn.LayerNorm``, ``nn.GroupNorm``, and ``nn.BatchNorm1d/2d/3d`` in eval mode with running statistics.
@@ -11,11 +13,13 @@ inputs so that only this call's use of the parameters counts.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._capture import ModuleCall, own_trainable_parameters
+from ._capture import ModuleCall, own_trainable_parameters, plain_attention
 
 SharedLinearBlock = tuple[torch.Tensor, torch.Tensor]  # x (N, T, P), s (N, k, T, O)
 
@@ -27,6 +31,14 @@ def _plain(module: nn.Module, cls: type[nn.Module]) -> bool:
 
 def structure_of(module: nn.Module) -> str:
     """Name of the structured formula used for ``module``, or ``"generic"``."""
+    if plain_attention(module):
+        packed = module._qkv_same_embed_dim and module.bias_k is None and not module.add_zero_attn
+        deterministic = not module.training or module.dropout == 0
+        return (
+            "attention"
+            if packed and module.batch_first and deterministic and not module._forward_pre_hooks
+            else "generic"
+        )
     if module._forward_pre_hooks or not set(own_trainable_parameters(module)) <= {"weight", "bias"}:
         return "generic"  # e.g. nn.utils.weight_norm: weight recomputed from weight_g, weight_v by a hook
     if _plain(module, nn.Linear):
@@ -199,3 +211,62 @@ def generic_rows(
         ]
         rows[name] = torch.cat(parts, dim=0)
     return rows
+
+
+def _attention_arguments(call: ModuleCall) -> dict:
+    bound = inspect.signature(nn.MultiheadAttention.forward).bind(call.module, *call.args, **call.kwargs)
+    bound.apply_defaults()
+    return bound.arguments
+
+
+def attention_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
+    """MultiheadAttention as four linear maps shared over positions.
+
+    With q = x_q W_qᵀ + b_q, k = x_k W_kᵀ + b_k, v = x_v W_vᵀ + b_v (row blocks of ``in_proj_weight``),
+    a = attention(q, k, v) and y = a W_oᵀ + b_o, the signals at q, k, v are the signal at y pulled back
+    through W_o and the (parameter-free) attention, per example; the blocks partition the parameters.
+    """
+    from natgrad.models._linearized import _math_attention
+
+    module, params = call.module, call.params
+    args = _attention_arguments(call)
+    query, key, value = args["query"], args["key"], args["value"]
+    if query.dim() != 3:
+        raise ValueError(
+            f"structured_kernel: MultiheadAttention {call.name!r} needs batched (N, L, E) inputs, "
+            f"got shape {tuple(query.shape)}"
+        )
+    e = module.embed_dim
+    weight, bias = module.in_proj_weight.detach(), module.in_proj_bias
+    bias = None if bias is None else bias.detach()
+    eye = torch.eye(e, dtype=query.dtype, device=query.device)
+    width = s.shape[0]
+    with torch.enable_grad(), _math_attention():
+        projected = [
+            F.linear(x, weight[i * e : (i + 1) * e], None if bias is None else bias[i * e : (i + 1) * e])
+            .detach()
+            .requires_grad_(True)
+            for i, x in enumerate((query, key, value))
+        ]
+        q, k, v = (t.transpose(0, 1) for t in projected)
+        attended, _ = F.multi_head_attention_forward(
+            q, k, v, e, module.num_heads, None, None, None, None, False, 0.0, eye, None,
+            training=False, key_padding_mask=args["key_padding_mask"], need_weights=False,
+            attn_mask=args["attn_mask"], use_separate_proj_weight=True, q_proj_weight=eye, k_proj_weight=eye,
+            v_proj_weight=eye, is_causal=args["is_causal"],
+        )  # fmt: skip
+        attended = attended.transpose(0, 1)  # (N, L, E): the attention output before the out-projection
+        pulled = s @ module.out_proj.weight.detach()  # signal at the attention output, (k, N, L, E)
+        signals = torch.autograd.grad(attended, projected, pulled, is_grads_batched=True, allow_unused=True)
+    blocks = []
+    names = [("in_proj_weight", "in_proj_bias")] * 3
+    for x, signal, (w_name, b_name) in zip((query, key, value), signals, names, strict=True):
+        if (w_name in params or b_name in params) and signal is not None:
+            n = x.shape[0]
+            blocks.append(
+                (_with_bias(x, params, w_name, b_name), signal.transpose(0, 1).reshape(n, width, -1, e))
+            )
+    if "out_proj.weight" in params or "out_proj.bias" in params:
+        x = _with_bias(attended.detach(), params, "out_proj.weight", "out_proj.bias")
+        blocks.append((x, s.transpose(0, 1)))
+    return blocks
