@@ -379,6 +379,19 @@ class Recurrent(nn.Module):
         return self.head(out[:, -1])
 
 
+class FinalState(nn.Module):
+    """An LSTM from a given initial state, read out through its output sequence and its final cell state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(3, 4, batch_first=True)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor, h0: Tensor, c0: Tensor) -> Tensor:
+        out, (_, c) = self.rnn(x, (h0, c0))
+        return self.head(out[:, -1] * torch.tanh(c[-1]))
+
+
 class ResBlock(nn.Module):
     """ResNet basic block: conv-BN-ReLU-conv-BN plus the identity, then pooling and a linear read-out."""
 
@@ -485,6 +498,18 @@ ZOO = [
     ZooCase(
         "rnn-bidirectional",
         _zoo(lambda: Recurrent(nn.RNN(3, 3, batch_first=True, bidirectional=True), 6), _seq(width=3), 51),
+    ),
+    ZooCase(
+        "lstm-final-state",
+        _zoo(
+            FinalState,
+            lambda g: (
+                torch.randn(2, 3, 3, generator=g),
+                torch.randn(1, 2, 4, generator=g),
+                torch.randn(1, 2, 4, generator=g),
+            ),
+            61,
+        ),
     ),
     ZooCase("resblock-bn-eval", _zoo(ResBlock, lambda g: torch.randn(3, 3, 4, 4, generator=g), 52)),
     ZooCase(

@@ -251,3 +251,15 @@ def test_phi_names_the_keys_it_expects():
     phi, params = ng.from_module(nn.Linear(3, 2), torch.randn(4, 3))
     with pytest.raises(ValueError, match=r"from_module: phi expects the parameter dict from_module returned"):
         phi({"weight": params["weight"]})
+
+
+def test_packed_sequences_get_an_actionable_error():
+    torch.manual_seed(3)
+    gru = nn.GRU(3, 4, batch_first=True).double()
+    x = torch.randn(2, 3, 3, dtype=torch.float64)
+    packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([3, 2]), batch_first=True)
+    phi, params = ng.from_module(gru, (packed,), output=lambda out: out[1])
+    with pytest.raises(
+        RuntimeError, match=r"natural_gradient: phi cannot be differentiated with torch.func .*padded"
+    ):
+        ng.natural_gradient(phi, params, _loss)

@@ -52,6 +52,9 @@ def test_zoo_structured_route_is_used_layer_by_layer():
         "mha-cross",
         "mha-decoder-tied",
         "gpt-tied",
+        "lstm-stack",
+        "rnn-bidirectional",
+        "lstm-final-state",
         "weight-norm",
         "shared-sequential",
     ]:
@@ -66,6 +69,9 @@ def test_zoo_structured_route_is_used_layer_by_layer():
     for name in ["encoder-layer-fastpath", "encoder-classifier", "mha-cross", "mha-decoder-tied"]:
         assert "<outside modules>" not in routes[name]
     assert routes["gpt-tied"]["block.qkv"].startswith("linear/")
+    assert routes["lstm-stack"]["rnn"] == routes["rnn-bidirectional"]["rnn"] == "recurrent/rows"
+    # the final cell state is used too: the layer check fails and the LSTM gets whole-model rows
+    assert routes["lstm-final-state"]["<outside modules>"].startswith("whole-model/vjp: rnn.weight_ih_l0")
     assert routes["gpt-tied"][""] == "generic/vjp"  # the position table, a parameter of the root
     assert routes["gpt-tied"]["tokens"] == routes["gpt-tied"]["out"] == "shared-parameter/vjp"
     assert "0.parametrizations.weight.original0" in routes["weight-norm"]["<outside modules>"]

@@ -80,7 +80,16 @@ class Linearization:
             return out.reshape(-1)
 
         self._phi_leaves = phi_leaves
-        z_flat, self._vjp_fn = vjp(phi_leaves, *self._leaves)
+        try:
+            z_flat, self._vjp_fn = vjp(phi_leaves, *self._leaves)
+        except RuntimeError as error:
+            if "doesn't have storage" not in str(error):
+                raise
+            raise RuntimeError(
+                f"{call}: phi cannot be differentiated with torch.func ({error}): an operation reads the raw "
+                "storage of a parameter-dependent tensor (e.g. an RNN fed a PackedSequence); pass padded "
+                "tensors instead"
+            ) from error
         self.z_flat = z_flat.detach()
         self.z = self.z_flat.reshape(self.out_shape)
         self.n = self.z_flat.numel()

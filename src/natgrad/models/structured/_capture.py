@@ -56,6 +56,13 @@ def plain_attention(module: nn.Module) -> bool:
     return isinstance(module, nn.MultiheadAttention) and type(module).forward is nn.MultiheadAttention.forward
 
 
+def plain_recurrent(module: nn.Module) -> bool:
+    """True for an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` whose forward is the library's own."""
+    return any(
+        isinstance(module, cls) and type(module).forward is cls.forward for cls in (nn.RNN, nn.LSTM, nn.GRU)
+    )
+
+
 def call_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
     """Trainable parameters a call of ``module`` owns: its own, plus ``out_proj``'s for MultiheadAttention
     (whose forward uses the projection's weight directly and never calls the submodule)."""
@@ -129,7 +136,7 @@ class _Recorder:
     A call is recorded when its output is one tensor, or a tuple/list/dict with exactly one tensor that
     depends on the parameters (``nn.MultiheadAttention(..., need_weights=False)`` returns ``(out, None)``);
     the recorded tensor is reached through ``path``. Calls with several parameter-dependent tensors
-    (``nn.LSTM`` returns ``(out, (h, c))``) and parametrizations (which return a weight, not per-example
+    (other than ``nn.RNN``/``nn.LSTM``/``nn.GRU``, recorded at their output sequence) and parametrizations (which return a weight, not per-example
     outputs) are not recorded: their parameters count as used outside recorded calls and get whole-model rows.
     """
 
@@ -146,6 +153,16 @@ class _Recorder:
                 self.unrecorded[name] = "parametrization"
                 return None
             found = _param_dependent(output)
+            if plain_recurrent(module) and not isinstance(output, tuple):
+                # A root RNN whose output from_module(output=...) already selected: the recurrence formula
+                # needs the signal at the output sequence, so this call gets whole-model rows.
+                self.unrecorded[name] = "output selected from the recurrent module's tuple"
+                return None
+            sequence = output[0] if plain_recurrent(module) else None
+            if isinstance(sequence, torch.Tensor) and sequence.requires_grad:
+                # The output sequence; a final state used downstream makes the kernel check fail, and the
+                # retry then gives these parameters whole-model rows.
+                found = [((0,), output[0])]
             if len(found) != 1:
                 self.unrecorded[name] = f"returns {len(found)} parameter-dependent tensors"
                 return None

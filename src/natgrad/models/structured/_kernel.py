@@ -19,6 +19,7 @@ from ._modules import (
     generic_rows,
     linear_blocks,
     norm_rows,
+    recurrent_blocks,
     structure_of,
 )
 
@@ -28,6 +29,7 @@ _BLOCKS = {
     "conv": conv_blocks,
     "embedding": embedding_blocks,
     "attention": attention_blocks,
+    "recurrent": recurrent_blocks,
 }
 
 

@@ -2,7 +2,8 @@
 
 Supported with structure (forward not overridden): ``nn.MultiheadAttention`` (batch first, packed
 in-projection, without bias_k/bias_v or zero attention: the in- and out-projections are linear maps shared
-over positions, attention itself has no parameters), ``nn.Linear`` (any number of leading axes, summed as
+over positions, attention itself has no parameters), ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (batch first, without
+proj_size: input and hidden weights are linear maps shared over time steps), ``nn.Linear`` (any number of leading axes, summed as
 shared positions), ``nn.Conv1d``/``nn.Conv2d`` (stride, padding incl. 'same' and non-zero padding modes,
 dilation, groups), ``nn.Embedding`` (without max_norm, scale_grad_by_freq or sparse gradients), affine
 ``nn.LayerNorm``, ``nn.GroupNorm``, and ``nn.BatchNorm1d/2d/3d`` in eval mode with running statistics.
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._capture import ModuleCall, own_trainable_parameters, plain_attention
+from ._capture import ModuleCall, own_trainable_parameters, plain_attention, plain_recurrent
 
 SharedLinearBlock = tuple[torch.Tensor, torch.Tensor]  # x (N, T, P), s (N, k, T, O)
 
@@ -31,6 +32,10 @@ def _plain(module: nn.Module, cls: type[nn.Module]) -> bool:
 
 def structure_of(module: nn.Module) -> str:
     """Name of the structured formula used for ``module``, or ``"generic"``."""
+    if plain_recurrent(module):
+        simple = module.batch_first and getattr(module, "proj_size", 0) == 0
+        deterministic = not module.training or module.dropout == 0 or module.num_layers == 1
+        return "recurrent" if simple and deterministic and not module._forward_pre_hooks else "generic"
     if plain_attention(module):
         packed = module._qkv_same_embed_dim and module.bias_k is None and not module.add_zero_attn
         deterministic = not module.training or module.dropout == 0
@@ -269,4 +274,86 @@ def attention_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBloc
     if "out_proj.weight" in params or "out_proj.bias" in params:
         x = _with_bias(attended.detach(), params, "out_proj.weight", "out_proj.bias")
         blocks.append((x, s.transpose(0, 1)))
+    return blocks
+
+
+def _cell(kind: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, relu: bool):
+    """One step of torch's RNN/LSTM/GRU cell from the input part gi and the hidden part gh of the gates."""
+    if kind == "LSTM":
+        i, f, g, o = (gi + gh).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    if kind == "GRU":
+        ir, iz, in_ = gi.chunk(3, dim=-1)
+        hr, hz, hn = gh.chunk(3, dim=-1)
+        r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+        return (1 - z) * torch.tanh(in_ + r * hn) + z * h, None
+    return (torch.relu if relu else torch.tanh)(gi + gh), None
+
+
+def recurrent_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
+    """RNN/LSTM/GRU: per layer and direction, W_ih acts on the inputs x_t and W_hh on the previous state h_{t−1},
+    both shared over time steps t. The signals at the gate parts gi_t = W_ih x_t + b_ih and gh_t = W_hh h_{t−1}
+    + b_hh are the signal at the output sequence pulled back through a re-run of the recurrence (the weights
+    held fixed), per example.
+    """
+    module, params = call.module, call.params
+    kind = "LSTM" if isinstance(module, nn.LSTM) else "GRU" if isinstance(module, nn.GRU) else "RNN"
+    x = call.args[0]
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(
+            f"structured_kernel: {type(module).__name__} {call.name!r} needs a batched (N, T, features) tensor "
+            f"input, got {type(x).__name__ if not isinstance(x, torch.Tensor) else tuple(x.shape)}"
+        )
+    hx = call.args[1] if len(call.args) > 1 else call.kwargs.get("hx")
+    n, steps, hidden = x.shape[0], x.shape[1], module.hidden_size
+    directions = 2 if module.bidirectional else 1
+    h0 = x.new_zeros(module.num_layers * directions, n, hidden)
+    c0 = h0
+    if hx is not None:
+        h0, c0 = hx if kind == "LSTM" else (hx, h0)
+    relu = getattr(module, "nonlinearity", "tanh") == "relu"
+    # Inputs and initial states require grad so that every gate part is a node of the re-run's graph.
+    x, h0, c0 = (t.detach().requires_grad_(True) for t in (x, h0, c0))
+    records = []  # (layer inputs, previous states, gi list, gh list, parameter suffix)
+    with torch.enable_grad():
+        layer_in = x
+        for layer in range(module.num_layers):
+            outputs = []
+            for direction in range(directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                w_ih, w_hh = (getattr(module, f"weight_{p}{suffix}").detach() for p in ("ih", "hh"))
+                b_ih, b_hh = (
+                    getattr(module, f"bias_{p}{suffix}").detach() if module.bias else None
+                    for p in ("ih", "hh")
+                )
+                h, c = h0[layer * directions + direction], c0[layer * directions + direction]
+                order = range(steps - 1, -1, -1) if direction else range(steps)
+                gis, ghs, states, hs = [], [], [], [None] * steps
+                for t in order:
+                    gi, gh = F.linear(layer_in[:, t], w_ih, b_ih), F.linear(h, w_hh, b_hh)
+                    states.append(h)
+                    gis.append(gi)
+                    ghs.append(gh)
+                    h, c = _cell(kind, gi, gh, h, c, relu)
+                    hs[t] = h
+                outputs.append(torch.stack(hs, dim=1))
+                records.append((layer_in, torch.stack(states, dim=1), gis, ghs, suffix, list(order)))
+            layer_in = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
+        gates = [g for rec in records for g in (*rec[2], *rec[3])]
+        signals = torch.autograd.grad(layer_in, gates, s, is_grads_batched=True, allow_unused=True)
+    blocks, position = [], 0
+    for layer_in, states, gis, ghs, suffix, order in records:
+        gi_s = signals[position : position + len(gis)]
+        gh_s = signals[position + len(gis) : position + len(gis) + len(ghs)]
+        position += len(gis) + len(ghs)
+        inputs = layer_in.detach()[:, order]
+        for part, source, sig in (("ih", inputs, gi_s), ("hh", states.detach(), gh_s)):
+            w_name, b_name = f"weight_{part}{suffix}", f"bias_{part}{suffix}"
+            if w_name not in params and b_name not in params:
+                continue
+            stacked = torch.stack(
+                [torch.zeros_like(g) if z is None else z for z, g in zip(sig, gis, strict=True)], 2
+            )
+            blocks.append((_with_bias(source, params, w_name, b_name), stacked.transpose(0, 1)))
     return blocks
