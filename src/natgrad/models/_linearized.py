@@ -7,7 +7,8 @@ J t then comes from reverse mode by the double-VJP identity. With u ↦ Jᵀu li
     J t = ∂/∂u ⟨Jᵀu, t⟩,
 
 one backward pass through the graph of the backward pass Jᵀu, built once with u symbolic (its value does
-not matter). That graph is built with the math attention kernel, whose backward is itself differentiable.
+not matter). Graphs for products are built with the math attention kernel, whose backward is itself
+differentiable and batches under vmap.
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ class Linearization:
 
         self._phi_leaves = phi_leaves
         try:
-            z_flat, self._vjp_fn = vjp(phi_leaves, *self._leaves)
+            # The math attention kernel: its backward has vmap batching rules (the fused kernels' do not,
+            # and batched VJPs through them fall back to a slow loop).
+            with _math_attention():
+                z_flat, self._vjp_fn = vjp(phi_leaves, *self._leaves)
         except RuntimeError as error:
             if "doesn't have storage" not in str(error):
                 raise

@@ -58,8 +58,11 @@ class ModuleRecord(NamedTuple):
             return select(output) if select is not None else _only_tensor(output, name)
 
         handles.append(self.module.register_forward_hook(pick, prepend=True))
+        from natgrad.models._linearized import _math_attention
+
         try:
-            yield
+            with _math_attention():  # batched backward passes through attention need its batching rules
+                yield
         finally:
             for handle in handles:
                 handle.remove()
