@@ -13,14 +13,14 @@ differentiable and batches under vmap.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
-from natgrad._tree import Params, flatten_params, leaves
+from natgrad._tree import Parametrisation, Params, flatten_params, leaves
+from natgrad.exceptions import InvalidInputError, InvalidTypeError
 from natgrad.models._module import module_record
 
 
@@ -52,11 +52,9 @@ class Linearization:
             for φ from ``from_module`` with BatchNorm using batch statistics, ``"coupled_examples"``.
     """
 
-    def __init__(
-        self, phi: Callable[[Params], Tensor], params: Params, call: str = "natural_gradient"
-    ) -> None:
+    def __init__(self, phi: Parametrisation, params: Params, call: str = "natural_gradient") -> None:
         if isinstance(phi, nn.Module):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{call}: phi is a torch.nn.Module ({type(phi).__name__}); phi must be a function of the "
                 "parameters: use phi, params = ng.from_module(model, inputs)"
             )
@@ -76,7 +74,7 @@ class Linearization:
             )
             out = phi(structured)
             if not isinstance(out, Tensor):
-                raise TypeError(f"{call}: phi(params) must return a Tensor, got {type(out).__name__}")
+                raise InvalidTypeError(f"{call}: phi(params) must return a Tensor, got {type(out).__name__}")
             self.out_shape = out.shape
             return out.reshape(-1)
 
@@ -85,7 +83,7 @@ class Linearization:
             # The math attention kernel: its backward has vmap batching rules (the fused kernels' do not,
             # and batched VJPs through them fall back to a slow loop).
             with _math_attention():
-                z_flat, self._vjp_fn = vjp(phi_leaves, *self._leaves)
+                z_flat, self._vjp_fn = vjp(phi_leaves, *self._leaves)[:2]  # (output, vjp_fn): no aux
         except RuntimeError as error:
             if "doesn't have storage" not in str(error):
                 raise
@@ -134,7 +132,7 @@ class Linearization:
         gap = float(torch.linalg.vector_norm(again - self.z_flat, ord=float("inf")))
         scale = float(torch.linalg.vector_norm(self.z_flat, ord=float("inf")))
         if gap > torch.finfo(self.z_flat.dtype).eps ** 0.5 * max(scale, 1.0):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.call}: phi is not deterministic: two evaluations at the same parameters differ by "
                 f"{gap:.3g} (max abs); the natural gradient needs one function. Call model.eval() to switch "
                 "off dropout, or fix the randomness (ng.from_module(model, inputs, seed=0) replays one random "
@@ -231,6 +229,6 @@ class Linearization:
         return torch.cat([self.jvp_rows(eye[i : i + chunk]) for i in range(0, self.d, chunk)]).T
 
 
-def jacobian(phi: Callable[[Params], Tensor], params: Params) -> Tensor:
+def jacobian(phi: Parametrisation, params: Params) -> Tensor:
     """Dense Jacobian of ``phi(params).flatten()`` with respect to ``flatten_params(params)``: (n, d)."""
     return Linearization(phi, params, call="jacobian").jacobian()

@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from natgrad.exceptions import InvalidInputError, InvalidTypeError
+
 _CALL = "from_module"
 OutputSelector = int | str | Callable[[Any], Tensor] | None
 
@@ -40,32 +42,23 @@ class ModuleRecord(NamedTuple):
 
     @contextmanager
     def calling(self) -> Iterator[None]:
-        """While active, ``module(*args)`` also receives ``kwargs`` and returns the selected tensor.
+        """While active, a call of the module returns the tensor φ differentiates (``output=`` selection).
 
         Lets code that calls the module itself (the structured route) see the same function as φ.
         """
-        handles = []
-        if self.kwargs:
-            extra = self.kwargs
+        from natgrad.models._linearized import _math_attention
 
-            def add_kwargs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-                return args, {**extra, **kwargs}
-
-            handles.append(self.module.register_forward_pre_hook(add_kwargs, with_kwargs=True, prepend=True))
         select, name = self.select, type(self.module).__name__
 
         def pick(module: nn.Module, args: tuple, output: Any) -> Tensor:
             return select(output) if select is not None else _only_tensor(output, name)
 
-        handles.append(self.module.register_forward_hook(pick, prepend=True))
-        from natgrad.models._linearized import _math_attention
-
+        handle = self.module.register_forward_hook(pick, prepend=True)
         try:
             with _math_attention():  # batched backward passes through attention need its batching rules
                 yield
         finally:
-            for handle in handles:
-                handle.remove()
+            handle.remove()
 
 
 def module_record(phi: Any) -> ModuleRecord | None:
@@ -112,7 +105,7 @@ def _selector(output: OutputSelector) -> Callable[[Any], Tensor] | None:
         return output
     if isinstance(output, int | str):
         return lambda out: out[output]
-    raise TypeError(
+    raise InvalidTypeError(
         f"{_CALL}: output must be None, an int or str index, or a callable, got {type(output).__name__}"
     )
 
@@ -124,7 +117,7 @@ def _only_tensor(out: Any, name: str) -> Tensor:
     found = list(_tensors(out))
     if len(found) == 1:
         return found[0][1]
-    raise TypeError(
+    raise InvalidTypeError(
         f"{_CALL}: {name}.forward returned {_describe(out)}, with {len(found)} tensors; pass "
         "from_module(..., output=0) (an index or key, or a callable) to choose the tensor to differentiate"
     )
@@ -149,13 +142,13 @@ def _check_inputs(
     for where, t in _labelled_inputs(args, kwargs):
         if len(devices) == 1 and t.device not in devices:
             (device,) = devices
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{_CALL}: {where} is on {t.device} but the parameters of {name} are on {device}; move "
                 f"the inputs with .to({str(device)!r}) (or the model with model.to({str(t.device)!r}))"
             )
         if len(dtypes) == 1 and t.is_floating_point() and t.dtype not in dtypes:
             (dtype,) = dtypes
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{_CALL}: {where} is {t.dtype} but the parameters of {name} are {dtype}; convert the "
                 f"inputs with .to({dtype}) (or the model with model.to({t.dtype}))"
             )
@@ -216,12 +209,12 @@ def from_module(
         layer-structured route (``method="structured"``).
     """
     if not isinstance(module, nn.Module):
-        raise TypeError(f"{_CALL}: module must be a torch.nn.Module, got {type(module).__name__}")
+        raise InvalidTypeError(f"{_CALL}: module must be a torch.nn.Module, got {type(module).__name__}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"{_CALL}: seed must be an int or None, got {type(seed).__name__}")
+        raise InvalidTypeError(f"{_CALL}: seed must be an int or None, got {type(seed).__name__}")
     params = {name: p.detach() for name, p in module.named_parameters() if p.requires_grad}
     if not params:
-        raise ValueError(
+        raise InvalidInputError(
             f"{_CALL}: {type(module).__name__} has no parameters with requires_grad=True; "
             "unfreeze the parameters to differentiate"
         )
@@ -248,7 +241,7 @@ def from_module(
     def phi(p: dict[str, Tensor]) -> Tensor:
         if not hasattr(p, "keys") or set(p.keys()) != expected:
             got = sorted(p.keys()) if hasattr(p, "keys") else type(p).__name__
-            raise ValueError(
+            raise InvalidInputError(
                 f"{_CALL}: phi expects the parameter dict from_module returned (keys {sorted(expected)}), got {got}"
             )
         saved = [sub._parameters[local] for sub, local, _ in slots]

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from natgrad.exceptions import StructuredUnsupported
+
 
 @dataclass
 class ModuleCall:
@@ -206,10 +208,11 @@ def check_unchanged(calls: list[ModuleCall]) -> None:
     for call in calls:
         for tensor, version in call.versions:
             if tensor._version != version:
-                raise ValueError(
-                    f"structured_kernel: an input of module {call.name or '<root>'!r} "
+                raise StructuredUnsupported.at(
+                    "structured_kernel",
+                    f"an input of module {call.name or '<root>'!r} "
                     f"({type(call.module).__name__}) was modified in place after the module used it; "
-                    "use out-of-place operations (e.g. inplace=False) before parametrised layers"
+                    "use out-of-place operations (e.g. inplace=False) before parametrised layers",
                 )
         call.versions = []
 
