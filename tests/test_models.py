@@ -263,3 +263,16 @@ def test_packed_sequences_get_an_actionable_error():
         RuntimeError, match=r"natural_gradient: phi cannot be differentiated with torch.func .*padded"
     ):
         ng.natural_gradient(phi, params, _loss)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["output", "attention-weights"])
+def test_a_selected_attention_output_is_exact_on_the_structured_route(index):
+    """from_module(output=...) on a root MultiheadAttention: either tensor of (out, weights) is differentiated."""
+    torch.manual_seed(5)
+    attn = nn.MultiheadAttention(4, 2, batch_first=True).double().eval()
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    phi, params = ng.from_module(attn, (x, x, x), output=index)
+    res = ng.natural_gradient(phi, params, _loss, method="structured")
+    ref = ng.reference.natural_gradient(phi, params, _loss)
+    assert relative_error(ng.flatten_params(res.direction), ng.flatten_params(ref.direction)) <= 1e-9
+    assert res.info["kernel_routes"]["<outside modules>"].startswith("whole-model/vjp: in_proj_weight")

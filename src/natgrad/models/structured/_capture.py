@@ -155,10 +155,10 @@ class _Recorder:
                 self.unrecorded[name] = "parametrization"
                 return None
             found = _param_dependent(output)
-            if plain_recurrent(module) and not isinstance(output, tuple):
-                # A root RNN whose output from_module(output=...) already selected: the recurrence formula
-                # needs the signal at the output sequence, so this call gets whole-model rows.
-                self.unrecorded[name] = "output selected from the recurrent module's tuple"
+            if (plain_recurrent(module) or plain_attention(module)) and not isinstance(output, tuple):
+                # A root module whose output from_module(output=...) already selected: the recurrence and
+                # attention formulas need the signal at the output sequence, so this call gets whole-model rows.
+                self.unrecorded[name] = "output selected from the module's tuple"
                 return None
             sequence = output[0] if plain_recurrent(module) else None
             if isinstance(sequence, torch.Tensor) and sequence.requires_grad:
