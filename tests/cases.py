@@ -392,6 +392,24 @@ class FinalState(nn.Module):
         return self.head(out[:, -1] * torch.tanh(c[-1]))
 
 
+class SequenceFirst(nn.Module):
+    """A sequence-first (T, N, ...) attention or recurrent layer between batch-first transposes."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.transpose(0, 1)
+        out = (
+            self.layer(h, h, h, need_weights=False)[0]
+            if isinstance(self.layer, nn.MultiheadAttention)
+            else self.layer(h)[0]
+        )
+        return self.head(out.transpose(0, 1).mean(1))
+
+
 class ResBlock(nn.Module):
     """ResNet basic block: conv-BN-ReLU-conv-BN plus the identity, then pooling and a linear read-out."""
 
@@ -510,6 +528,17 @@ ZOO = [
             ),
             61,
         ),
+    ),
+    ZooCase(
+        "mha-sequence-first",
+        _zoo(lambda: SequenceFirst(nn.MultiheadAttention(4, 2)), _seq(width=4), 62),
+        r"module 'layer' \(MultiheadAttention\) returned shape \(3, 2, 4\), but the structured route needs the "
+        r"batch axis first .*use batch_first layouts",
+    ),
+    ZooCase(
+        "gru-sequence-first",
+        _zoo(lambda: SequenceFirst(nn.GRU(4, 4)), _seq(width=4), 63),
+        r"module 'layer' \(GRU\) returned shape \(3, 2, 4\), but the structured route needs the batch axis first",
     ),
     ZooCase("resblock-bn-eval", _zoo(ResBlock, lambda g: torch.randn(3, 3, 4, 4, generator=g), 52)),
     ZooCase(
