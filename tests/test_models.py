@@ -276,3 +276,18 @@ def test_a_selected_attention_output_is_exact_on_the_structured_route(index):
     ref = ng.reference.natural_gradient(phi, params, _loss)
     assert relative_error(ng.flatten_params(res.direction), ng.flatten_params(ref.direction)) <= 1e-9
     assert res.info["kernel_routes"]["<outside modules>"].startswith("whole-model/vjp: in_proj_weight")
+
+
+def test_ngd_step_with_batchnorm_in_training_mode_keeps_the_running_statistics():
+    phi, params = _zoo("resblock-bn-train")
+    model = phi.natgrad_module.module
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    objects = dict(model.named_parameters())
+    start = {k: v.clone() for k, v in params.items()}  # params share storage with the model
+    loss = zoo_loss(phi(params))
+    direction = ng.natural_gradient(phi, params, loss).direction
+    natgrad.optim.NGD(model.named_parameters(), lr=0.25, metric=ng.metrics.Euclidean()).step(phi, loss)
+    assert all(torch.equal(b, buffers[k]) for k, b in model.named_buffers())
+    for name, p in model.named_parameters():
+        assert p is objects[name]
+        assert relative_error(p.detach(), start[name] - 0.25 * direction[name]) <= 1e-12
