@@ -145,10 +145,9 @@ class Linearization:
             tensors = [t.detach().requires_grad_(True) for t in self._leaves]
             out = self._phi_leaves(*tensors)
             u = torch.zeros_like(out.detach(), requires_grad=True)
+            grads: tuple[Tensor | None, ...] = (None,) * len(tensors)  # φ does not depend on ξ
             if out.requires_grad:
                 grads = torch.autograd.grad(out, tensors, u, create_graph=True, allow_unused=True)
-            else:  # φ does not depend on ξ
-                grads = (None,) * len(tensors)
         self._reverse = (u, tuple(g if g is not None and g.requires_grad else None for g in grads))
         self._check_adjoint()
         return out.detach()

@@ -154,7 +154,7 @@ def _check_inputs(
             )
 
 
-def _batch_statistics(module: nn.Module) -> tuple[list[str], list[nn.Module]]:
+def _batch_statistics(module: nn.Module) -> tuple[list[str], list[nn.modules.batchnorm._NormBase]]:
     """BatchNorm layers normalising with batch statistics, and the norm layers that would update buffers."""
     coupled = [
         name
@@ -251,7 +251,7 @@ def from_module(
         rng = torch.random.fork_rng(devices=cuda) if seed is not None else nullcontext()
         try:
             for sub, local, qualified in slots:
-                sub._parameters[local] = p[qualified]
+                sub._parameters[local] = p[qualified]  # type: ignore[assignment]  # a tensor stands in
             for sub, buffers in stats:  # batch statistics without updating the running ones
                 for b in buffers:
                     sub._buffers[b] = None

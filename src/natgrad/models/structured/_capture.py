@@ -70,7 +70,7 @@ def call_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
     (whose forward uses the projection's weight directly and never calls the submodule)."""
     params = own_trainable_parameters(module)
     if plain_attention(module):
-        extra = own_trainable_parameters(module.out_proj)
+        extra = own_trainable_parameters(module.out_proj)  # type: ignore[arg-type]
         params.update({f"out_proj.{k}": p for k, p in extra.items()})
     return params
 

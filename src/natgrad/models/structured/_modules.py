@@ -238,7 +238,8 @@ def attention_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBloc
     """
     from natgrad.models._linearized import _math_attention
 
-    module, params = call.module, call.params
+    module: Any = call.module
+    params = call.params
     args = _attention_arguments(call)
     query, key, value = args["query"], args["key"], args["value"]
     if query.dim() != 3:
@@ -282,8 +283,11 @@ def attention_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBloc
     return blocks
 
 
-def _cell(kind: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, relu: bool):
-    """One step of torch's RNN/LSTM/GRU cell from the input part gi and the hidden part gh of the gates."""
+def _cell(
+    kind: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: torch.Tensor, relu: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of torch's RNN/LSTM/GRU cell from the input part gi and the hidden part gh of the gates
+    (the cell state c is carried through unchanged except by the LSTM)."""
     if kind == "LSTM":
         i, f, g, o = (gi + gh).chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -292,8 +296,8 @@ def _cell(kind: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: tor
         ir, iz, in_ = gi.chunk(3, dim=-1)
         hr, hz, hn = gh.chunk(3, dim=-1)
         r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
-        return (1 - z) * torch.tanh(in_ + r * hn) + z * h, None
-    return (torch.relu if relu else torch.tanh)(gi + gh), None
+        return (1 - z) * torch.tanh(in_ + r * hn) + z * h, c
+    return (torch.relu if relu else torch.tanh)(gi + gh), c
 
 
 def recurrent_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
@@ -302,7 +306,8 @@ def recurrent_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBloc
     + b_hh are the signal at the output sequence pulled back through a re-run of the recurrence (the weights
     held fixed), per example.
     """
-    module, params = call.module, call.params
+    module: Any = call.module
+    params = call.params
     kind = "LSTM" if isinstance(module, nn.LSTM) else "GRU" if isinstance(module, nn.GRU) else "RNN"
     x = call.args[0]
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
@@ -321,7 +326,7 @@ def recurrent_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBloc
     relu = getattr(module, "nonlinearity", "tanh") == "relu"
     # Inputs and initial states require grad so that every gate part is a node of the re-run's graph.
     x, h0, c0 = (t.detach().requires_grad_(True) for t in (x, h0, c0))
-    records = []  # (layer inputs, previous states, gi list, gh list, parameter suffix)
+    records = []  # (layer inputs, previous states, gi list, gh list, parameter suffix, steps in visiting order)
     with torch.enable_grad():
         layer_in = x
         for layer in range(module.num_layers):
@@ -335,7 +340,10 @@ def recurrent_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBloc
                 )
                 h, c = h0[layer * directions + direction], c0[layer * directions + direction]
                 order = range(steps - 1, -1, -1) if direction else range(steps)
-                gis, ghs, states, hs = [], [], [], [None] * steps
+                gis: list[torch.Tensor] = []
+                ghs: list[torch.Tensor] = []
+                states: list[torch.Tensor] = []
+                hs: list[torch.Tensor] = [x] * steps  # every entry is overwritten below
                 for t in order:
                     gi, gh = F.linear(layer_in[:, t], w_ih, b_ih), F.linear(h, w_hh, b_hh)
                     states.append(h)
@@ -348,13 +356,14 @@ def recurrent_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBloc
             layer_in = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
         gates = [g for rec in records for g in (*rec[2], *rec[3])]
         signals = torch.autograd.grad(layer_in, gates, s, is_grads_batched=True, allow_unused=True)
-    blocks, position = [], 0
-    for layer_in, states, gis, ghs, suffix, order in records:
+    blocks: list[SharedLinearBlock] = []
+    position = 0
+    for inputs_seen, previous, gis, ghs, suffix, visited in records:
         gi_s = signals[position : position + len(gis)]
         gh_s = signals[position + len(gis) : position + len(gis) + len(ghs)]
         position += len(gis) + len(ghs)
-        inputs = layer_in.detach()[:, order]
-        for part, source, sig in (("ih", inputs, gi_s), ("hh", states.detach(), gh_s)):
+        inputs = inputs_seen.detach()[:, visited]
+        for part, source, sig in (("ih", inputs, gi_s), ("hh", previous.detach(), gh_s)):
             w_name, b_name = f"weight_{part}{suffix}", f"bias_{part}{suffix}"
             if w_name not in params and b_name not in params:
                 continue
