@@ -291,3 +291,27 @@ def test_ngd_step_with_batchnorm_in_training_mode_keeps_the_running_statistics()
     for name, p in model.named_parameters():
         assert p is objects[name]
         assert relative_error(p.detach(), start[name] - 0.25 * direction[name]) <= 1e-12
+
+
+def test_functional_call_is_safe_for_shared_modules_where_torch_func_is_not():
+    """torch.func.functional_call leaves a plain tensor in a model that uses one instance twice; ours does not."""
+    phi, params = _zoo("shared-sequential")
+    model = phi.natgrad_module.module
+    x = phi.natgrad_module.args[0]
+    before = _snapshot(model)
+    moved = {k: v + 0.1 for k, v in params.items()}
+    expected = phi(moved)
+    assert torch.equal(ng.models.functional_call(model, moved, (x,)), expected)
+    _assert_untouched(model, before)
+    J = torch.func.jacrev(lambda p: ng.models.functional_call(model, p, x))(params)
+    assert (
+        relative_error(
+            torch.cat([j.reshape(expected.numel(), -1) for j in J.values()], 1), ng.jacobian(phi, params)
+        )
+        <= 1e-13
+    )
+    _assert_untouched(model, before)
+    with pytest.raises(
+        ValueError, match=r"functional_call: Sequential has no parameters named \['2.weight'\]"
+    ):
+        ng.models.functional_call(model, {"2.weight": params["0.weight"]}, x)

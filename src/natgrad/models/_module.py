@@ -8,7 +8,7 @@ leaves a plain tensor in the model), and weights tied by assignment get the same
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any, NamedTuple
 
@@ -172,6 +172,82 @@ def _batch_statistics(module: nn.Module) -> tuple[list[str], list[nn.modules.bat
 _STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
+class _Substitution:
+    """Runs the module with parameter tensors substituted into its own slots, restoring them afterwards.
+
+    One slot per (module instance, local name): ``model.modules()`` lists a shared instance once, and weights
+    tied by assignment (two slots holding one Parameter) both get the tensor of the Parameter's first name.
+    Norm layers in training mode see no running statistics while the module runs, so they normalise with
+    the batch's and update nothing. With a seed, each call replays that random state (``fork_rng``).
+    """
+
+    def __init__(self, module: nn.Module, seed: int | None = None) -> None:
+        self.module, self.seed = module, seed
+        name_of = {id(p): name for name, p in module.named_parameters()}
+        self.slots = [
+            (sub, local, name_of[id(p)])
+            for sub in module.modules()
+            for local, p in sub._parameters.items()
+            if p is not None
+        ]
+        _, self.updating = _batch_statistics(module)
+        devices = {p.device for p in module.parameters()}
+        self.cuda = list(range(torch.cuda.device_count())) if any(d.type == "cuda" for d in devices) else []
+
+    def __call__(self, params: Mapping[str, Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        slots = [(sub, local, name) for sub, local, name in self.slots if name in params]
+        saved = [sub._parameters[local] for sub, local, _ in slots]
+        stats = [
+            (sub, {b: sub._buffers.get(b) for b in _STAT_BUFFERS if b in sub._buffers})
+            for sub in self.updating
+        ]
+        # torch.manual_seed seeds every CUDA device: fork them all
+        rng = torch.random.fork_rng(devices=self.cuda) if self.seed is not None else nullcontext()
+        try:
+            for sub, local, name in slots:
+                sub._parameters[local] = params[name]  # type: ignore[assignment]  # a tensor stands in
+            for sub, buffers in stats:
+                for b in buffers:
+                    sub._buffers[b] = None
+            with rng:
+                if self.seed is not None:
+                    torch.manual_seed(self.seed)
+                return self.module(*args, **kwargs)
+        finally:
+            for (sub, local, _), original in zip(slots, saved, strict=True):
+                sub._parameters[local] = original
+            for sub, buffers in stats:
+                sub._buffers.update(buffers)
+
+
+def functional_call(
+    module: nn.Module,
+    params: Mapping[str, Tensor],
+    args: Any = (),
+    kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """``module(*args, **kwargs)`` with ``params`` (names as in ``named_parameters()``) in place of its parameters.
+
+    Like ``torch.func.functional_call`` (and usable under torch.func transforms), but safe for the models
+    that one leaves changed: a module instance used several times, weights tied by assignment (give the first
+    name; every slot of that Parameter gets the tensor), and BatchNorm in training mode (batch statistics, no
+    update of the running ones). The model's ``Parameter`` objects are restored afterwards, also on error.
+    Parameters not in ``params`` keep their values.
+    """
+    if not isinstance(module, nn.Module):
+        raise InvalidTypeError(
+            f"functional_call: module must be a torch.nn.Module, got {type(module).__name__}"
+        )
+    known = {name for name, _ in module.named_parameters()}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InvalidInputError(
+            f"functional_call: {type(module).__name__} has no parameters named {unknown}; expected names "
+            "from module.named_parameters() (a tied or shared parameter under its first name)"
+        )
+    return _Substitution(module)(params, args if isinstance(args, tuple) else (args,), dict(kwargs or {}))
+
+
 def from_module(
     module: nn.Module,
     inputs: Any,
@@ -222,21 +298,9 @@ def from_module(
     kw = dict(kwargs or {})
     _check_inputs(module, args, kw, params)
     select = _selector(output)
-    name_of = {id(p): name for name, p in module.named_parameters() if p.requires_grad}
-    # One slot per (module instance, local name): model.modules() lists a shared instance once.
-    slots = [
-        (sub, local, name_of[id(p)])
-        for sub in module.modules()
-        for local, p in sub._parameters.items()
-        if p is not None and id(p) in name_of
-    ]
-    coupled, updating = _batch_statistics(module)
+    call = _Substitution(module, seed)
+    coupled, _ = _batch_statistics(module)
     expected = set(params)
-    devices = {p.device for p in params.values()} | {t.device for _, t in _tensors((args, kw))}
-    if any(d.type == "cuda" for d in devices):  # torch.manual_seed seeds every CUDA device: fork them all
-        cuda = list(range(torch.cuda.device_count()))
-    else:
-        cuda = []
 
     def phi(p: dict[str, Tensor]) -> Tensor:
         if not hasattr(p, "keys") or set(p.keys()) != expected:
@@ -244,26 +308,7 @@ def from_module(
             raise InvalidInputError(
                 f"{_CALL}: phi expects the parameter dict from_module returned (keys {sorted(expected)}), got {got}"
             )
-        saved = [sub._parameters[local] for sub, local, _ in slots]
-        stats = [
-            (sub, {b: sub._buffers.get(b) for b in _STAT_BUFFERS if b in sub._buffers}) for sub in updating
-        ]
-        rng = torch.random.fork_rng(devices=cuda) if seed is not None else nullcontext()
-        try:
-            for sub, local, qualified in slots:
-                sub._parameters[local] = p[qualified]  # type: ignore[assignment]  # a tensor stands in
-            for sub, buffers in stats:  # batch statistics without updating the running ones
-                for b in buffers:
-                    sub._buffers[b] = None
-            with rng:
-                if seed is not None:
-                    torch.manual_seed(seed)
-                out = module(*args, **kw)
-        finally:
-            for (sub, local, _), original in zip(slots, saved, strict=True):
-                sub._parameters[local] = original
-            for sub, buffers in stats:
-                sub._buffers.update(buffers)
+        out = call(p, args, kw)
         return select(out) if select is not None else _only_tensor(out, type(module).__name__)
 
     phi.natgrad_module = ModuleRecord(module, args, kw, select, seed, tuple(coupled))  # type: ignore[attr-defined]
