@@ -247,10 +247,17 @@ def test_tuple_outputs_are_handled_or_the_choice_is_asked_for():
     assert relative_error(ng.flatten_params(res.direction), ng.flatten_params(ref.direction)) <= 1e-9
 
 
-def test_phi_names_the_keys_it_expects():
-    phi, params = ng.from_module(nn.Linear(3, 2), torch.randn(4, 3))
-    with pytest.raises(ValueError, match=r"from_module: phi expects the parameter dict from_module returned"):
-        phi({"weight": params["weight"]})
+def test_phi_takes_a_subset_of_the_parameters_and_names_unknown_ones():
+    torch.manual_seed(6)
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    phi, params = ng.from_module(model, x)
+    weight = torch.zeros_like(params["weight"])
+    assert torch.equal(phi({"weight": weight}), model.bias.detach().expand(4, 2))  # the bias keeps its value
+    with pytest.raises(
+        ValueError, match=r"from_module: phi\(params\) got parameter names the module does not have"
+    ):
+        phi({"weight": weight, "scale": weight})
 
 
 def test_packed_sequences_get_an_actionable_error():

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
+from natgrad._checks import check_params
 from natgrad._tree import Parametrisation, Params, flatten_params, leaves
 from natgrad.exceptions import InvalidInputError, InvalidTypeError
 from natgrad.models._module import module_record
@@ -230,4 +231,9 @@ class Linearization:
 
 def jacobian(phi: Parametrisation, params: Params) -> Tensor:
     """Dense Jacobian of ``phi(params).flatten()`` with respect to ``flatten_params(params)``: (n, d)."""
+    if not callable(phi):
+        raise InvalidTypeError(
+            f"jacobian: phi must be a callable (params -> Tensor), got {type(phi).__name__}"
+        )
+    check_params("jacobian", params)
     return Linearization(phi, params, call="jacobian").jacobian()

@@ -300,13 +300,14 @@ def from_module(
     select = _selector(output)
     call = _Substitution(module, seed)
     coupled, _ = _batch_statistics(module)
-    expected = set(params)
+    names = frozenset(params)  # a subset may be given: the others keep the module's values
 
     def phi(p: dict[str, Tensor]) -> Tensor:
-        if not hasattr(p, "keys") or set(p.keys()) != expected:
-            got = sorted(p.keys()) if hasattr(p, "keys") else type(p).__name__
+        if not hasattr(p, "keys") or not names.issuperset(p.keys()):
+            unknown = sorted(set(p) - names) if hasattr(p, "keys") else type(p).__name__
             raise InvalidInputError(
-                f"{_CALL}: phi expects the parameter dict from_module returned (keys {sorted(expected)}), got {got}"
+                f"from_module: phi(params) got parameter names the module does not have: {unknown}; expected "
+                f"keys among those of the params from_module returned ({sorted(names)})"
             )
         out = call(p, args, kw)
         return select(out) if select is not None else _only_tensor(out, type(module).__name__)
