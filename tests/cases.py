@@ -410,6 +410,30 @@ class SequenceFirst(nn.Module):
         return self.head(out.transpose(0, 1).mean(1))
 
 
+class DictLayer(nn.Module):
+    """A parametrised layer returning a dict whose only parameter-dependent entry is one tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Parameter(0.5 * torch.randn(4, 4))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {"hidden": torch.tanh(x @ self.proj), "positive": x > 0}
+
+
+class DictModel(nn.Module):
+    """Reads the tensor entry of a dict-returning layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = DictLayer()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.layer(x)
+        return self.head(out["hidden"] * out["positive"])
+
+
 class ResBlock(nn.Module):
     """ResNet basic block: conv-BN-ReLU-conv-BN plus the identity, then pooling and a linear read-out."""
 
@@ -540,6 +564,7 @@ ZOO = [
         _zoo(lambda: SequenceFirst(nn.GRU(4, 4)), _seq(width=4), 63),
         r"module 'layer' \(GRU\) returned shape \(3, 2, 4\), but the structured route needs the batch axis first",
     ),
+    ZooCase("dict-output-layer", _zoo(DictModel, lambda g: torch.randn(3, 4, generator=g), 64)),
     ZooCase("resblock-bn-eval", _zoo(ResBlock, lambda g: torch.randn(3, 3, 4, 4, generator=g), 52)),
     ZooCase(
         "resblock-bn-train",

@@ -59,6 +59,7 @@ def test_zoo_structured_route_is_used_layer_by_layer():
         "lstm-final-state",
         "weight-norm",
         "shared-sequential",
+        "dict-output-layer",
     ]:
         _, phi, params, loss, _ = _setup(name)
         routes[name] = ng.natural_gradient(phi, params, loss, method="structured").info["kernel_routes"]
@@ -78,6 +79,9 @@ def test_zoo_structured_route_is_used_layer_by_layer():
     assert routes["gpt-tied"]["tokens"] == routes["gpt-tied"]["out"] == "shared-parameter/vjp"
     assert "0.parametrizations.weight.original0" in routes["weight-norm"]["<outside modules>"]
     assert routes["shared-sequential"]["0"] == "shared-parameter/vjp"
+    assert (
+        routes["dict-output-layer"]["layer"] == "generic/vjp"
+    )  # recorded at its one parameter-dependent entry
 
 
 def _float32(phi):
