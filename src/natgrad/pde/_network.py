@@ -163,8 +163,10 @@ class Network:
         mask[list(dims)] = 1.0
         for kind, what in self._plan:
             if kind == "linear":
-                weight, bias = params[f"{what}.weight"], params[f"{what}.bias"]
-                h = h @ weight.T + bias
+                layer = self.module.get_submodule(what)  # parameters not in params keep their own values
+                weight = params.get(f"{what}.weight", layer.weight)
+                bias = params.get(f"{what}.bias", layer.bias)
+                h = h @ weight.T + (bias if bias is not None else 0.0)
                 grad = grad @ weight.T if grad is not None else None
                 lap = lap @ weight.T if lap is not None else None
             else:
