@@ -331,3 +331,36 @@ def test_ngd_does_not_train_on_a_wrongly_shaped_residual() -> None:
     with pytest.raises(ValueError, match=r"residual of condition 'interior' returned \(9, 2\)"):
         opt.step(problem)
     assert all(torch.equal(before[k], v) for k, v in net.params().items())
+
+
+def test_ngd_step_through_the_linearisation_equals_the_step_on_the_literal_residual() -> None:
+    """NGD.step(problem) uses problem.linearize for the direction; the plain residual map gives the same step."""
+    results = []
+    for forward in ("problem", "literal"):
+        problem = _poisson_problem((2, 3, 1), per_side=4)
+        start = {k: v.clone() for k, v in problem.network.params().items()}
+        opt = NGD(problem.network.module.named_parameters(), line_search="grid")
+        opt.step(problem if forward == "problem" else (lambda p, problem=problem: problem.residuals(p)))
+        step = ng.flatten_params(start) - ng.flatten_params(problem.network.params())
+        results.append((step, opt.last_step))
+    (fast, fast_step), (slow, slow_step) = results
+    assert fast_step["step_size"] == slow_step["step_size"] and fast_step["rank"] == slow_step["rank"]
+    # the two Jacobians agree to rounding; the primal solve amplifies that by up to cond(J)²
+    s = torch.linalg.svdvals(problem.jacobian(start))
+    tol = 10 * float(s[0] / s[-1]) ** 2 * torch.finfo(DT).eps
+    assert slow.norm() > 0 and float((fast - slow).norm() / slow.norm()) <= tol, (
+        fast - slow
+    ).norm() / slow.norm()
+    assert tol < 1e-7
+
+
+def test_set_points_replaces_a_conditions_points_with_the_same_checks() -> None:
+    problem = _poisson_problem((2, 4, 1), per_side=3)
+    fresh = pde.uniform(7, BOX2, _gen(3))
+    problem.set_points("interior", fresh)
+    assert problem.conditions[0].points is fresh and problem.num_residuals == 7 + 12
+    assert problem.residuals(problem.network.params()).shape == (19,)
+    with pytest.raises(ValueError, match=r"condition 'interior' has no points"):
+        problem.set_points("interior", fresh[:0])
+    with pytest.raises(KeyError, match=r"no condition 'edge'; have \['interior', 'boundary'\]"):
+        problem.set_points("edge", fresh)

@@ -121,7 +121,11 @@ class Network:
         self.forward_propagation = self._plan is not None
 
     def params(self) -> dict[str, Tensor]:
-        """The module's parameters by name, detached (the point θ for `natgrad.natural_gradient`)."""
+        """The module's parameters by name, detached (the point θ for `natgrad.natural_gradient`).
+
+        They share storage with the module, so they follow its in-place updates (an optimizer's steps);
+        clone them to keep a snapshot.
+        """
         return {name: p.detach() for name, p in self.module.named_parameters()}
 
     def check_points(self, call: str, points: Tensor) -> None:
