@@ -36,7 +36,7 @@ class Config:
 def config(quick: bool, seed: int = 0) -> Config:
     if quick:
         training = Training(
-            steps=(("ngd", 80), ("adam", 1000), ("lbfgs", 30)),
+            steps=(("ngd", 70), ("adam", 500), ("lbfgs", 15)),
             eval_every=(("ngd", 1), ("adam", 50), ("lbfgs", 1)),
         )
         return Config(seed, (32,), 12, 12, training, 1e-4, (("adam", 10.0), ("lbfgs", 10.0)))
