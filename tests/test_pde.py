@@ -177,8 +177,13 @@ def test_natural_gradient_of_the_linearisation_is_the_reference_natural_gradient
     got, want = ng.flatten_params(fast.direction), ng.flatten_params(ref.direction)
     assert float((got - want).norm() / want.norm()) <= tol
     assert float((fast.pushforward - ref.pushforward).norm() / ref.pushforward.norm()) <= tol
-    # J too large for the budget: the residual map itself (matrix-free products) is used
-    assert problem.linearize(params, memory_budget=8) == problem.residuals
+    # J too large for the budget: the residual map itself, whose J·v and Jᵀ·u are one pass each (krylov)
+    matrix_free = problem.linearize(params, memory_budget=8)
+    assert matrix_free == problem.residuals
+    krylov = ng.natural_gradient(matrix_free, params, loss, memory_budget=8)
+    assert krylov.method == "krylov"
+    got = ng.flatten_params(krylov.direction)
+    assert float((got - want).norm() / want.norm()) <= max(tol, 1e-6)
 
 
 class FixedFeatures(nn.Module):
@@ -319,6 +324,10 @@ def test_bad_input_gets_errors_naming_the_call() -> None:
         net.jet(p, good, laplacian_dims=(2,))
     with pytest.raises(ValueError, match=r"^pde\.uniform: box must be non-empty finite"):
         pde.uniform(3, [(1.0, 0.0)], _gen(0))
+    with pytest.raises(
+        TypeError, match=r"^pde\.value: points are torch\.float32 .* parameters are torch\.float64"
+    ):
+        pde.value(net, p, good.float())
     with pytest.raises(ValueError, match=r"^pde\.mlp: widths must be at least two"):
         pde.mlp([3])
 
@@ -364,3 +373,18 @@ def test_set_points_replaces_a_conditions_points_with_the_same_checks() -> None:
         problem.set_points("interior", fresh[:0])
     with pytest.raises(KeyError, match=r"no condition 'edge'; have \['interior', 'boundary'\]"):
         problem.set_points("edge", fresh)
+
+
+def test_float32_networks_and_points_work_and_agree_with_float64() -> None:
+    module64 = pde.mlp([2, 8, 1], generator=_gen(12))
+    module32 = pde.mlp([2, 8, 1], dtype=torch.float32, generator=_gen(12))
+    net64, net32 = pde.Network(module64), pde.Network(module32)
+    x64 = pde.uniform(10, BOX2, _gen(13))
+    x32 = pde.uniform(10, BOX2, _gen(13), dtype=torch.float32)
+    lap32 = pde.laplacian(net32, net32.params(), x32)
+    assert lap32.dtype == torch.float32
+    torch.testing.assert_close(
+        lap32.double(), pde.laplacian(net64, net64.params(), x64), rtol=1e-4, atol=1e-5
+    )
+    problem = pde.Problem(net32, [pde.interior(x32, lambda jet, x: jet.laplacian())])
+    assert problem.jacobian(net32.params()).dtype == torch.float32

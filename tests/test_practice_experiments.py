@@ -70,7 +70,12 @@ def test_pinn_results_are_deterministic_apart_from_timing() -> None:
 
     def untimed(results):
         methods = {
-            name: {k: v for k, v in history.items() if k not in ("time", "cpu_time", "training_time_s", "training_cpu_s", "time_to", "cpu_time_to")}
+            name: {
+                k: v
+                for k, v in history.items()
+                if k
+                not in ("time", "cpu_time", "training_time_s", "training_cpu_s", "time_to", "cpu_time_to")
+            }
             for name, history in results["methods"].items()
         }
         return {**results, "methods": methods}

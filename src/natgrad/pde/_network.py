@@ -141,6 +141,12 @@ class Network:
             )
         if not points.is_floating_point():
             raise TypeError(f"{call}: points must be floating point, got dtype {points.dtype}")
+        like = next(iter(self.module.parameters()), None)
+        if like is not None and (points.dtype != like.dtype or points.device != like.device):
+            raise TypeError(
+                f"{call}: points are {points.dtype} on {points.device} but the network's parameters are "
+                f"{like.dtype} on {like.device}; convert them with points.to(dtype, device)"
+            )
         if not bool(torch.isfinite(points).all()):
             bad = int((~torch.isfinite(points)).any(1).sum())
             raise ValueError(f"{call}: {bad} point(s) contain NaN or inf; every coordinate must be finite")
