@@ -46,7 +46,8 @@ def mlp(
 ) -> nn.Sequential:
     """A fully connected network widths[0] → … → widths[-1] with ``activation`` between the linear layers.
 
-    Weights are Glorot-normal, N(0, 2 / (fan_in + fan_out)), drawn from ``generator``; biases are zero.
+    Weights are Glorot-normal, N(0, 2 / (fan_in + fan_out)), drawn in float64 from ``generator`` (so a seed
+    gives the same network in every dtype); biases are zero.
     float64 by default: PINN residuals involve second derivatives and their Gauss–Newton systems are ill
     conditioned, so single precision stops the error early.
 
@@ -63,8 +64,10 @@ def mlp(
         linear = nn.Linear(fan_in, fan_out, dtype=dtype, device=device)
         with torch.no_grad():
             std = (2.0 / (fan_in + fan_out)) ** 0.5
-            draw = torch.randn(linear.weight.shape, generator=generator, dtype=dtype)
-            linear.weight.copy_(draw.to(linear.weight.device) * std)
+            draw = torch.randn(
+                linear.weight.shape, generator=generator, dtype=torch.float64
+            )  # same in any dtype
+            linear.weight.copy_((draw * std).to(dtype=dtype, device=linear.weight.device))
             linear.bias.zero_()
         layers.append(linear)
         if i < len(widths) - 2:
