@@ -22,11 +22,12 @@ from torch.func import functional_call, hessian, jacrev, vmap
 
 Params = Mapping[str, Tensor]
 
-# σ' and σ'' from (h, a = σ(h)), for the activations the forward propagation knows.
-_ACTIVATION_DERIVATIVES: dict[type, Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = {
-    nn.Tanh: lambda h, a: (1 - a * a, -2 * a * (1 - a * a)),
-    nn.Sigmoid: lambda h, a: (a * (1 - a), a * (1 - a) * (1 - 2 * a)),
-    nn.SiLU: lambda h, a: _silu_derivatives(h),
+# σ, and (σ', σ'') from (h, a = σ(h)), for the activations the forward propagation knows.
+_Derivatives = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+_ACTIVATIONS: dict[type, tuple[Callable[[Tensor], Tensor], _Derivatives]] = {
+    nn.Tanh: (torch.tanh, lambda h, a: (1 - a * a, -2 * a * (1 - a * a))),
+    nn.Sigmoid: (torch.sigmoid, lambda h, a: (a * (1 - a), a * (1 - a) * (1 - 2 * a))),
+    nn.SiLU: (nn.functional.silu, lambda h, a: _silu_derivatives(h)),
 }
 
 
@@ -83,7 +84,7 @@ def _forward_plan(module: nn.Module) -> list[tuple[str, str | type]] | None:
     for name, layer in module.named_children():
         if type(layer) is nn.Linear:
             plan.append(("linear", name))
-        elif type(layer) in _ACTIVATION_DERIVATIVES:
+        elif type(layer) in _ACTIVATIONS:
             plan.append(("activation", type(layer)))
         elif type(layer) is nn.Identity:
             continue
@@ -183,15 +184,10 @@ class Network:
                 grad = grad @ weight.T if grad is not None else None
                 lap = lap @ weight.T if lap is not None else None
             else:
-                a = (
-                    torch.tanh(h)
-                    if what is nn.Tanh
-                    else torch.sigmoid(h)
-                    if what is nn.Sigmoid
-                    else nn.functional.silu(h)
-                )
+                activation, derivatives = _ACTIVATIONS[what]
+                a = activation(h)
                 if order:
-                    d1, d2 = _ACTIVATION_DERIVATIVES[what](h, a)
+                    d1, d2 = derivatives(h, a)
                     if lap is not None:
                         lap = d2 * torch.einsum("i,nij->nj", mask, grad * grad) + d1 * lap
                     grad = d1.unsqueeze(1) * grad

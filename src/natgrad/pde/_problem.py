@@ -37,7 +37,9 @@ class Condition:
     Args:
         kind: "interior", "boundary" or "initial" (used in messages and results).
         points: (N, D) collocation points.
-        residual: ``(jet, points) -> (N,)``, e.g. ``lambda jet, x: jet.laplacian() + f(x)``.
+        residual: ``(jet, points) -> (N,)``, e.g. ``lambda jet, x: jet.laplacian() + f(x)``. It must be
+            pointwise — row i may depend only on point i (its jet and coordinates), not on a mean over the
+            points — because the Jacobian is built one point at a time.
         weight: w > 0 in the loss (w/2)·mean ρ².
         laplacian_dims: coordinates of ``jet.laplacian()`` (default: all; the spatial ones for
             time-dependent problems).
