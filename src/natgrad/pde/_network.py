@@ -15,6 +15,7 @@ differentiated per point with torch.func (``jacrev`` for ∂u, ``hessian`` for �
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -76,23 +77,24 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-def _forward_plan(module: nn.Module) -> list[tuple[str, str | type]] | None:
-    """[("linear", prefix) | ("activation", type)] when forward propagation applies, else None."""
+def _forward_plan(module: nn.Module) -> list[str | type] | None:
+    """The layers in order — a linear layer's name or an activation's type — when forward propagation
+    applies, else None."""
     if not isinstance(module, nn.Sequential) or len(module) == 0:
         return None
-    plan: list[tuple[str, str | type]] = []
+    plan: list[str | type] = []
     for name, layer in module.named_children():
         if type(layer) is nn.Linear:
-            plan.append(("linear", name))
+            plan.append(name)
         elif type(layer) in _ACTIVATIONS:
-            plan.append(("activation", type(layer)))
+            plan.append(type(layer))
         elif type(layer) is nn.Identity:
             continue
         else:
             return None
         if layer._forward_hooks or layer._forward_pre_hooks:
             return None
-    return plan if plan[0][0] == "linear" else None
+    return plan if plan and isinstance(plan[0], str) else None
 
 
 class Network:
@@ -175,18 +177,19 @@ class Network:
         lap = torch.zeros(n, dim, dtype=points.dtype, device=points.device) if order > 1 else None
         mask = torch.zeros(dim, dtype=points.dtype, device=points.device)
         mask[list(dims)] = 1.0
-        for kind, what in self._plan:
-            if kind == "linear":
-                layer = self.module.get_submodule(what)  # parameters not in params keep their own values
-                weight = params.get(f"{what}.weight", layer.weight)
-                bias = params.get(f"{what}.bias", layer.bias)
+        assert self._plan is not None
+        for what in self._plan:
+            if isinstance(what, str):
+                layer = cast(nn.Linear, self.module.get_submodule(what))  # parameters not in params keep
+                weight = params.get(f"{what}.weight", layer.weight)  # their own values
+                bias: Tensor | None = params.get(f"{what}.bias", layer.bias)
                 h = h @ weight.T + (bias if bias is not None else 0.0)
                 grad = grad @ weight.T if grad is not None else None
                 lap = lap @ weight.T if lap is not None else None
             else:
                 activation, derivatives = _ACTIVATIONS[what]
                 a = activation(h)
-                if order:
+                if grad is not None:
                     d1, d2 = derivatives(h, a)
                     if lap is not None:
                         lap = d2 * torch.einsum("i,nij->nj", mask, grad * grad) + d1 * lap
@@ -255,6 +258,11 @@ class Jet:
     def _squeeze(self, t: Tensor) -> Tensor:
         return t.squeeze(1) if t.shape[1] == 1 else t
 
+    def _input_jacobian(self) -> Tensor:
+        grad = self._at_order(1)[1]
+        assert grad is not None  # order ≥ 1 computes it
+        return grad
+
     @property
     def value(self) -> Tensor:
         """u_θ(x): (N,) for a scalar network, (N, m) otherwise."""
@@ -263,27 +271,29 @@ class Jet:
     @property
     def gradient(self) -> Tensor:
         """∇_x u_θ: (N, D) for a scalar network, (N, m, D) (the input Jacobian) otherwise."""
-        return self._squeeze(self._at_order(1)[1])
+        return self._squeeze(self._input_jacobian())
 
     def derivative(self, dim: int) -> Tensor:
         """∂u/∂x_dim (e.g. the time derivative when x_dim is time): (N,) or (N, m)."""
         (dim,) = _dims("pde.Jet.derivative", [dim], self.network.input_dim)
-        return self._squeeze(self._at_order(1)[1][..., dim])
+        return self._squeeze(self._input_jacobian()[..., dim])
 
     def laplacian(self) -> Tensor:
         """Δ_S u = Σ_{i∈S} ∂²u/∂x_i² over the jet's ``laplacian_dims`` S: (N,) or (N, m)."""
-        return self._squeeze(self._at_order(2)[2])
+        lap = self._at_order(2)[2]
+        assert lap is not None  # order 2 computes it
+        return self._squeeze(lap)
 
     def divergence(self, dims: Sequence[int] | None = None) -> Tensor:
         """div u = Σ_k ∂u_k/∂x_{dims[k]} of a vector field u with m = len(dims) outputs: (N,)."""
         dims = _dims("pde.Jet.divergence", dims, self.network.input_dim)
-        jac = self._at_order(1)[1]
+        jac = self._input_jacobian()
         if jac.shape[1] != len(dims):
             raise ValueError(
                 f"pde.divergence: the network has {jac.shape[1]} output(s) but the divergence over coordinates "
                 f"{list(dims)} needs {len(dims)}; pass dims with one coordinate per output"
             )
-        return sum(jac[:, k, dim] for k, dim in enumerate(dims))
+        return torch.stack([jac[:, k, dim] for k, dim in enumerate(dims)]).sum(0)
 
 
 def _dims(call: str, dims: Sequence[int] | None, input_dim: int) -> tuple[int, ...]:

@@ -54,7 +54,7 @@ def time_derivative(network: Network, params: Params, points: Tensor, time_dim: 
     return _jet("pde.time_derivative", network, params, points).derivative(time_dim)
 
 
-def _coefficient(c: Coefficient, points: Tensor) -> Tensor | float:
+def _coefficient(c: float | Callable[[Tensor], Tensor], points: Tensor) -> Tensor | float:
     return c(points) if callable(c) else float(c)
 
 

@@ -73,10 +73,10 @@ def box_boundary_grid(points_per_edge: int, box: Box, dtype: torch.dtype = torch
     x = lo[0] + (hi[0] - lo[0]) * t
     y = lo[1] + (hi[1] - lo[1]) * t
     edges = [
-        torch.stack([x, torch.full_like(t, lo[1])], 1),
-        torch.stack([torch.full_like(t, hi[0]), y], 1),
-        torch.stack([hi[0] + lo[0] - x, torch.full_like(t, hi[1])], 1),
-        torch.stack([torch.full_like(t, lo[0]), hi[1] + lo[1] - y], 1),
+        torch.stack([x, torch.full_like(t, float(lo[1]))], 1),
+        torch.stack([torch.full_like(t, float(hi[0])), y], 1),
+        torch.stack([hi[0] + lo[0] - x, torch.full_like(t, float(hi[1]))], 1),
+        torch.stack([torch.full_like(t, float(lo[0])), hi[1] + lo[1] - y], 1),
     ]
     return torch.cat(edges, 0).to(dtype)
 
