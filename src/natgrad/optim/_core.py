@@ -166,11 +166,16 @@ def ngd_step(
     loss0 = scalar_loss(loss, z0)
     curvature = resolve_curvature(settings.metric, loss, z0, settings.mc_samples, problem.generator)
 
+    # a residual map that can linearise itself (natgrad.pde.Problem) gives a cheaper model with the same value
+    # and Jacobian at θ for every Jacobian product and the factorisation; trial points still use forward
+    linearize = getattr(forward, "linearize", None)
+    model: Forward = linearize(theta) if callable(linearize) else forward
+
     prior = _momentum_prior(state, problem)
     engine_loss = _scaled(loss, curvature.scale)
     jp = None
     if prior is not None:
-        jp = jvp(forward, (theta,), (prior,))[1]
+        jp = jvp(model, (theta,), (prior,))[1]
         engine_loss = shifted_loss(engine_loss, curvature.matvec(jp))
     line_search = settings.line_search or FullStep()
     # a line search guards the step by itself (it never accepts a larger loss); the safeguard guards α = 1
@@ -182,12 +187,12 @@ def ngd_step(
 
     def floor() -> float:  # eps·tr(sG): two JVPs, computed once per step and only when the rule needs it
         if "floor" not in cached:
-            cached["floor"] = precision_floor(forward, theta, curvature, z0.dtype)
+            cached["floor"] = precision_floor(model, theta, curvature, z0.dtype)
         return cached["floor"]
 
     with _solver_errors(loss0):
         fac = factorize(
-            forward,
+            model,
             theta,
             curvature.metric,
             _inverse(state.damping, curvature, settings.inverse),
@@ -199,12 +204,12 @@ def ngd_step(
         with _solver_errors(loss0):
             solved = _solve(fac, engine_loss, damping, curvature, attempts == 1)
         direction = add_prior(solved.direction, prior)
-        _check_direction(direction, solved, forward, theta, loss0)
+        _check_direction(direction, solved, model, theta, loss0)
         _check_update(theta, direction, problem.lr)
         step_vec = {name: problem.lr[name] * v for name, v in direction.items()}
         slope = curvature_term = math.nan
         if grad_z is not None:
-            jd = _step_pushforward(forward, theta, step_vec, solved, jp, problem.lr, z0)
+            jd = _step_pushforward(model, theta, step_vec, solved, jp, problem.lr, z0)
             slope = float((grad_z * jd).sum())  # ⟨∇L, d⟩ = ⟨∇_z L, J d⟩
             curvature_term = curvature.scale * float((jd * curvature.matvec(jd)).sum())  # dᵀ (sG) d
 
@@ -221,7 +226,7 @@ def ngd_step(
         ratio = reduction_ratio(loss0 - loss_new, predicted) if alpha > 0 else -math.inf
         poor = not math.isfinite(ratio) or ratio < settings.damping_rule.lower
         lowest = floor() if (settings.adaptive_damping or damping > 0 or poor) else 0.0
-        next_damping = _next_damping(settings, damping, ratio, lowest, forward, theta, curvature, solved)
+        next_damping = _next_damping(settings, damping, ratio, lowest, model, theta, curvature, solved)
         accepted = math.isfinite(loss_new) and loss_new <= loss0
         retry = (
             attempts < settings.max_attempts

@@ -16,7 +16,9 @@ Two ways to call a step:
 * ``step(forward, loss)``: ``forward(params)`` maps a dict ``{name: tensor}`` of the optimizer's parameters to
   the model outputs z on the batch (build it with `NGD.functional`, or with ``torch.func.functional_call``
   when the optimizer was given ``model.named_parameters()``); ``loss(z)`` returns a scalar.
-  ``step(residual_fn)`` alone minimises ½‖r‖² with the Euclidean metric (Gauss–Newton).
+  ``step(residual_fn)`` alone minimises ½‖r‖² with the Euclidean metric (Gauss–Newton). A ``forward`` with a
+  ``linearize(params)`` method (``natgrad.pde.Problem``) is differentiated through the linear map it returns,
+  which has the same value and Jacobian at θ; trial points of the line search still evaluate ``forward``.
 * ``step(closure)``, torch-style (``closure()`` zeroes the grads, computes the loss, calls ``backward()`` and
   returns the loss), for an optimizer built with `NGD.from_module` and an explicit ``metric``: a forward hook
   captures the module's one call inside the closure (inputs, outputs z₀) and a tensor hook ∇_z L(z₀); the
