@@ -31,6 +31,9 @@ class SolveInfo(TypedDict, total=False):
             column blocks read, preconditioner rank, whether its factorisation was complete.
         kernel_solves: structured-krylov route, one record per kernel solve (method, iterations, why it stopped,
             preconditioner extensions).
+        jvp: how products J t were formed: "forward" (forward-mode AD) or "reverse" (double VJP, for phi
+            with operations that lack forward-mode AD).
+        coupled_examples: phi from ``from_module`` with BatchNorm using batch statistics: which layers.
     """
 
     consistent: bool
@@ -45,6 +48,8 @@ class SolveInfo(TypedDict, total=False):
     near_singular: bool
     certificate: dict[str, Any]
     kernel_solves: list[dict[str, Any]]
+    jvp: str
+    coupled_examples: str
 
 
 @dataclass(frozen=True)

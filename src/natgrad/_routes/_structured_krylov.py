@@ -68,13 +68,14 @@ class StructuredKrylovFactorization(Factorization):
 
     def _build(self, record: ModuleRecord, check_outside: bool) -> None:
         problem, z = self.problem, self.problem.lin.z
-        factors, context = emit_factors(
-            record.module,
-            record.args,
-            factor_for(problem.metric, z),
-            check_outside=check_outside,
-            kwargs=record.kwargs,
-        )
+        with record.calling():  # the output selection of from_module, as in phi
+            factors, context = emit_factors(
+                record.module,
+                record.args,
+                factor_for(problem.metric, z),
+                check_outside=check_outside,
+                kwargs=record.kwargs,
+            )
         if factors.rows_count != problem.r:
             context.release()
             raise StructuredUnsupported(
