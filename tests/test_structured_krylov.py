@@ -145,6 +145,7 @@ def test_minnorm_goes_to_krylov_and_plain_callables_are_refused():
         ng.natural_gradient(lambda p: p * 2, torch.ones(3), lambda z: z.sum(), method=ROUTE)
 
 
+@functools.cache
 def _low_rank_case(dtype: torch.dtype):
     """MLP 32-64-64-10 on inputs of latent dimension 4 plus 1% noise: an ill-conditioned kernel."""
     torch.manual_seed(5)
@@ -163,14 +164,23 @@ def _low_rank_case(dtype: torch.dtype):
     return phi, params, loss
 
 
+@functools.cache
+def _low_rank_reference():
+    """The float64 reference and the retained eigenvalues of G (computed once: the reference's d × d
+    pseudo-inverse dominates these tests)."""
+    phi64, params64, loss64 = _low_rank_case(torch.float64)
+    ref = ng.reference.natural_gradient(phi64, params64, loss64, ng.metrics.Categorical())
+    evals = torch.linalg.eigvalsh(ng.reference.gram(phi64, params64, ng.metrics.Categorical())["G"])[
+        -ref.rank :
+    ]
+    return ref, evals
+
+
 @pytest.mark.parametrize("rank", [8, 256], ids=["krylov-first", "complete-first"])
 def test_float32_agrees_with_float64_on_an_ill_conditioned_kernel(rank, monkeypatch):
     """float32 model, default cutoff: within 1e-4 of the float64 answer, every direction of K retained."""
     monkeypatch.setattr(_structured_krylov, "DEFAULT_RANK", rank)
-    phi64, params64, loss64 = _low_rank_case(torch.float64)
-    ref = ng.reference.natural_gradient(phi64, params64, loss64, ng.metrics.Categorical())
-    kernel = ng.reference.gram(phi64, params64, ng.metrics.Categorical())
-    evals = torch.linalg.eigvalsh(kernel["G"])[-ref.rank :]
+    ref, evals = _low_rank_reference()
     assert float(evals[-1] / evals[0]) > 1e3  # ill-conditioned, and the old float32 default would cut it
     assert float(evals[0] / evals[-1]) < 10 * 24 * 9 * torch.finfo(torch.float32).eps
     phi, params, loss = _low_rank_case(torch.float32)
@@ -200,8 +210,7 @@ def test_krylov_route_says_when_it_would_resolve_a_dropped_direction():
 
 def test_float32_auto_agrees_with_float64_on_an_ill_conditioned_kernel():
     """``auto`` (the dense structured route here) with the kernel-error cutoff keeps every direction in float32."""
-    phi64, params64, loss64 = _low_rank_case(torch.float64)
-    ref = ng.reference.natural_gradient(phi64, params64, loss64, ng.metrics.Categorical())
+    ref, _ = _low_rank_reference()
     phi, params, loss = _low_rank_case(torch.float32)
     res = ng.natural_gradient(phi, params, loss, ng.metrics.Categorical())
     assert res.method == "structured" and res.rank == ref.rank
