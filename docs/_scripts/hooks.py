@@ -1,0 +1,93 @@
+"""MkDocs hooks: API reference pages from each package's ``__all__``, optional pages, benchmark tables.
+
+- ``on_config``: nav entries whose page does not exist are dropped (pages that other work adds later, such as
+  ``pde.md``), and the "API reference" nav section is filled with one page per public module.
+- ``on_files``: the API pages are generated in memory (never written to ``docs/``), one ``:::`` block per
+  public name so mkdocstrings renders its docstring.
+- ``on_page_markdown``: ``<!-- benchmark-tables -->`` becomes the tables built from
+  ``benchmarks/results/*.json``, ``<!-- api-index -->`` the list of public modules.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import benchmark_tables  # noqa: E402
+import public_api  # noqa: E402
+from mkdocs.structure.files import File  # noqa: E402
+
+API_SECTION = "API reference"
+REPO = HERE.parent.parent
+
+
+def _api_page(module_name: str) -> str:
+    import importlib
+
+    module = importlib.import_module(module_name)
+    summary = (module.__doc__ or "").strip().splitlines()
+    lines = [f"# `{module_name}`", ""]
+    if summary:
+        lines += ["\n".join(summary), ""]
+    lines += [
+        "| name | summary |",
+        "|---|---|",
+    ]
+    symbols = public_api.public_symbols(module_name)
+    for symbol in symbols:
+        first = (public_api.docstring(symbol) or "").strip().split("\n\n")[0].replace("\n", " ")
+        first = first.replace("|", "\\|")
+        lines.append(f"| [`{symbol.name}`][{symbol.path}] | {first} |")
+    lines.append("")
+    for symbol in symbols:
+        lines += [f"::: {symbol.path}", ""]
+    return "\n".join(lines)
+
+
+def _api_uri(module_name: str) -> str:
+    return f"api/{module_name}.md"
+
+
+def _drop_missing(nav: list, docs_dir: Path) -> list:
+    kept = []
+    for entry in nav:
+        if isinstance(entry, str):
+            if entry.startswith(("http://", "https://")) or (docs_dir / entry).exists():
+                kept.append(entry)
+            continue
+        (title, value), = entry.items()
+        if title == API_SECTION:
+            kept.append({title: [{m: _api_uri(m)} for m in public_api.public_modules()]})
+        elif isinstance(value, list):
+            kept.append({title: _drop_missing(value, docs_dir)})
+        elif value.startswith(("http://", "https://")) or (docs_dir / value).exists():
+            kept.append(entry)
+    return kept
+
+
+def on_config(config):
+    config["nav"] = _drop_missing(config["nav"], Path(config["docs_dir"]))
+    return config
+
+
+def on_files(files, config):
+    for module_name in public_api.public_modules():
+        files.append(File.generated(config, _api_uri(module_name), content=_api_page(module_name)))
+    return files
+
+
+def on_page_markdown(markdown, page, config, files):
+    if "<!-- benchmark-tables -->" in markdown:
+        markdown = markdown.replace("<!-- benchmark-tables -->", benchmark_tables.render(REPO / "benchmarks" / "results"))
+    if "<!-- api-index -->" in markdown:
+        rows = []
+        for name in public_api.public_modules():
+            import importlib
+
+            doc = (importlib.import_module(name).__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+            rows.append(f"| [`{name}`]({_api_uri(name)}) | {doc} |")
+        markdown = markdown.replace("<!-- api-index -->", "| module | what it holds |\n|---|---|\n" + "\n".join(rows))
+    return markdown
