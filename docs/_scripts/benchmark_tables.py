@@ -107,6 +107,22 @@ def render(results_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def crossover_summary(results_dir: Path) -> str:
+    """One sentence per side of d = r from ``crossover.json``: how often auto's pick was the fastest route."""
+    path = results_dir / "crossover.json"
+    if not path.exists():
+        return "*(no crossover measurement in benchmarks/results/ yet)*"
+    summary = json.loads(path.read_text(encoding="utf-8")).get("summary", {})
+    lines = []
+    for side, numbers in summary.items():
+        lines.append(
+            f"- {side}: auto's pick was the fastest route at {numbers['auto_is_fastest']} of "
+            f"{numbers['points']} points, and never more than {numbers['worst_auto_over_fastest']:.2f}× "
+            f"slower than the fastest (fastest routes there: {', '.join(numbers.get('fastest_routes', []))})."
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     root = Path(__file__).resolve().parents[2]
     sys.stdout.write(render(root / "benchmarks" / "results"))

@@ -5,7 +5,8 @@
 - ``on_files``: the API pages are generated in memory (never written to ``docs/``), one ``:::`` block per
   public name so mkdocstrings renders its docstring.
 - ``on_page_markdown``: ``<!-- benchmark-tables -->`` becomes the tables built from
-  ``benchmarks/results/*.json``, ``<!-- api-index -->`` the list of public modules.
+  ``benchmarks/results/*.json``, ``<!-- crossover-summary -->`` the crossover measurement in words, ``<!-- api-index -->`` the list of
+  public modules.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def on_files(files, config):
 def on_page_markdown(markdown, page, config, files):
     if "<!-- benchmark-tables -->" in markdown:
         markdown = markdown.replace("<!-- benchmark-tables -->", benchmark_tables.render(REPO / "benchmarks" / "results"))
+    if "<!-- crossover-summary -->" in markdown:
+        summary = benchmark_tables.crossover_summary(REPO / "benchmarks" / "results")
+        markdown = markdown.replace("<!-- crossover-summary -->", summary)
     if "<!-- api-index -->" in markdown:
         rows = []
         for name in public_api.public_modules():
