@@ -31,7 +31,9 @@ def test_public_modules_are_found(public_api):
 
 def test_every_public_symbol_has_a_docstring(public_api):
     missing = public_api.undocumented()
-    assert not missing, "public names without a docstring (add one where it is defined):\n  " + "\n  ".join(missing)
+    assert not missing, "public names without a docstring (add one where it is defined):\n  " + "\n  ".join(
+        missing
+    )
 
 
 def test_undocumented_names_are_detected(public_api):

@@ -27,7 +27,9 @@ def python_blocks(text: str) -> list[tuple[int, str, bool]]:
     return blocks
 
 
-PAGES = sorted(p for p in DOCS.rglob("*.md") if "_scripts" not in p.parts)
+PAGES = sorted(
+    p for p in DOCS.rglob("*.md") if not any(part.startswith("_") for part in p.relative_to(DOCS).parts)
+)
 
 
 def test_block_extraction():

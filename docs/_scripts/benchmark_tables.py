@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Any
 
 META = ("benchmark", "description", "settings", "environment", "summary")
-ENVIRONMENT_KEYS = ("python", "torch", "numpy", "platform", "cpu_count", "torch_threads", "device", "date", "git_commit")
+ENVIRONMENT_KEYS = (
+    "python",
+    "torch",
+    "numpy",
+    "platform",
+    "cpu_count",
+    "torch_threads",
+    "device",
+    "date",
+    "git_commit",
+)
 
 
 def _format(value: Any) -> str:
@@ -65,7 +75,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     for row in flat:
         columns += [c for c in row if c not in columns]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_format(row.get(c, "")) if c in row else "" for c in columns) + " |" for row in flat]
+    lines += [
+        "| " + " | ".join(_format(row.get(c, "")) if c in row else "" for c in columns) + " |" for row in flat
+    ]
     return "\n".join(lines)
 
 
@@ -101,7 +113,9 @@ def render(results_dir: Path) -> str:
         if "settings" in data:
             parts.append(f"*Settings:* `{json.dumps(data['settings'])}`\n")
         if isinstance(data.get("summary"), dict):
-            parts.append("*Summary:*\n\n" + table([{"group": k, **v} for k, v in data["summary"].items()]) + "\n")
+            parts.append(
+                "*Summary:*\n\n" + table([{"group": k, **v} for k, v in data["summary"].items()]) + "\n"
+            )
         for name, rows in measurement_sets(data):
             parts.append(f"**{name}**\n\n{table(rows)}\n")
     return "\n".join(parts)

@@ -49,18 +49,32 @@ def fibres() -> None:
         U = shift * kernel @ torch.ones(1, 2, dtype=F64)
         other = ng.natural_gradient(phi, xi, loss, inverse=ng.GInverse(U=U))
         step = -0.25 * other.direction
-        ax.annotate("", xy=(xi + step).tolist(), xytext=xi.tolist(), arrowprops={"arrowstyle": "->", "color": colour})
+        ax.annotate(
+            "", xy=(xi + step).tolist(), xytext=xi.tolist(), arrowprops={"arrowstyle": "->", "color": colour}
+        )
     step = -0.25 * mp.direction
     line = torch.stack([xi + step + t * kernel[:, 0] for t in (-0.35, 0.35)])
     ax.plot(line[:, 0], line[:, 1], ":", color="tab:orange", lw=1)
-    ax.annotate("", xy=(xi + step).tolist(), xytext=xi.tolist(), arrowprops={"arrowstyle": "->", "color": "tab:blue", "lw": 2})
+    ax.annotate(
+        "",
+        xy=(xi + step).tolist(),
+        xytext=xi.tolist(),
+        arrowprops={"arrowstyle": "->", "color": "tab:blue", "lw": 2},
+    )
     ax.plot(*xi.tolist(), "ko")
-    ax.set(xlabel="ξ₁", ylabel="ξ₂", title="parameters: −v for several G⁻ (blue: Moore–Penrose)", aspect="equal")
+    ax.set(
+        xlabel="ξ₁", ylabel="ξ₂", title="parameters: −v for several G⁻ (blue: Moore–Penrose)", aspect="equal"
+    )
     ax.title.set_fontsize(9)
     z0 = float(mp.output)
     bx.axhline(0, color="0.6")
     bx.plot([z0], [0], "ko")
-    bx.annotate("", xy=(z0 - 0.25 * float(mp.pushforward), 0), xytext=(z0, 0), arrowprops={"arrowstyle": "->", "color": "tab:blue", "lw": 2})
+    bx.annotate(
+        "",
+        xy=(z0 - 0.25 * float(mp.pushforward), 0),
+        xytext=(z0, 0),
+        arrowprops={"arrowstyle": "->", "color": "tab:blue", "lw": 2},
+    )
     bx.plot([1.5], [0], "g*", markersize=12)
     bx.set(xlim=(0, 2), ylim=(-1, 1), yticks=[], xlabel="z = ξ₁ξ₂", title="the model: every −J v is the same")
     bx.title.set_fontsize(9)
@@ -77,10 +91,18 @@ def cutoff() -> None:
         xi = torch.tensor([xi1, 0.8, -0.6], dtype=F64)
         rep = dg.cutoff_sensitivity(phi, xi, loss, rtols, method="lstsq")
         errors = [max(e, 1e-17) for e in rep.pushforward_errors]
-        ax.loglog(rtols, errors, style, label=f"ξ₁ = {xi1:g} (σ₂/σ₁ = {rep.singular_values[-1] / rep.singular_values[0]:.0e})", ms=4)
+        ax.loglog(
+            rtols,
+            errors,
+            style,
+            label=f"ξ₁ = {xi1:g} (σ₂/σ₁ = {rep.singular_values[-1] / rep.singular_values[0]:.0e})",
+            ms=4,
+        )
     ax.axvline(ng.default_rtol(F64, 2, 3), color="0.5", ls="--", lw=0.8)
     ax.text(ng.default_rtol(F64, 2, 3) * 1.5, 1e-6, "default rtol", fontsize=8, color="0.4")
-    ax.set(xlabel="rtol (cutoff λ ≤ rtol·λ_max)", ylabel="pushforward error", title="the cutoff decides the rank")
+    ax.set(
+        xlabel="rtol (cutoff λ ≤ rtol·λ_max)", ylabel="pushforward error", title="the cutoff decides the rank"
+    )
     ax.legend(fontsize=8)
     save(fig, "concepts_cutoff.png")
 
@@ -168,18 +190,30 @@ def depth() -> None:
     site = nl.training_fisher(X, y)
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.4))
     for depth_ in (1, 2, 3):
-        net = nl.DepthOne.from_end_to_end(w0) if depth_ == 1 else nl.SignedDiagonal.from_end_to_end(w0, depth_, scale=0.1)
+        net = (
+            nl.DepthOne.from_end_to_end(w0)
+            if depth_ == 1
+            else nl.SignedDiagonal.from_end_to_end(w0, depth_, scale=0.1)
+        )
         style = ("-", "--", ":")[depth_ - 1]
         steps = list(range(0, 2001, 50))
         gd = nl.descend(net, site, 0.1, steps[-1], "gd", record=steps)
         axes[0].plot(steps, [float(w.abs().sum() / w.norm()) for w in gd.w], style, label=f"depth {depth_}")
         steps = list(range(0, 101, 5))
         # NGD from the same w0 with a moderate α: discrete steps from a tiny α are explosive in deep nets
-        net = nl.DepthOne.from_end_to_end(w0) if depth_ == 1 else nl.SignedDiagonal.from_end_to_end(w0, depth_, scale=1.0)
+        net = (
+            nl.DepthOne.from_end_to_end(w0)
+            if depth_ == 1
+            else nl.SignedDiagonal.from_end_to_end(w0, depth_, scale=1.0)
+        )
         ngd = nl.descend(net, site, 0.05, steps[-1], "ngd", record=steps)
-        axes[1].plot(steps, [float(nl.margins(X, y, w).mean()) for w in ngd.w], style, label=f"depth {depth_}")
+        axes[1].plot(
+            steps, [float(nl.margins(X, y, w).mean()) for w in ngd.w], style, label=f"depth {depth_}"
+        )
     axes[0].set(xlabel="step", ylabel="‖w‖₁ / ‖w‖₂ (smaller: sparser)", title="GD: depth makes w sparse")
-    axes[1].set(xlabel="step", ylabel="mean training margin", title="NGD: the same training margins at every depth")
+    axes[1].set(
+        xlabel="step", ylabel="mean training margin", title="NGD: the same training margins at every depth"
+    )
     for ax in axes:
         ax.title.set_fontsize(9)
         ax.legend(fontsize=8)
@@ -194,7 +228,13 @@ def peers() -> None:
         rows = data[key]
         methods = [k for k, v in rows[0].items() if isinstance(v, dict) and "gradients" in v]
         for method in methods:
-            ax.loglog([r[axis] for r in rows], [r[method]["gradients"] if method in r else math.nan for r in rows], "-o", ms=3, label=method)
+            ax.loglog(
+                [r[axis] for r in rows],
+                [r[method]["gradients"] if method in r else math.nan for r in rows],
+                "-o",
+                ms=3,
+                label=method,
+            )
         ax.set(xlabel=axis, title=f"MLP, sweep over {axis}")
     axes[0].set_ylabel("cost (one gradient = 1)")
     axes[0].legend(fontsize=7)

@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import benchmark_tables  # noqa: E402
+import griffe_roles  # noqa: E402
 import public_api  # noqa: E402
 from mkdocs.structure.files import File  # noqa: E402
 
@@ -25,27 +26,43 @@ API_SECTION = "API reference"
 REPO = HERE.parent.parent
 
 
+def _identifier(symbol: public_api.Symbol) -> str:
+    """The path mkdocstrings renders: the public one, or the defining one where a submodule shadows it
+    (``natgrad.natural_gradient`` is both a module and the function it exports)."""
+    obj = symbol.obj
+    shadowed = symbol.path in sys.modules and hasattr(obj, "__qualname__")
+    return f"{obj.__module__}.{obj.__qualname__}" if shadowed else symbol.path
+
+
 def _api_page(module_name: str) -> str:
     import importlib
 
     module = importlib.import_module(module_name)
-    summary = (module.__doc__ or "").strip().splitlines()
-    lines = [f"# `{module_name}`", ""]
-    if summary:
-        lines += ["\n".join(summary), ""]
+    lines = [
+        f"# `{module_name}`",
+        "",
+        griffe_roles.ROLE.sub(griffe_roles._code, (module.__doc__ or "").strip()),
+        "",
+    ]
     lines += [
         "| name | summary |",
         "|---|---|",
     ]
     symbols = public_api.public_symbols(module_name)
     for symbol in symbols:
-        first = (public_api.docstring(symbol) or "").strip().split("\n\n")[0].replace("\n", " ")
-        first = first.replace("|", "\\|")
-        lines.append(f"| [`{symbol.name}`][{symbol.path}] | {first} |")
+        lines.append(
+            f"| [`{symbol.name}`][{_identifier(symbol)}] | {_summary(public_api.docstring(symbol))} |"
+        )
     lines.append("")
     for symbol in symbols:
-        lines += [f"::: {symbol.path}", ""]
+        lines += [f"::: {_identifier(symbol)}", ""]
     return "\n".join(lines)
+
+
+def _summary(text: str | None) -> str:
+    """The first paragraph of a docstring on one line, roles as inline code, safe inside a table cell."""
+    first = (text or "").strip().split("\n\n")[0].replace("\n", " ")
+    return griffe_roles.ROLE.sub(griffe_roles._code, first).replace("|", "\\|")
 
 
 def _api_uri(module_name: str) -> str:
@@ -59,7 +76,7 @@ def _drop_missing(nav: list, docs_dir: Path) -> list:
             if entry.startswith(("http://", "https://")) or (docs_dir / entry).exists():
                 kept.append(entry)
             continue
-        (title, value), = entry.items()
+        ((title, value),) = entry.items()
         if title == API_SECTION:
             kept.append({title: [{m: _api_uri(m)} for m in public_api.public_modules()]})
         elif isinstance(value, list):
@@ -82,7 +99,9 @@ def on_files(files, config):
 
 def on_page_markdown(markdown, page, config, files):
     if "<!-- benchmark-tables -->" in markdown:
-        markdown = markdown.replace("<!-- benchmark-tables -->", benchmark_tables.render(REPO / "benchmarks" / "results"))
+        markdown = markdown.replace(
+            "<!-- benchmark-tables -->", benchmark_tables.render(REPO / "benchmarks" / "results")
+        )
     if "<!-- crossover-summary -->" in markdown:
         summary = benchmark_tables.crossover_summary(REPO / "benchmarks" / "results")
         markdown = markdown.replace("<!-- crossover-summary -->", summary)
@@ -91,7 +110,9 @@ def on_page_markdown(markdown, page, config, files):
         for name in public_api.public_modules():
             import importlib
 
-            doc = (importlib.import_module(name).__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+            doc = _summary(importlib.import_module(name).__doc__)
             rows.append(f"| [`{name}`]({_api_uri(name)}) | {doc} |")
-        markdown = markdown.replace("<!-- api-index -->", "| module | what it holds |\n|---|---|\n" + "\n".join(rows))
+        markdown = markdown.replace(
+            "<!-- api-index -->", "| module | what it holds |\n|---|---|\n" + "\n".join(rows)
+        )
     return markdown
