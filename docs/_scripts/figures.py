@@ -53,7 +53,7 @@ def fibres() -> None:
             "", xy=(xi + step).tolist(), xytext=xi.tolist(), arrowprops={"arrowstyle": "->", "color": colour}
         )
     step = -0.25 * mp.direction
-    line = torch.stack([xi + step + t * kernel[:, 0] for t in (-0.35, 0.35)])
+    line = torch.stack([xi + step + t * kernel[:, 0] for t in (-0.7, 0.7)])
     ax.plot(line[:, 0], line[:, 1], ":", color="tab:orange", lw=1)
     ax.annotate(
         "",
