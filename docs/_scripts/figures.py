@@ -220,6 +220,37 @@ def depth() -> None:
     save(fig, "depth_margins.png")
 
 
+def training() -> None:
+    """Full-batch training loss per step: NGD against SGD and Adam on the same small classifier."""
+    from natgrad.optim import NGD, CrossEntropy
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 2)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for name in ("NGD", "SGD", "Adam"):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+        losses = []
+        if name == "NGD":
+            opt = NGD(model.parameters(), lr=1.0, damping=1e-3, line_search="grid")
+            f = opt.functional(model)
+            for _ in range(60):
+                losses.append(float(opt.step(lambda p: f(p, x), CrossEntropy(y))))
+        else:
+            opt = torch.optim.SGD(model.parameters(), lr=0.5) if name == "SGD" else torch.optim.Adam(model.parameters(), lr=0.05)
+            for _ in range(60):
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+        ax.semilogy(losses, label=name)
+    ax.set(xlabel="step (full batch)", ylabel="training loss", title="64 points, XOR-like labels, tanh MLP 2-16-2")
+    ax.legend(fontsize=8)
+    save(fig, "training_loss.png")
+
+
 def peers() -> None:
     """Structured route and peers against width and batch size (cost in gradients)."""
     data = json.loads((RESULTS / "structured_vs_peers.json").read_text())
@@ -243,5 +274,5 @@ def peers() -> None:
 
 if __name__ == "__main__":
     FIGURES.mkdir(parents=True, exist_ok=True)
-    for make in (fibres, cutoff, damping, crossover, charts, depth, peers):
+    for make in (fibres, cutoff, damping, crossover, charts, depth, training, peers):
         make()
