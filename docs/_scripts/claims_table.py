@@ -25,41 +25,38 @@ def _cell(text: str) -> str:
 def render(run: Path, command: str) -> str:
     claims = json.loads((run / "claims.json").read_text(encoding="utf-8"))
     env = json.loads((run / "environment.json").read_text(encoding="utf-8"))
+    commit = str(env.get("git_commit", "?"))
+    commit = f"`{commit[:12]}`" + (" with uncommitted changes" if commit.endswith("+dirty") else "")
     lines = [
-        f"Produced by `{command}` at commit `{str(env.get('git_commit', '?'))[:12]}` on {env.get('time', '?')}: "
+        f"Produced by `{command}` at commit {commit} on {env.get('time', '?')}: "
         f"Python {env.get('python')}, torch {env.get('torch')}, {env.get('cpu_count')} CPUs "
         f"({env.get('torch_threads')} torch threads), device {env.get('device')}. "
         f"**{claims['passed']} claims hold, {claims['failed']} fail**"
         + (f", errors in: {', '.join(claims['errors'])}" if claims.get("errors") else "")
         + ".",
         "",
-        "| experiment | paper | claim | statement | value | test | holds | time |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    meta: dict[str, dict] = {}
-    for claim in claims["claims"]:
-        name = claim["experiment"]
-        if name not in meta:
-            results = run / name / "results.json"
-            meta[name] = json.loads(results.read_text(encoding="utf-8")) if results.exists() else {}
-        info = meta[name]
-        first = claim is next(c for c in claims["claims"] if c["experiment"] == name)
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    f"`{name}`" if first else "",
-                    info.get("paper", "") if first else "",
-                    f"`{claim['id']}`",
-                    _cell(claim["statement"]),
-                    _number(claim["value"]),
-                    f"{claim['relation']} {_number(claim['threshold'])}",
-                    "✓" if claim["holds"] else "✗",
-                    f"{info['elapsed_s']:.1f} s" if first and "elapsed_s" in info else "",
-                ]
-            )
-            + " |"
-        )
+    names = list(dict.fromkeys(claim["experiment"] for claim in claims["claims"]))
+    for name in names:
+        results = run / name / "results.json"
+        info = json.loads(results.read_text(encoding="utf-8")) if results.exists() else {}
+        elapsed = f", {info['elapsed_s']:.1f} s" if "elapsed_s" in info else ""
+        lines += [
+            f"**`{name}`** ({info.get('paper', '?')}{elapsed}): {_cell(info.get('title', ''))}",
+            "",
+            "| claim | statement | value | test | holds |",
+            "|---|---|---|---|---|",
+        ]
+        for claim in (c for c in claims["claims"] if c["experiment"] == name):
+            cells = [
+                f"`{claim['id']}`",
+                _cell(claim["statement"]),
+                _number(claim["value"]),
+                f"{claim['relation']} {_number(claim['threshold'])}",
+                "✓" if claim["holds"] else "✗",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
