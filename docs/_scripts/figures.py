@@ -236,9 +236,13 @@ def training() -> None:
             opt = NGD(model.parameters(), lr=1.0, damping=1e-3, line_search="grid")
             f = opt.functional(model)
             for _ in range(60):
-                losses.append(float(opt.step(lambda p: f(p, x), CrossEntropy(y))))
+                losses.append(float(opt.step(lambda p, f=f: f(p, x), CrossEntropy(y))))
         else:
-            opt = torch.optim.SGD(model.parameters(), lr=0.5) if name == "SGD" else torch.optim.Adam(model.parameters(), lr=0.05)
+            opt = (
+                torch.optim.SGD(model.parameters(), lr=0.5)
+                if name == "SGD"
+                else torch.optim.Adam(model.parameters(), lr=0.05)
+            )
             for _ in range(60):
                 opt.zero_grad()
                 loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -246,7 +250,11 @@ def training() -> None:
                 opt.step()
                 losses.append(float(loss.detach()))
         ax.semilogy(losses, label=name)
-    ax.set(xlabel="step (full batch)", ylabel="training loss", title="64 points, XOR-like labels, tanh MLP 2-16-2")
+    ax.set(
+        xlabel="step (full batch)",
+        ylabel="training loss",
+        title="64 points, XOR-like labels, tanh MLP 2-16-2",
+    )
     ax.legend(fontsize=8)
     save(fig, "training_loss.png")
 
