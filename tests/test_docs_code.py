@@ -44,9 +44,11 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
         pytest.skip("no runnable python block")
     monkeypatch.chdir(tmp_path)
     pytest.importorskip("matplotlib").use("Agg")
+    torch = pytest.importorskip("torch")
     namespace: dict = {"__name__": "__docs__"}
-    for line, code in blocks:
-        try:
-            exec(compile(code, f"{page.name}:{line}", "exec"), namespace)
-        except Exception as error:
-            raise AssertionError(f"{page.name}, block at line {line} failed: {error!r}") from error
+    with torch.random.fork_rng():  # the guides seed torch; later tests keep their own random state
+        for line, code in blocks:
+            try:
+                exec(compile(code, f"{page.name}:{line}", "exec"), namespace)
+            except Exception as error:
+                raise AssertionError(f"{page.name}, block at line {line} failed: {error!r}") from error
