@@ -18,9 +18,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import benchmark_tables  # noqa: E402
-import griffe_roles  # noqa: E402
 import public_api  # noqa: E402
-from mkdocs.structure.files import File  # noqa: E402
+from roles import as_code  # noqa: E402
 
 API_SECTION = "API reference"
 REPO = HERE.parent.parent
@@ -34,14 +33,15 @@ def _identifier(symbol: public_api.Symbol) -> str:
     return f"{obj.__module__}.{obj.__qualname__}" if shadowed else symbol.path
 
 
-def _api_page(module_name: str) -> str:
+def api_page(module_name: str) -> str:
+    """The markdown of one module's reference page: a summary table, then one ``:::`` block per name."""
     import importlib
 
     module = importlib.import_module(module_name)
     lines = [
         f"# `{module_name}`",
         "",
-        griffe_roles.ROLE.sub(griffe_roles._code, (module.__doc__ or "").strip()),
+        as_code((module.__doc__ or "").strip()),
         "",
     ]
     lines += [
@@ -62,14 +62,15 @@ def _api_page(module_name: str) -> str:
 def _summary(text: str | None) -> str:
     """The first paragraph of a docstring on one line, roles as inline code, safe inside a table cell."""
     first = (text or "").strip().split("\n\n")[0].replace("\n", " ")
-    return griffe_roles.ROLE.sub(griffe_roles._code, first).replace("|", "\\|")
+    return as_code(first).replace("|", "\\|")
 
 
 def _api_uri(module_name: str) -> str:
     return f"api/{module_name}.md"
 
 
-def _drop_missing(nav: list, docs_dir: Path) -> list:
+def drop_missing(nav: list, docs_dir: Path) -> list:
+    """The nav without entries whose page does not exist, with the API section listing every public module."""
     kept = []
     for entry in nav:
         if isinstance(entry, str):
@@ -80,20 +81,22 @@ def _drop_missing(nav: list, docs_dir: Path) -> list:
         if title == API_SECTION:
             kept.append({title: [{m: _api_uri(m)} for m in public_api.public_modules()]})
         elif isinstance(value, list):
-            kept.append({title: _drop_missing(value, docs_dir)})
+            kept.append({title: drop_missing(value, docs_dir)})
         elif value.startswith(("http://", "https://")) or (docs_dir / value).exists():
             kept.append(entry)
     return kept
 
 
 def on_config(config):
-    config["nav"] = _drop_missing(config["nav"], Path(config["docs_dir"]))
+    config["nav"] = drop_missing(config["nav"], Path(config["docs_dir"]))
     return config
 
 
 def on_files(files, config):
+    from mkdocs.structure.files import File  # here, so that the tests import this module without mkdocs
+
     for module_name in public_api.public_modules():
-        files.append(File.generated(config, _api_uri(module_name), content=_api_page(module_name)))
+        files.append(File.generated(config, _api_uri(module_name), content=api_page(module_name)))
     return files
 
 
