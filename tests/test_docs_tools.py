@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -112,3 +113,18 @@ def test_claims_table_of_a_run_folder(tmp_path):
     assert "**1 claims hold, 1 fail**" in text and "with uncommitted changes" in text
     assert "**`toy`** (depth, 1.2 s): Toy" in text
     assert "| `c1` | a \\| b | 1e-12 | <= 1e-10 | ✓ |" in text and "| `c2` |" in text and "✗" in text
+
+
+LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+\.) ")
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "docs").glob("*.md")), ids=lambda p: p.name)
+def test_lists_start_after_a_blank_line(page):
+    """Python-Markdown joins a list that directly follows a paragraph line into that paragraph."""
+    lines, fenced, joined = page.read_text(encoding="utf-8").splitlines(), False, []
+    for number, (previous, line) in enumerate(zip(lines, lines[1:], strict=False), start=2):
+        fenced ^= previous.lstrip().startswith("```")
+        if not fenced and LIST_ITEM.match(line) and previous.strip() and not LIST_ITEM.match(previous):
+            if not previous.startswith((" ", "\t")):
+                joined.append(f"line {number}: {line.strip()[:50]}")
+    assert not joined, "add a blank line before these lists:\n" + "\n".join(joined)
