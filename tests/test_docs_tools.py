@@ -128,3 +128,25 @@ def test_lists_start_after_a_blank_line(page):
             if not previous.startswith((" ", "\t")):
                 joined.append(f"line {number}: {line.strip()[:50]}")
     assert not joined, "add a blank line before these lists:\n" + "\n".join(joined)
+
+
+def test_site_crawl_reports_broken_links_anchors_and_images(tmp_path):
+    check = load("check_site")
+    (tmp_path / "index.html").write_text(
+        '<h1 id="top">x</h1><a href="page.html#top">ok</a><a href="page.html#nope">bad anchor</a>'
+        '<a href="missing.html">missing</a><img src="figure.png"><img src="gone.png">'
+        '<a href="https://example.org/">external, not checked</a>'
+    )
+    (tmp_path / "page.html").write_text('<p id="top">page</p><a href="index.html#top">back</a>')
+    (tmp_path / "figure.png").write_bytes(b"\x89PNG")
+    server, root = check._serve(tmp_path)
+    try:
+        pages, problems = check.crawl(root)
+    finally:
+        server.shutdown()
+    assert pages == [root, root + "page.html"]
+    assert sorted(problems) == [
+        f"{root}: image gone.png does not load",
+        f"{root}: link page.html#nope points at a missing anchor",
+        f"{root}: link to {root}missing.html does not resolve (HTTP 404)",
+    ]

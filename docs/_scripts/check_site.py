@@ -65,17 +65,24 @@ def _fetch(url: str) -> tuple[int, str]:
         return error.code, ""
 
 
+def _page_url(url: str) -> str:
+    """One name per page: ``dir/index.html`` and ``dir/`` are the same page."""
+    page, _ = urldefrag(url)
+    return page.removesuffix("index.html")
+
+
 def crawl(root: str) -> tuple[list[str], list[str]]:
     """(pages found, problems): every internal link, anchor and image of the site under ``root``."""
     pages: dict[str, _Links] = {}
-    queue, problems = [root], []
+    queue: list[tuple[str, str]] = [(root, "the home page")]
+    problems: list[str] = []
     while queue:
-        url = queue.pop()
+        url, referrer = queue.pop()
         if url in pages:
             continue
         status, html = _fetch(url)
         if status != 200:
-            problems.append(f"{url}: HTTP {status}")
+            problems.append(f"{referrer}: link to {url} does not resolve (HTTP {status})")
             continue
         pages[url] = parsed = _parse(html)
         for src in parsed.images:
@@ -85,15 +92,15 @@ def crawl(root: str) -> tuple[list[str], list[str]]:
             target = urljoin(url, href)
             if not target.startswith(root):
                 continue  # external: not checked (the check runs offline)
-            page, _ = urldefrag(target)
-            if page.endswith("/") or page.endswith(".html"):
-                queue.append(page)
+            page = _page_url(target)
+            if page.endswith(("/", ".html")):
+                queue.append((page, url))
             elif _fetch(page)[0] != 200:
                 problems.append(f"{url}: link {href} does not resolve")
     for url, parsed in pages.items():
         for href in parsed.links:
             target = urljoin(url, href)
-            page, anchor = urldefrag(target)
+            page, anchor = _page_url(target), urldefrag(target)[1]
             if (
                 target.startswith(root)
                 and anchor
