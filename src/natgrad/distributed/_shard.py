@@ -170,8 +170,8 @@ def prepare_shard(
     grad = lin.vjp(output_grad)
     check_finite(call, "the parameter gradient on this shard", grad, "phi is not differentiable at params")
     coefficients = local.factor_solve(output_grad)
-    # Forward mode runs only later, inside collective phases (the matrix-free products, the pushforward): a
-    # model that cannot do it must fail here, where every rank hears about it.
-    lin.jvp(torch.zeros_like(lin.flat))
+    # Products J t run later, inside collective phases (the matrix-free products, the pushforward): the
+    # Linearization above already probed them (forward mode, or reverse mode where forward AD is missing), so
+    # a model that cannot form them failed here, where every rank hears about it.
     scale = scaling(inverse, call)
     return Shard(lin, local, loss_value, output_grad, grad, coefficients, inverse, params, scale)

@@ -12,7 +12,8 @@ by default), p = μ v_prev the dual-form momentum (zero without momentum), and �
 Closure protocol: ``step(forward, loss)``. ``forward(params)`` maps a dict ``{name: tensor}`` of the
 optimizer's parameters to the model outputs z on the batch (build it with `NGD.functional`, or with
 ``torch.func.functional_call`` when the optimizer was given ``model.named_parameters()``); ``loss(z)``
-returns a scalar. ``step(residual_fn)`` alone minimises ½‖r‖² with the Euclidean metric (Gauss–Newton).
+returns a scalar. A ``forward`` with a ``linearize(params)`` method (``natgrad.pde.Problem``) is differentiated
+through the linear map it returns, which has the same value and Jacobian at θ. ``step(residual_fn)`` alone minimises ½‖r‖² with the Euclidean metric (Gauss–Newton).
 The natural gradient needs the outputs, not only the loss, which is why the closure is split in two.
 """
 
@@ -183,8 +184,11 @@ class NGD(torch.optim.Optimizer):
         if prior is not None:
             jp = jvp(forward, (theta,), (prior,))[1]
             engine_loss = shifted_loss(engine_loss, curvature.matvec(jp))
+        # a residual map that can linearise itself (natgrad.pde.Problem) supplies a cheaper model with the
+        # same value and Jacobian at theta for the direction; the line search still evaluates forward
+        linearize = getattr(forward, "linearize", None)
         result = ng.natural_gradient(
-            forward,
+            linearize(theta) if callable(linearize) else forward,
             theta,
             engine_loss,
             metric=curvature.metric,
