@@ -12,9 +12,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+import natgrad.experiments as experiments_api
 from _fake_experiments import make_experiment
 from natgrad.cli import app
-import natgrad.experiments as experiments_api
 from natgrad.experiments import _registry
 from natgrad.report._atomic import read_json
 from natgrad.report.progress import LineProgress, RichProgress
