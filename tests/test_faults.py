@@ -252,16 +252,19 @@ def test_base_install_without_the_cli_extra_names_the_extra_to_install():
 
 
 # -- what a killed writer leaves behind, and interrupts between results and claims --------------------------
-def _leave_leftovers(folder: Path) -> list[Path]:
-    (folder / "a").mkdir(parents=True, exist_ok=True)
-    staging = folder / "a" / ".figures-k1ll3d"
-    staging.mkdir()
-    (staging / "half.png").write_bytes(b"\x89PNG")
-    temps = [folder / ".config.json.0123456789ab.tmp", folder / "a" / ".results.json.ba9876543210.tmp"]
-    for temp in temps:
-        temp.write_text("{ half")
-    (folder / ".natgrad-lock.json").write_text('{"pid": 999999999}')  # holder that died
-    return [staging, *temps]
+def _leave_leftovers(folder: Path, in_experiment: bool) -> list[Path]:
+    """What a writer killed at various points leaves (before config.json: only top-level temporaries)."""
+    left = [folder / ".config.json.0123456789ab.tmp", folder / ".natgrad-lock.json.0a1b2c3d4e5f.tmp"]
+    if in_experiment:
+        staging = folder / "a" / ".figures-k1ll3d"
+        staging.mkdir(parents=True)
+        (staging / "half.png").write_bytes(b"\x89PNG")
+        left += [staging, folder / "a" / ".results.json.ba9876543210.tmp"]
+    for temp in left:
+        if not temp.exists():
+            temp.write_text("{ half")
+    (folder / ".natgrad-lock.json").write_text('{"pid": 999999999}')  # its holder died
+    return left
 
 
 def test_the_next_writer_removes_what_a_killed_one_left(tmp_path, monkeypatch):
@@ -269,11 +272,11 @@ def test_the_next_writer_removes_what_a_killed_one_left(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments_api, "all_experiments", lambda: {"a": make_experiment("a", calls)})
     fresh = tmp_path / "fresh"  # killed before it wrote config.json: not mistaken for a foreign folder
     fresh.mkdir()
-    left = _leave_leftovers(fresh)
+    left = _leave_leftovers(fresh, in_experiment=False)
     result = runner.invoke(app, ["reproduce", "--out", str(fresh)])
     assert result.exit_code == 0, result.output
     assert not any(p.exists() for p in left) and _leftovers(fresh) == []
-    left = _leave_leftovers(fresh)  # and in a folder with results
+    left = _leave_leftovers(fresh, in_experiment=True)  # and in a folder with results
     assert runner.invoke(app, ["report", str(fresh)]).exit_code == 0
     assert not any(p.exists() for p in left) and _leftovers(fresh) == []
     assert calls == Counter({"a": 1})

@@ -173,37 +173,35 @@ def _unfinished_line(folder: RunFolder, outcome: Outcome) -> str:
     return f"MISSING {outcome.name}: no results yet (not run to the end); rerun the same command to run it"
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+class _StopSignals:
+    """SIGINT and SIGTERM during a command: raise ``KeyboardInterrupt`` while armed, only note them after.
 
+    Armed while experiments run, so Ctrl-C or a scheduler's SIGTERM stops the work in progress; disarmed
+    for the final summary, so a signal can never cut claims.json or report.html short or skip them. A signal
+    that arrives once everything has finished does not turn a complete run into an interrupted one.
+    """
 
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a scheduler's or ``kill``'s stop) takes the same path as Ctrl-C: store, summarise, exit 130."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread: signals cannot be handled here
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self) -> None:
+        self.armed = True
+        self.received: str | None = None
 
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signal.Signals(signum).name
+        if self.armed:
+            raise KeyboardInterrupt(self.received)
 
-@contextlib.contextmanager
-def _uninterruptible() -> Iterator[None]:
-    """Ignore SIGINT/SIGTERM for a short final write, so a second Ctrl-C cannot cut the summary in half."""
-    try:
-        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_StopSignals]:
+        try:
+            previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: signals cannot be handled here
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 @app.command("list")
@@ -263,57 +261,43 @@ def reproduce_command(
             raise _fail(console, f"natgrad reproduce: {exc}", EXIT_USAGE) from exc
     out = out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     names_selected = [e.name for e in selected]
+    stop = _StopSignals()
     try:
-        with _sigterm_interrupts(), RunFolder.locked(out) as folder:
-            _reproduce_locked(console, folder, registry, selected, quick, seed, force, device)
-            with _uninterruptible():
-                code = _finish(console, folder, registry, names_selected)
+        with stop.installed(), RunFolder.locked(out) as folder:
+            try:
+                folder.write_environment(collect_environment(device))
+                console.print(
+                    Text(
+                        f"run folder: {folder.path}  (quick={quick}, seed={seed}, device={device or 'default'})"
+                    )
+                )
+                hooks = _ConsoleHooks(console)
+                reproduce(folder, selected, quick=quick, seed=seed, force=force, device=device, hooks=hooks)
+                stop.armed = False
+            except KeyboardInterrupt:
+                stop.armed = False
+                stop.received = stop.received or "KeyboardInterrupt"
+            code = _finish(console, folder, registry, names_selected)
+            cut_short = stop.received is not None and not _all_finished(folder, registry, names_selected)
     except RunFolderError as exc:
         raise _fail(console, f"natgrad reproduce: {exc}", EXIT_USAGE) from exc
     except ConfigConflictError as exc:
         raise _fail(console, str(exc), EXIT_USAGE) from exc
-    except _Interrupted as stop:
-        raise _fail(
-            console,
-            f"interrupted; finished experiments are stored in {stop.folder.path}. "
-            f"Resume: rerun the same command with --out {stop.folder.path}",
-            EXIT_INTERRUPTED,
-        ) from None
     except KeyboardInterrupt:  # before the folder was ready: nothing was run
         raise _fail(console, f"interrupted before any experiment ran ({out})", EXIT_INTERRUPTED) from None
+    if cut_short:
+        raise _fail(
+            console,
+            f"interrupted ({stop.received}); finished experiments are stored in {folder.path}. "
+            f"Resume: rerun the same command with --out {folder.path}",
+            EXIT_INTERRUPTED,
+        )
     raise typer.Exit(code)
 
 
-class _Interrupted(Exception):
-    """A reproduction stopped by SIGINT/SIGTERM after its summary was written."""
-
-    def __init__(self, folder: RunFolder) -> None:
-        super().__init__(str(folder.path))
-        self.folder = folder
-
-
-def _reproduce_locked(
-    console: Console,
-    folder: RunFolder,
-    registry: dict[str, Experiment],
-    selected: list[Experiment],
-    quick: bool,
-    seed: int,
-    force: bool,
-    device: str | None,
-) -> None:
-    folder.write_environment(collect_environment(device))
-    console.print(
-        Text(f"run folder: {folder.path}  (quick={quick}, seed={seed}, device={device or 'default'})")
-    )
-    try:
-        reproduce(
-            folder, selected, quick=quick, seed=seed, force=force, device=device, hooks=_ConsoleHooks(console)
-        )
-    except KeyboardInterrupt:
-        with _uninterruptible():
-            _finish(console, folder, registry, [e.name for e in selected])
-        raise _Interrupted(folder) from None
+def _all_finished(folder: RunFolder, registry: dict[str, Experiment], names: list[str]) -> bool:
+    outcomes = read_outcomes(folder, registry)
+    return all(o.status in ("done", "error") for o in outcomes if o.name in names)
 
 
 @app.command("report")
@@ -323,18 +307,29 @@ def report_command(
     """Rebuild claims, figures and report.html of a run folder from its stored results (no rerun)."""
     console = _console()
     registry = _registry_or_exit(console)
+    stop = _StopSignals()
     try:
         folder = RunFolder.open(run_dir)
-        with _sigterm_interrupts(), folder.lock():
-            outcomes = rebuild(folder, registry)
-            with _uninterruptible():
-                code = _finish(console, folder, registry, [o.name for o in outcomes])
+        with stop.installed(), folder.lock():
+            try:
+                outcomes = rebuild(folder, registry)
+                stop.armed = False
+            except KeyboardInterrupt:
+                stop.armed = False
+                stop.received = stop.received or "KeyboardInterrupt"
+                outcomes = read_outcomes(folder, registry)
+            code = _finish(console, folder, registry, [o.name for o in outcomes])
+            cut_short = stop.received is not None and not _all_finished(
+                folder, registry, [o.name for o in outcomes]
+            )
     except RunFolderError as exc:
         raise _fail(console, f"natgrad report: {exc}", EXIT_USAGE) from exc
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the folder was opened
+        raise _fail(console, "interrupted; nothing was rebuilt", EXIT_INTERRUPTED) from None
+    if cut_short:
         raise _fail(
             console, f"interrupted; rerun `natgrad report {run_dir}` to rebuild the rest", EXIT_INTERRUPTED
-        ) from None
+        )
     raise typer.Exit(code)
 
 

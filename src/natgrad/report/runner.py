@@ -218,6 +218,7 @@ def reproduce(
     """
     hooks = hooks or Hooks()
     with folder.lock():
+        folder.remove_leftovers()
         planned = plan(folder, experiments, quick, seed, force)
         folder.set_records({item.experiment.name: item.record for item in planned})
         outcomes = []
@@ -239,6 +240,7 @@ def rebuild(folder: RunFolder, registry: dict[str, Experiment]) -> list[Outcome]
     longer registered keep their stored claims and figures and are marked as errors.
     """
     with folder.lock():
+        folder.remove_leftovers()
         return [
             _rebuild_one(folder, name, record, registry.get(name))
             for name, record in folder.records().items()
