@@ -4,8 +4,17 @@ The natural parameter gradient v = G⁻ ∇ξ(L∘φ) with G = Jᵀ g J, for any
 generalized inverse G⁻, computed by the cheapest exact route and checkable against a float64 reference.
 """
 
-from natgrad import metrics, reference
+from natgrad import exceptions, metrics, reference
+from natgrad._factorize import GramFactorization, Parametrisation, factorize
 from natgrad._tree import flatten_params, num_params, unflatten_like
+from natgrad.exceptions import (
+    ConvergenceError,
+    InvalidInputError,
+    InvalidTypeError,
+    MemoryBudgetError,
+    NatgradError,
+    StructuredUnsupported,
+)
 from natgrad.linalg import Damped, GInverse, MinNorm, MoorePenrose, default_rtol
 from natgrad.models import from_module, jacobian
 from natgrad.natural_gradient import NaturalGradient, choose_route, natural_gradient
@@ -13,13 +22,23 @@ from natgrad.natural_gradient import NaturalGradient, choose_route, natural_grad
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvergenceError",
     "Damped",
     "GInverse",
+    "GramFactorization",
+    "InvalidInputError",
+    "InvalidTypeError",
+    "MemoryBudgetError",
     "MinNorm",
     "MoorePenrose",
+    "NatgradError",
     "NaturalGradient",
+    "Parametrisation",
+    "StructuredUnsupported",
     "choose_route",
     "default_rtol",
+    "exceptions",
+    "factorize",
     "flatten_params",
     "from_module",
     "jacobian",

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from natgrad._tree import Params, leaf_names, leaves
+from natgrad.exceptions import InvalidInputError, InvalidTypeError
 
 
 def check_finite(call: str, what: str, tensor: Tensor, hint: str = "") -> None:
@@ -17,27 +18,33 @@ def check_finite(call: str, what: str, tensor: Tensor, hint: str = "") -> None:
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         msg = f"{call}: {what} contains {bad} non-finite value(s) (NaN or inf)"
-        raise ValueError(msg + (f"; {hint}" if hint else ""))
+        raise InvalidInputError(msg + (f"; {hint}" if hint else ""))
 
 
 def check_params(call: str, params: Params) -> tuple[torch.dtype, torch.device]:
     """Params must be floating tensors of one dtype and device, all finite. Returns (dtype, device)."""
     if isinstance(params, dict) or hasattr(params, "items"):
         if len(params) == 0:
-            raise ValueError(f"{call}: params is an empty dict; expected at least one parameter tensor")
+            raise InvalidInputError(
+                f"{call}: params is an empty dict; expected at least one parameter tensor"
+            )
         for name, t in params.items():
             if not isinstance(t, Tensor):
-                raise TypeError(f"{call}: params[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
+                raise InvalidTypeError(
+                    f"{call}: params[{name!r}] must be a torch.Tensor, got {type(t).__name__}"
+                )
     elif not isinstance(params, Tensor):
-        raise TypeError(f"{call}: params must be a Tensor or a dict of Tensors, got {type(params).__name__}")
+        raise InvalidTypeError(
+            f"{call}: params must be a Tensor or a dict of Tensors, got {type(params).__name__}"
+        )
     tensors = leaves(params)
     names = leaf_names(params)
     dtype, device = tensors[0].dtype, tensors[0].device
     for name, t in zip(names, tensors, strict=True):
         if not t.is_floating_point():
-            raise TypeError(f"{call}: parameter {name!r} must be floating point, got dtype {t.dtype}")
+            raise InvalidTypeError(f"{call}: parameter {name!r} must be floating point, got dtype {t.dtype}")
         if t.dtype != dtype or t.device != device:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{call}: all parameters must share one dtype and device; {names[0]!r} is "
                 f"{dtype}/{device} but {name!r} is {t.dtype}/{t.device}; convert them with .to()"
             )
@@ -48,7 +55,7 @@ def check_params(call: str, params: Params) -> tuple[torch.dtype, torch.device]:
 def check_tensor(call: str, what: str, value: object) -> None:
     """``value`` must be a ``torch.Tensor`` (not a list or array)."""
     if not isinstance(value, Tensor):
-        raise TypeError(f"{call}: {what} must be a torch.Tensor, got {type(value).__name__}")
+        raise InvalidTypeError(f"{call}: {what} must be a torch.Tensor, got {type(value).__name__}")
 
 
 def check_real(call: str, what: str, value: object) -> float:
@@ -59,7 +66,7 @@ def check_real(call: str, what: str, value: object) -> float:
         ok = not isinstance(value, bool | str | complex) and hasattr(value, "__float__")
     if not ok:
         got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else repr(value)
-        raise TypeError(f"{call}: {what} must be a real number, got {got}")
+        raise InvalidTypeError(f"{call}: {what} must be a real number, got {got}")
     return float(value)
 
 
@@ -67,13 +74,13 @@ def check_like(call: str, what: str, tensor: Tensor, shape: tuple[int, ...], lik
     """``tensor`` must have ``shape``, the dtype and device of ``like``, and finite entries."""
     check_tensor(call, what, tensor)
     if tuple(tensor.shape) != tuple(shape):
-        raise ValueError(f"{call}: {what} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+        raise InvalidInputError(f"{call}: {what} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
     if tensor.dtype != like.dtype:
-        raise TypeError(
+        raise InvalidTypeError(
             f"{call}: {what} must have dtype {like.dtype} (that of the parameters), got {tensor.dtype}"
         )
     if tensor.device != like.device:
-        raise TypeError(
+        raise InvalidTypeError(
             f"{call}: {what} must be on device {like.device} (that of the parameters), got {tensor.device}"
         )
     check_finite(call, what, tensor)

@@ -12,10 +12,10 @@ from torch import Tensor
 from torch.func import grad as func_grad
 from torch.func import jacrev
 
+from natgrad._result import NaturalGradient
 from natgrad._tree import Params, flatten_params, num_params, unflatten_like
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 from natgrad.metrics import Euclidean, Metric
-from natgrad.natural_gradient import NaturalGradient
 
 
 def _to64(params: Params) -> Params:

@@ -1,69 +1,90 @@
-"""Matrix-free route: Krylov solves on A x = Bᵀ(J x) and Aᵀ y = Jᵀ(B y); nothing of size r×d or d×d exists."""
+"""Matrix-free route: Krylov solves on A x = Bᵀ(J x) and Aᵀ y = Jᵀ(B y); nothing of size r×d or d×d exists.
+
+"Factorising" costs nothing here: each product with G⁺ or (G + λI)⁻¹ is its own iterative solve.
+Moore–Penrose: v = A⁺c by LSQR when ∇ = Aᵀc, else v = A⁺ (Aᵀ)⁺ ∇ = G⁺∇ (two least-squares solves);
+Damped: CG on G + λI. The numerical rank is not available (None).
+"""
 
 from __future__ import annotations
 
-import warnings
+from dataclasses import dataclass
 
 from torch import Tensor
 
+from natgrad._routes._factorization import Factorization, Operator, SolveInfo
 from natgrad._routes._problem import Problem
-from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, cg, lsqr
+from natgrad._routes._route import Route, RouteName
+from natgrad._tree import Params
+from natgrad.linalg import KrylovInfo, cg, lsqr
+from natgrad.models import ModuleRecord
 
 
-def solve_krylov(problem: Problem, inverse: Inverse, tol: float, max_iter: int) -> tuple[Tensor, None, dict]:
-    """v = G⁻∇ with LSQR (Moore–Penrose, GInverse, MinNorm) or CG on G + λI (Damped).
+class KrylovFactorization(Factorization):
+    """Products with G⁺, I − G⁺G and (G + λI)⁻¹ by LSQR and CG; records each solve's outcome."""
 
-    Moore–Penrose: v = A⁺c when ∇ = Aᵀc, else v = A⁺ (Aᵀ)⁺ ∇ = G⁺∇ (two least-squares solves).
-    The numerical rank is not available on this route (reported as None).
-    """
-    r, d = problem.r, problem.d
-    a, at = problem.a_matvec, problem.at_matvec
-    grad, c = problem.grad, problem.c
-    solves = []
+    rank = None
 
-    def least_squares(mv, rmv, b, cols):
-        x, info = lsqr(mv, rmv, b, cols, tol=tol, max_iter=max_iter)
-        solves.append(info)
+    def __init__(self, problem: Problem) -> None:
+        self.a: Operator = problem.a_matvec
+        self.at: Operator = problem.at_matvec
+        self.r, self.d = problem.r, problem.d
+        self.tol, self.max_iter = problem.tol, problem.max_iter
+        self.solves: list[KrylovInfo] = []
+
+    def _least_squares(self, mv: Operator, rmv: Operator, b: Tensor, cols: int) -> Tensor:
+        x, info = lsqr(mv, rmv, b, cols, tol=self.tol, max_iter=self.max_iter)
+        self.solves.append(info)
         return x
 
-    if isinstance(inverse, Damped):
-        lam = float(inverse.damping)
-        v, info = cg(lambda x: at(a(x)) + lam * x, grad, tol=tol, max_iter=max_iter)
-        solves.append(info)
-    else:
-        if isinstance(inverse, MinNorm):
-            h_is = inverse.inv_sqrt("natural_gradient")
-            scale = (lambda x: h_is * x) if h_is.ndim == 1 else (lambda x: h_is @ x)
-            a_h, at_h = (lambda x: a(scale(x))), (lambda y: scale(at(y)))
-            grad_h = scale(grad)
-        else:
-            a_h, at_h, grad_h = a, at, grad
+    def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
         if c is not None:
-            v = least_squares(a_h, at_h, c, d)
-        else:
-            y = least_squares(at_h, a_h, grad_h, r)
-            v = least_squares(a_h, at_h, y, d)
-        if isinstance(inverse, MinNorm):
-            v = scale(v)
-        elif isinstance(inverse, GInverse):
+            return self._least_squares(self.a, self.at, c, self.d)
+        y = self._least_squares(self.at, self.a, grad, self.r)
+        return self._least_squares(self.a, self.at, y, self.d)
 
-            def complement(x: Tensor) -> Tensor:
-                return x - least_squares(a, at, a(x), d)
+    def complement(self, x: Tensor) -> Tensor:
+        return x - self._least_squares(self.a, self.at, self.a(x), self.d)
 
-            if inverse.U is not None:
-                v = v + complement(inverse.U @ grad)
-            if inverse.V is not None:
-                v = v + inverse.V @ complement(grad)
-    info = {
-        "iterations": sum(s.iterations for s in solves),
-        "residual": max(s.residual for s in solves),
-        "converged": all(s.converged for s in solves),
-    }
-    if not info["converged"]:
-        warnings.warn(
-            f"natural_gradient: krylov route stopped after {max_iter} iterations at relative residual "
-            f"{info['residual']:.3g} > tol {tol:.3g}; raise max_iter, loosen tol, or use method='dual'",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return v, None, info
+    def damped(self, grad: Tensor, c: Tensor | None, damping: float) -> Tensor:
+        v, info = cg(lambda x: self.at(self.a(x)) + damping * x, grad, tol=self.tol, max_iter=self.max_iter)
+        self.solves.append(info)
+        return v
+
+    def begin(self) -> None:
+        self.solves = []
+
+    def info(self) -> SolveInfo:
+        return {
+            "iterations": sum(s.iterations for s in self.solves),
+            "residual": max((s.residual for s in self.solves), default=0.0),
+            "converged": all(s.converged for s in self.solves),
+        }
+
+
+@dataclass(frozen=True)
+class KrylovRoute:
+    """LSQR / CG on products with J and Jᵀ: the route when nothing dense fits."""
+
+    name: RouteName = "krylov"
+    bounded: bool = False
+
+    def memory(self, r: int, d: int, itemsize: int) -> int:
+        return itemsize * 8 * (r + d)
+
+    def auto_rank(self, r: int, d: int) -> int | None:
+        return 9  # the last resort: always applies, never refused for memory
+
+    def refuses(self, record: ModuleRecord | None, params: Params) -> str | None:
+        return None
+
+    def supports(self, problem: Problem) -> str | None:
+        return None
+
+    def delegate(self, problem: Problem) -> Route:
+        return self
+
+    def factorize(self, problem: Problem) -> Factorization:
+        return KrylovFactorization(problem)
+
+
+KRYLOV = KrylovRoute()

@@ -1,4 +1,8 @@
-"""The factored problem: A = Bᵀ J (r × d), the gradient ∇ = Jᵀ ∇z L and, when it exists, c with ∇z L = B c."""
+"""The factored problem at one point: A = Bᵀ J S (r × d), and the right-hand sides a loss gives it.
+
+S is the identity, or h^{-1/2} for ``MinNorm(h)``: the minimum h-norm solution is S (A S)⁺ ... computed as the
+Moore–Penrose solution of the problem with A replaced by A S, so that no route needs a MinNorm case.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,54 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from natgrad._tree import Params
 from natgrad.metrics import LocalMetric
-from natgrad.models import Linearization
+from natgrad.models import Linearization, ModuleRecord
+
+# A batched product of k rows holds k·(n + d) numbers of input and output, and autograd keeps about as many
+# again for intermediates: chunks of k rows with 4·k·(n + d) items stay inside the memory budget.
+_CHUNK_OVERHEAD = 4
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """x ↦ S x for S = h^{-1/2}: a (d,) diagonal or a (d, d) symmetric matrix."""
+
+    matrix: Tensor
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.matrix * x if self.matrix.ndim == 1 else self.matrix @ x
+
+    def right(self, a: Tensor) -> Tensor:
+        """A S for A of shape (r, d)."""
+        return a * self.matrix if self.matrix.ndim == 1 else a @ self.matrix
 
 
 @dataclass
 class Problem:
-    """Everything a route needs. G = AᵀA, K = AAᵀ; ∇ = Aᵀc whenever ``c`` is not None."""
+    """Everything a route needs to factorise G = AᵀA (K = AAᵀ) at one point; no loss is involved yet.
+
+    Attributes:
+        lin: φ linearised at ξ (products with J and Jᵀ).
+        metric: g at z = φ(ξ), through its factor B (n × r).
+        record: the module behind φ when it came from ``from_module``, else None.
+        params: the point ξ as the caller passed it.
+        rtol: the eigenvalue cutoff λ > rtol·λ_max of G (of K) the factorisation applies.
+        tol: relative residual tolerance of iterative solves.
+        max_iter: iteration cap of each iterative solve.
+        budget: bytes the route may allocate.
+        scaling: S = h^{-1/2} for MinNorm, else None.
+    """
 
     lin: Linearization
     metric: LocalMetric
-    output_grad: Tensor  # ∇z L, flattened (n,)
-    grad: Tensor  # ∇ξ = Jᵀ ∇z L, (d,)
-    c: Tensor | None  # B⁺ ∇z L when B c reproduces ∇z L
+    record: ModuleRecord | None
+    params: Params
+    rtol: float
+    tol: float
+    max_iter: int
+    budget: int
+    scaling: Scaling | None = None
 
     @property
     def r(self) -> int:
@@ -29,27 +68,53 @@ class Problem:
     def d(self) -> int:
         return self.lin.d
 
+    @property
+    def itemsize(self) -> int:
+        return self.lin.flat.element_size()
+
+    @property
+    def chunk(self) -> int:
+        """Rows per batched product when A is materialised (see ``_CHUNK_OVERHEAD``)."""
+        per_row = _CHUNK_OVERHEAD * self.itemsize * (self.lin.n + self.d)
+        return max(1, min(self.r, self.d, self.budget // max(1, per_row)))
+
     def a_matvec(self, x: Tensor) -> Tensor:
-        """A x = Bᵀ J x (one JVP)."""
+        """A x = Bᵀ J S x (one JVP)."""
+        x = x if self.scaling is None else self.scaling(x)
         return self.metric.factor_t_matmul(self.lin.jvp(x))
 
     def at_matvec(self, y: Tensor) -> Tensor:
-        """Aᵀ y = Jᵀ B y (one VJP)."""
-        return self.lin.vjp(self.metric.factor_matmul(y))
+        """Aᵀ y = S Jᵀ B y (one VJP)."""
+        out = self.lin.vjp(self.metric.factor_matmul(y))
+        return out if self.scaling is None else self.scaling(out)
 
-    def a_dense(self, chunk: int) -> Tensor:
+    def a_dense(self) -> Tensor:
         """A as a dense (r, d) matrix, by VJPs of B's columns or by JVPs, whichever needs fewer products."""
-        dtype, device = self.grad.dtype, self.grad.device
+        dtype, device, chunk = self.lin.flat.dtype, self.lin.flat.device, self.chunk
         if self.d < self.r:
             eye = torch.eye(self.d, dtype=dtype, device=device)
             cols = [self.lin.jvp_rows(eye[i : i + chunk]) for i in range(0, self.d, chunk)]
-            return self.metric.factor_t_matmul(torch.cat(cols).T)
-        eye = torch.eye(self.r, dtype=dtype, device=device)
-        rows = [
-            self.lin.vjp_rows(self.metric.factor_matmul(eye[:, i : i + chunk]).T)
-            for i in range(0, self.r, chunk)
-        ]
-        return torch.cat(rows)
+            a = self.metric.factor_t_matmul(torch.cat(cols).T)
+        else:
+            eye = torch.eye(self.r, dtype=dtype, device=device)
+            rows = [
+                self.lin.vjp_rows(self.metric.factor_matmul(eye[:, i : i + chunk]).T)
+                for i in range(0, self.r, chunk)
+            ]
+            a = torch.cat(rows)
+        return a if self.scaling is None else self.scaling.right(a)
+
+
+@dataclass(frozen=True)
+class RightHandSide:
+    """What a loss contributes: ∇z L, ∇ = Jᵀ ∇z L, and c with ∇z L = B c when that c exists (∇ = Aᵀc then).
+
+    ``grad`` is the unscaled gradient; for MinNorm the routes see S ∇ = (A S)ᵀ c, the same c.
+    """
+
+    output_grad: Tensor
+    grad: Tensor
+    c: Tensor | None
 
 
 def output_factor_coefficients(metric: LocalMetric, output_grad: Tensor) -> Tensor | None:

@@ -1,33 +1,47 @@
 """Structured route: K = AAᵀ assembled layer by layer from the module (never forming J or A), v = Aᵀy by VJPs.
 
 Needs phi from ``from_module`` (the kernel reads layer inputs and backpropagated signals, which a bare callable
-does not expose). Every inverse is a formula in K⁺ and (K + λI)⁻¹ (a certified Cholesky factor when the cutoff
-keeps full rank, else eigh: see ``_kernel_inverse``), products A x = Bᵀ J x (one JVP) and Aᵀ y = Jᵀ B y (one VJP):
-
-* Moore–Penrose: v = Aᵀ K⁺ c when ∇z L = Bc, else v = Aᵀ K⁺² A∇.
-* GInverse: v = G⁺∇ + P U∇ + V P∇ with the kernel projector P x = (I − G⁺G) x = x − Aᵀ K⁺ A x.
-* Damped: v = Aᵀ (K + λI)⁻¹ c, else v = Aᵀ w + ∇/λ with w = (K + λI)⁻¹y₀ − y₀/λ, y₀ = K⁺A∇.
-* MinNorm needs the weighted kernel A h⁻¹ Aᵀ, which the layer formulas do not give: this inverse materialises
-  A and runs the dense dual route (``info["fallback"] == "dual"``); the result is the same.
+does not expose). The factorisation is a :class:`KernelFactorization` of the layer kernel, with products
+A x = Bᵀ J x (one JVP) and Aᵀ y = Jᵀ B y (one VJP through the recorded graph). MinNorm needs the weighted
+kernel A h⁻¹ Aᵀ, which the layer formulas do not give: that problem is handed to the dual route
+(``info["fallback"] == "dual"``); the result is the same.
 
 Every result is checked a posteriori against the true A through the pushforward J v the caller needs anyway.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-from natgrad._routes._dense import solve_dense
-from natgrad._routes._kernel_inverse import KernelInverse
+from natgrad._routes._dense import DUAL
+from natgrad._routes._factorization import KernelFactorization, SolveInfo
+from natgrad._routes._inverse import RetrySolve
 from natgrad._routes._problem import Problem
-from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
+from natgrad._routes._route import Route, RouteName
+from natgrad._tree import Params
+from natgrad.exceptions import StructuredUnsupported
+from natgrad.metrics import LocalMetric
+from natgrad.metrics._base import DiagonalLocal
+from natgrad.metrics._categorical import _CategoricalLocal
 from natgrad.models import ModuleRecord
-from natgrad.models.structured import factor_for, structured_kernel
+from natgrad.models.structured import StructuredContext, structured_kernel
 
 
-class StructuredUnsupported(Exception):
-    """The structured route cannot handle this phi or model; the message says why."""
+def factor_for(local: LocalMetric, output: Tensor) -> Tensor:
+    """The factor of an engine metric in the structured kernel's form.
+
+    Per-example blocks (N, C, C) for the categorical Fisher over (N, C) logits and for diagonal metrics
+    (Euclidean, Gaussian, Bernoulli, Fisher–Rao); otherwise the dense (n, r) factor B.
+    """
+    n_ex, per = output.shape[0], output[0].numel()
+    if isinstance(local, _CategoricalLocal) and output.dim() == 2:
+        return local._blocks()
+    if isinstance(local, DiagonalLocal):
+        return torch.diag_embed(local.root.reshape(n_ex, per))
+    return local.factor()
 
 
 def unsupported_reason(record: ModuleRecord | None, params: object, z: Tensor | None = None) -> str | None:
@@ -61,21 +75,11 @@ def unsupported_reason(record: ModuleRecord | None, params: object, z: Tensor | 
 
 
 class _KernelMismatch(Exception):
-    """The layer kernel disagrees with products by A (see ``_verify``)."""
+    """The layer kernel disagrees with products by A (see ``StructuredFactorization.certify``)."""
 
 
-def _verify(problem: Problem, kernel: Tensor, pairs: list[tuple[Tensor, Tensor, Tensor]]) -> None:
-    """Check K against the true A: for each (y, K y as used, A Aᵀ y computed by a VJP and a JVP) they must agree.
-
-    The first pair is the solve's own: y with the returned v = Aᵀy (+ ∇/λ), A v measured through the
-    pushforward J v the caller needs anyway. It proves the result on its own when the solve needed no cutoff:
-    with K y = c (Cholesky) it says A v = c with v in the row space of A, so v = A⁺c = G⁺∇; with
-    (K + λI) y = c it says v = Aᵀ(AAᵀ + λI)⁻¹c = (G + λI)⁻¹∇. Otherwise (eigh with a cutoff, or ∇ outside
-    the range of Aᵀ) a kernel that is wrong only where the solve does not look would pass, so a generic probe
-    is added (c, whose Aᵀc = ∇ is known, or a fixed random vector). Examples coupled through the batch (other
-    than BatchNorm, refused earlier) or parameters used outside the modules that register them make the layer
-    formulas miss terms. Rounding of K y is at most about eps·‖K‖·‖y‖, which sets the scale.
-    """
+def _verify(kernel: Tensor, pairs: list[tuple[Tensor, Tensor, Tensor]]) -> None:
+    """Each (y, K y as used, A Aᵀ y computed by a VJP and a JVP) must agree to rounding of K y."""
     norm_k = torch.linalg.matrix_norm(kernel)
     for y, layered, direct in pairs:
         mismatch = float(torch.linalg.vector_norm(direct - layered))
@@ -87,106 +91,117 @@ def _verify(problem: Problem, kernel: Tensor, pairs: list[tuple[Tensor, Tensor, 
             )
 
 
-def solve_structured(
-    problem: Problem, inverse: Inverse, record: ModuleRecord, params: dict[str, Tensor], chunk: int
-) -> tuple[Tensor, int, dict, Tensor]:
-    """v = G⁻∇ through the structured kernel. Returns (v, rank, info, J v); raises StructuredUnsupported.
+class StructuredFactorization(KernelFactorization):
+    """The layer kernel K of the module, its certified inverse, and Aᵀ y by VJPs of the recorded graph.
 
-    The kernel is first built trusting the layer formulas; if the a posteriori check fails it is rebuilt
-    with the search for parameters used outside their modules (which get whole-model rows), and checked again.
+    The kernel is first built trusting the layer formulas; if the a posteriori check fails it is rebuilt with
+    the search for parameters used outside their modules (which get whole-model rows), and checked again.
     """
-    if isinstance(inverse, MinNorm):
-        v, rank, info = solve_dense(problem, inverse, "dual", chunk)
-        return v, rank, {**info, "fallback": "dual"}, problem.lin.jvp(v)
-    try:
-        return _solve(problem, inverse, record, params, check_outside=False)
-    except _KernelMismatch:
-        pass
-    try:
-        return _solve(problem, inverse, record, params, check_outside=True)
-    except _KernelMismatch as error:
-        raise StructuredUnsupported(str(error)) from error
 
+    def __init__(self, problem: Problem) -> None:
+        assert problem.record is not None
+        self.problem, self.record = problem, problem.record
+        self.outside_checked = False
+        self._build(check_outside=False)
 
-def _solve(
-    problem: Problem, inverse: Inverse, record: ModuleRecord, params: dict[str, Tensor], check_outside: bool
-) -> tuple[Tensor, int, dict, Tensor]:
-    grad, c, z = problem.grad, problem.c, problem.lin.z
-    try:
-        kernel, context = structured_kernel(
-            record.module, record.args, factor_for(problem.metric, z), check_outside=check_outside
-        )
-    except (ValueError, TypeError) as error:
-        raise StructuredUnsupported(str(error)) from error
-    if kernel.shape != (problem.r, problem.r):
-        raise StructuredUnsupported(
-            f"the layer kernel has shape {tuple(kernel.shape)}, expected ({problem.r}, {problem.r})"
-        )
-    names = list(params)
-
-    def at_matvec(y: Tensor) -> Tensor:
-        """Aᵀ y = Jᵀ B y by one VJP, flattened in the order of ``params``."""
-        rows = context.vjp(y)
-        return torch.cat([rows[k].reshape(-1) for k in names])
-
-    def probe() -> tuple[Tensor, Tensor, Tensor]:
-        """(w, K w, A Aᵀ w) for a generic w: c (Aᵀc = ∇ is known) or a fixed random vector."""
-        if c is not None:
-            return c, kernel @ c, problem.a_matvec(grad)
-        gen = torch.Generator().manual_seed(0)
-        w = torch.randn(problem.r, generator=gen, dtype=torch.float64).to(kernel.dtype).to(kernel.device)
-        return w, kernel @ w, problem.a_matvec(at_matvec(w))
-
-    def own(y: Tensor, jv: Tensor, shift: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """(y, K y (+ shift), Bᵀ J v) for the returned v = Aᵀy (+ ∇/λ): the residual of the solve."""
-        layered = kernel @ y if shift is None else kernel @ y + shift
-        return y, layered, problem.metric.factor_t_matmul(jv)
-
-    try:
-        mp = MoorePenrose() if isinstance(inverse, Damped) else inverse
-        mp = mp if isinstance(mp, MoorePenrose) else mp.moore_penrose
-        rtol = mp.resolve_rtol(grad.dtype, problem.r, problem.d)
-        kinv = KernelInverse(kernel, rtol)
-        info: dict = {
-            "consistent": c is not None,
-            "kernel_routes": dict(context.routes),
-            "kernel_solve": kinv.method,
-        }
-        a_grad = problem.a_matvec(grad) if c is None else None
-        if isinstance(inverse, Damped):
-            lam = float(inverse.damping)
-            if c is not None:
-                y = kinv.damped(c, lam)
-                v = at_matvec(y)
-            else:
-                y = kinv.damped_coefficients(a_grad, lam)
-                v = at_matvec(y) + grad / lam
-            jv = problem.lin.jvp(v)
-            checks = [own(y, jv, None if c is not None else a_grad / lam)]
-            _verify(
-                problem, kernel, checks if c is not None or kinv.method == "cholesky" else [*checks, probe()]
+    def _build(self, check_outside: bool) -> None:
+        problem, z = self.problem, self.problem.lin.z
+        try:
+            kernel, context = structured_kernel(
+                self.record.module,
+                self.record.args,
+                factor_for(problem.metric, z),
+                check_outside=check_outside,
             )
-            return v, kinv.rank, info, jv
-        info["rtol"] = rtol
-        # G⁺∇ = Aᵀ K⁺ c when ∇ = Aᵀc, else Aᵀ K⁺² A∇ (G⁺ = A⁺A⁺ᵀ with A⁺ = AᵀK⁺)
-        y = kinv.pinv(c) if c is not None else kinv.pinv(kinv.pinv(a_grad))
-        v = at_matvec(y)
-        jv = problem.lin.jvp(v)
-        checks = [own(y, jv)]
-        _verify(
-            problem, kernel, checks if c is not None and kinv.method == "cholesky" else [*checks, probe()]
-        )
-        if isinstance(inverse, GInverse):
+        except (ValueError, TypeError) as error:
+            raise StructuredUnsupported(str(error)) from error
+        if kernel.shape != (problem.r, problem.r):
+            context.release()
+            raise StructuredUnsupported(
+                f"the layer kernel has shape {tuple(kernel.shape)}, expected ({problem.r}, {problem.r})"
+            )
+        self.context: StructuredContext = context
+        names = list(problem.params)
 
-            def complement(x: Tensor) -> Tensor:
-                """(I − G⁺G) x = x − Aᵀ K⁺ A x on the retained eigenpairs."""
-                return x - at_matvec(kinv.pinv(problem.a_matvec(x)))
+        def at_matvec(y: Tensor) -> Tensor:
+            """Aᵀ y = Jᵀ B y by one VJP, flattened in the order of ``params``."""
+            rows = context.vjp(y)
+            return torch.cat([rows[k].reshape(-1) for k in names])
 
-            if inverse.U is not None:
-                v = v + complement(inverse.U @ grad)
-            if inverse.V is not None:
-                v = v + inverse.V @ complement(grad)
-            jv = problem.lin.jvp(v)
-        return v, kinv.rank, info, jv
-    finally:
-        context.release()
+        super().__init__(kernel, problem.rtol, problem.a_matvec, at_matvec)
+
+    def _probe(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(w, K w, A Aᵀ w) for a generic w: c (Aᵀc = ∇ is known) or a fixed random vector."""
+        last, kernel = self.last, self.kernel
+        assert last is not None
+        if last.c is not None:
+            return last.c, kernel @ last.c, self.a(last.grad)
+        gen = torch.Generator().manual_seed(0)
+        w = torch.randn(self.problem.r, generator=gen, dtype=torch.float64).to(kernel.dtype).to(kernel.device)
+        return w, kernel @ w, self.a(self.at(w))
+
+    def certify(self, v: Tensor) -> Tensor | None:
+        """Check K against the true A through the returned v; returns J v.
+
+        The first pair is the solve's own: y with the returned v = Aᵀy (+ ∇/λ), A v measured through the
+        pushforward J v. It proves the result on its own when the solve needed no cutoff: with K y = c
+        (Cholesky) it says A v = c with v in the row space of A, so v = A⁺c = G⁺∇; with (K + λI) y = c it says
+        v = Aᵀ(AAᵀ + λI)⁻¹c = (G + λI)⁻¹∇. Otherwise (eigh with a cutoff, or ∇ outside the range of Aᵀ) a
+        kernel that is wrong only where the solve does not look would pass, so a generic probe is added (c,
+        whose Aᵀc = ∇ is known, or a fixed random vector). Examples coupled through the batch (other than
+        BatchNorm, refused earlier) or parameters used outside the modules that register them make the layer
+        formulas miss terms. Rounding of K y is at most about eps·‖K‖·‖y‖, which sets the scale.
+        """
+        last = self.last
+        assert last is not None
+        jv = self.problem.lin.jvp(v)
+        checks = [(last.y, last.layered, self.problem.metric.factor_t_matmul(jv))]
+        cholesky = self.inverse.method == "cholesky"
+        proven = (last.c is not None or cholesky) if last.damped else (last.c is not None and cholesky)
+        try:
+            _verify(self.kernel, checks if proven else [*checks, self._probe()])
+        except _KernelMismatch as error:
+            self.context.release()
+            if self.outside_checked:
+                raise StructuredUnsupported(str(error)) from error
+            self.outside_checked = True
+            self._build(check_outside=True)
+            raise RetrySolve from error
+        return jv
+
+    def info(self) -> SolveInfo:
+        return {"kernel_routes": dict(self.context.routes), "kernel_solve": self.inverse.method}
+
+    def release(self) -> None:
+        self.context.release()
+
+
+@dataclass(frozen=True)
+class StructuredRoute:
+    """The layer kernel of a module from ``from_module``: K (r × r) without ever forming A."""
+
+    name: RouteName = "structured"
+    bounded: bool = True
+
+    def memory(self, r: int, d: int, itemsize: int) -> int:
+        """K (r×r) and its eigenvectors, never A; the per-layer signals it keeps (r × the activations of one
+        example, summed over layers) are not counted."""
+        return itemsize * (3 * r * r + 8 * (r + d))
+
+    def auto_rank(self, r: int, d: int) -> int | None:
+        return 0 if r < d else None  # K without A: preferred whenever it applies
+
+    def refuses(self, record: ModuleRecord | None, params: Params) -> str | None:
+        return unsupported_reason(record, params)
+
+    def supports(self, problem: Problem) -> str | None:
+        return unsupported_reason(problem.record, problem.params, problem.lin.z)
+
+    def delegate(self, problem: Problem) -> Route:
+        return DUAL if problem.scaling is not None else self
+
+    def factorize(self, problem: Problem) -> StructuredFactorization:
+        return StructuredFactorization(problem)
+
+
+STRUCTURED = StructuredRoute()

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from natgrad._checks import check_like, check_real, check_tensor
+from natgrad.exceptions import InvalidInputError
 
 
 def default_rtol(dtype: torch.dtype, rows: int, cols: int) -> float:
@@ -37,7 +38,7 @@ class MoorePenrose:
 
     def __post_init__(self) -> None:
         if self.rtol is not None and not (0 <= check_real("MoorePenrose", "rtol", self.rtol) < 1):
-            raise ValueError(
+            raise InvalidInputError(
                 f"MoorePenrose: rtol must be in [0, 1) (None for the default max(r, d)·eps), got {self.rtol!r}"
             )
 
@@ -95,16 +96,18 @@ class MinNorm:
         h = self.h
         if h.ndim == 1:
             if not bool((h > 0).all()) or not bool(torch.isfinite(h).all()):
-                raise ValueError(
+                raise InvalidInputError(
                     f"{call}: MinNorm diagonal h must be finite and > 0, got min {float(h.min()):.3g}"
                 )
             return h.rsqrt()
         evals, evecs = torch.linalg.eigh((h + h.T) / 2)
         asym = float((h - h.T).abs().max() / h.abs().max().clamp_min(1e-300))
         if asym > 100 * torch.finfo(h.dtype).eps:
-            raise ValueError(f"{call}: MinNorm h must be symmetric, got max |h - hᵀ| / max |h| = {asym:.3g}")
+            raise InvalidInputError(
+                f"{call}: MinNorm h must be symmetric, got max |h - hᵀ| / max |h| = {asym:.3g}"
+            )
         if not bool(evals.min() > torch.finfo(h.dtype).eps * evals.max().abs() * h.shape[0]):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{call}: MinNorm h must be positive definite, got smallest eigenvalue {float(evals.min()):.3g}"
             )
         return (evecs * evals.rsqrt()) @ evecs.T
@@ -126,7 +129,7 @@ class Damped:
     def __post_init__(self) -> None:
         lam = check_real("Damped", "damping", self.damping)
         if not (lam > 0 and lam < float("inf")):
-            raise ValueError(
+            raise InvalidInputError(
                 f"Damped: damping must be finite and > 0, got {self.damping!r}; use MoorePenrose() for λ = 0"
             )
 

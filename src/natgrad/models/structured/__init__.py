@@ -1,6 +1,5 @@
 """Structured route: exact output-side kernels of networks assembled layer by layer, never forming J."""
 
-from ._engine import factor_for, structured_natural_gradient
 from ._factors import BlockFactor, categorical_fisher_factor, categorical_mc_factor, normalise_factor
 from ._kernel import StructuredContext, structured_kernel, structured_vjp
 from ._modules import structure_of
@@ -10,10 +9,8 @@ __all__ = [
     "StructuredContext",
     "categorical_fisher_factor",
     "categorical_mc_factor",
-    "factor_for",
     "normalise_factor",
     "structure_of",
     "structured_kernel",
-    "structured_natural_gradient",
     "structured_vjp",
 ]

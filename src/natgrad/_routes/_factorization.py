@@ -1,0 +1,192 @@
+"""Factorisations of G = AᵀA at one point: what every generalized inverse is written against.
+
+A Factorization answers three products for right-hand sides ∇ (and c with ∇ = Aᵀc when it exists):
+
+* ``pinv``: G⁺∇ on the retained rank (= A⁺c when c is given),
+* ``complement``: (I − G⁺G) x, the part of x in ker G,
+* ``damped``: (G + λI)⁻¹∇ for any λ > 0 (no cutoff: damping needs none).
+
+Two concrete forms cover the direct routes: a spectral one (orthonormal V with the eigenvalues of G, from eigh
+of G or the SVD of A) and a kernel one (K = AAᵀ with products by A and Aᵀ, for the dual and structured routes).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import torch
+from torch import Tensor
+
+from natgrad._routes._kernel_inverse import KernelInverse, retained
+
+Operator = Callable[[Tensor], Tensor]
+
+
+class SolveInfo(TypedDict, total=False):
+    """Route details of one solve (``NaturalGradient.info``); each route fills the keys that apply to it.
+
+    Keys:
+        consistent: ∇z L lies in the range of g, so the c-forms (v = A⁺c) were used.
+        rtol: the eigenvalue cutoff applied (absent for ``Damped`` and on the krylov route).
+        iterations, residual, converged: Krylov solves (summed iterations, worst relative residual, all met
+            the tolerance).
+        kernel_routes: structured route, module name -> layer formula.
+        kernel_solve: structured route, "cholesky" (certified full rank) or "eigh".
+        fallback: the route that actually ran when it differs (structured + MinNorm runs "dual").
+        structured_refused: ``method="auto"``: why the structured route was abandoned.
+    """
+
+    consistent: bool
+    rtol: float
+    iterations: int
+    residual: float
+    converged: bool
+    kernel_routes: dict[str, str]
+    kernel_solve: str
+    fallback: str
+    structured_refused: str
+
+
+class Factorization(ABC):
+    """G = AᵀA factorised once at one point, for any number of right-hand sides.
+
+    Attributes:
+        rank: the numerical rank retained by the cutoff, or None when the route does not know it (krylov).
+    """
+
+    rank: int | None
+
+    @abstractmethod
+    def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
+        """G⁺∇ on the retained rank; ``c`` (∇ = Aᵀc) may be used instead of ∇ when given."""
+
+    @abstractmethod
+    def complement(self, x: Tensor) -> Tensor:
+        """(I − G⁺G) x: the part of x in ker G (on the retained rank)."""
+
+    @abstractmethod
+    def damped(self, grad: Tensor, c: Tensor | None, damping: float) -> Tensor:
+        """(G + λI)⁻¹∇ for λ = ``damping`` > 0."""
+
+    def begin(self) -> None:
+        """Start a new solve (resets per-solve records)."""
+        return None
+
+    def certify(self, v: Tensor) -> Tensor | None:
+        """Check the last ``pinv``/``damped`` result a posteriori; returns J v when the check computed it."""
+        return None
+
+    def info(self) -> SolveInfo:
+        """Route details of the solve since :meth:`begin`."""
+        return {}
+
+    def release(self) -> None:
+        """Free what the factorisation holds beyond its matrices (e.g. an autograd graph)."""
+        return None
+
+
+class SpectralFactorization(Factorization):
+    """G = V diag(λ) Vᵀ with orthonormal V (d × m), all m eigenpairs kept and a cutoff mask on them.
+
+    ``U`` (r × m, with λ = s²) is present when it came from the SVD of A; then A⁺c = V S⁻¹ Uᵀ c is used for
+    consistent right-hand sides instead of G⁺∇ = V S⁻² Vᵀ ∇ (the better conditioned form).
+    """
+
+    def __init__(
+        self, eigenvalues: Tensor, V: Tensor, rtol: float, U: Tensor | None = None, s: Tensor | None = None
+    ) -> None:
+        self.eigenvalues, self.V, self.U = eigenvalues, V, U
+        self.s = eigenvalues.sqrt() if s is None else s  # singular values of A, exact from an SVD
+        keep = retained(eigenvalues, rtol)
+        self.rank = int(keep.sum())
+        self._ek, self._Vk, self._sk = eigenvalues[keep], V[:, keep], self.s[keep]
+        self._Uk = None if U is None else U[:, keep]
+        self._complete = V.shape[0] == V.shape[1]  # V spans R^d: nothing outside it
+
+    @classmethod
+    def of_gram(cls, a: Tensor, rtol: float) -> SpectralFactorization:
+        """From eigh of G = AᵀA (d × d)."""
+        lam, V = torch.linalg.eigh(a.T @ a)
+        return cls(lam, V, rtol)
+
+    @classmethod
+    def of_svd(cls, a: Tensor, rtol: float) -> SpectralFactorization:
+        """From the thin SVD A = U S Vᵀ."""
+        U, s, Vh = torch.linalg.svd(a, full_matrices=False)
+        return cls(s**2, Vh.T, rtol, U, s)
+
+    def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
+        if c is not None and self._Uk is not None:
+            return self._Vk @ ((self._Uk.T @ c) / self._sk)
+        return self._Vk @ ((self._Vk.T @ grad) / self._ek)
+
+    def complement(self, x: Tensor) -> Tensor:
+        return x - self._Vk @ (self._Vk.T @ x)
+
+    def damped(self, grad: Tensor, c: Tensor | None, damping: float) -> Tensor:
+        if c is not None and self.U is not None:  # (AᵀA + λI)⁻¹Aᵀc = V S (S² + λ)⁻¹ Uᵀ c
+            return self.V @ ((self.s / (self.eigenvalues + damping)) * (self.U.T @ c))
+        coeff = self.V.T @ grad
+        v = self.V @ (coeff / (self.eigenvalues + damping))
+        # ∇ minus its part in span V lies in ker G, where (G + λI)⁻¹ is 1/λ
+        return v if self._complete else v + (grad - self.V @ coeff) / damping
+
+
+@dataclass(frozen=True)
+class KernelSolve:
+    """The last kernel solve, for an a posteriori check: v = Aᵀy (+ ∇/λ), and K y (+ A∇/λ) as it was used.
+
+    Then A v must equal ``layered``: the residual of the solve, measured with the true A.
+    """
+
+    y: Tensor
+    layered: Tensor
+    grad: Tensor
+    c: Tensor | None
+    damped: bool
+
+
+class KernelFactorization(Factorization):
+    """G through K = AAᵀ (r × r): G⁺ = Aᵀ K⁺² A, A⁺ = Aᵀ K⁺, and (G + λI)⁻¹Aᵀ = Aᵀ(K + λI)⁻¹.
+
+    K⁺ and (K + λI)⁻¹ come from a certified Cholesky factor when the cutoff keeps every eigenvalue, else eigh
+    (see ``_kernel_inverse``). Products A x and Aᵀ y are whatever the route has: a dense A or JVPs and VJPs.
+    """
+
+    def __init__(self, kernel: Tensor, rtol: float, a: Operator, at: Operator) -> None:
+        self.kernel = kernel
+        self.inverse = KernelInverse(kernel, rtol)
+        self.rank = self.inverse.rank
+        self.a, self.at = a, at
+        self.last: KernelSolve | None = None
+
+    def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
+        kinv = self.inverse
+        # G⁺∇ = Aᵀ K⁺ c when ∇ = Aᵀc, else Aᵀ K⁺² A∇ (G⁺ = A⁺A⁺ᵀ with A⁺ = AᵀK⁺)
+        y = kinv.pinv(c) if c is not None else kinv.pinv(kinv.pinv(self.a(grad)))
+        self.last = KernelSolve(y, self.kernel @ y, grad, c, damped=False)
+        return self.at(y)
+
+    def complement(self, x: Tensor) -> Tensor:
+        return x - self.at(self.inverse.pinv(self.a(x)))
+
+    def damped(self, grad: Tensor, c: Tensor | None, damping: float) -> Tensor:
+        if c is not None:  # (AᵀA + λI)⁻¹Aᵀc = Aᵀ(AAᵀ + λI)⁻¹c, no pseudo-inverse needed
+            y = self.inverse.damped(c, damping)
+            self.last = KernelSolve(y, self.kernel @ y, grad, c, damped=True)
+            return self.at(y)
+        a_grad = self.a(grad)
+        y = self.inverse.damped_coefficients(a_grad, damping)
+        self.last = KernelSolve(y, self.kernel @ y + a_grad / damping, grad, c, damped=True)
+        return self.at(y) + grad / damping
+
+
+def merge_info(*parts: dict[str, Any]) -> SolveInfo:
+    """One info mapping from several (later keys win)."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        out.update(part)
+    return out  # type: ignore[return-value]
