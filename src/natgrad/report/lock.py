@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from natgrad.report._atomic import atomic_write_json, read_json
-from natgrad.report.errors import FolderLockedError
+from natgrad.report.errors import FolderLockedError, RunFolderError
 
 try:
     import fcntl
@@ -95,6 +95,11 @@ def folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
             f"run folder {folder} is in use by {_describe(_holder(key))}; wait for it to finish, "
             "or use another --out"
         ) from None
+    except OSError as exc:  # e.g. a network filesystem without locks
+        os.close(fd)
+        raise RunFolderError(
+            f"run folder {folder} cannot be locked ({exc.strerror or exc}); use a folder on a local disk"
+        ) from exc
     _held[key] = [fd, 1]
     try:
         atomic_write_json(
