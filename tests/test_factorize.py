@@ -85,9 +85,13 @@ def test_an_inverse_the_factorisation_cannot_serve_is_refused():
     fac = ng.factorize(phi, params, metric, method="dual")
     with pytest.raises(ng.InvalidInputError, match=r"factorize: the inverse's cutoff rtol=1e-06 differs"):
         fac.solve(loss, inverse=ng.MoorePenrose(rtol=1e-6))
-    with pytest.raises(ValueError, match=r"factorize: this factorisation was made for MoorePenrose, got MinNorm"):
+    with pytest.raises(
+        ValueError, match=r"factorize: this factorisation was made for MoorePenrose, got MinNorm"
+    ):
         fac.solve(loss, inverse=ng.MinNorm(torch.ones(d, dtype=F64)))
-    with pytest.raises(TypeError, match=r"factorize: inverse must be MoorePenrose, GInverse, MinNorm or Damped"):
+    with pytest.raises(
+        TypeError, match=r"factorize: inverse must be MoorePenrose, GInverse, MinNorm or Damped"
+    ):
         fac.solve(loss, inverse="pinv")
     with pytest.raises(ValueError, match=r"factorize: output_grad must have the shape of phi\(params\)"):
         fac.solve_output_gradient(torch.ones(fac.output.numel() + 1, dtype=F64))
@@ -101,7 +105,9 @@ def test_an_inverse_the_factorisation_cannot_serve_is_refused():
 
 def test_unconverged_krylov_raises_unless_asked_for_the_status():
     _, phi, params, metric, loss = _point("mlp-overparam", "categorical")
-    with pytest.raises(ng.ConvergenceError, match=r"natural_gradient: krylov route stopped after 2 iterations"):
+    with pytest.raises(
+        ng.ConvergenceError, match=r"natural_gradient: krylov route stopped after 2 iterations"
+    ):
         ng.natural_gradient(phi, params, loss, metric, method="krylov", max_iter=2)
     res = ng.natural_gradient(phi, params, loss, metric, method="krylov", max_iter=2, throw=False)
     assert res.status == "max_iter_reached" and res.info["converged"] is False

@@ -4,9 +4,11 @@ The natural parameter gradient v = G⁻ ∇ξ(L∘φ) with G = Jᵀ g J, for any
 generalized inverse G⁻, computed by the cheapest exact route and checkable against a float64 reference.
 """
 
+from importlib import metadata as _metadata
+
 from natgrad import exceptions, metrics, reference
-from natgrad._factorize import GramFactorization, Parametrisation, factorize
-from natgrad._tree import flatten_params, num_params, unflatten_like
+from natgrad._factorize import GramFactorization, factorize
+from natgrad._tree import Parametrisation, flatten_params, num_params, unflatten_like
 from natgrad.exceptions import (
     ConvergenceError,
     InvalidInputError,
@@ -19,7 +21,10 @@ from natgrad.linalg import Damped, GInverse, MinNorm, MoorePenrose, default_rtol
 from natgrad.models import from_module, jacobian
 from natgrad.natural_gradient import NaturalGradient, choose_route, natural_gradient
 
-__version__ = "0.1.0"
+try:  # the version is written once, in pyproject.toml; the installed metadata carries it here
+    __version__ = _metadata.version("natgrad")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ConvergenceError",

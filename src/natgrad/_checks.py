@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import SupportsFloat, cast
+
 import torch
 from torch import Tensor
 
@@ -67,7 +69,7 @@ def check_real(call: str, what: str, value: object) -> float:
     if not ok:
         got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else repr(value)
         raise InvalidTypeError(f"{call}: {what} must be a real number, got {got}")
-    return float(value)
+    return float(cast(SupportsFloat, value))  # a Tensor of one element, or has __float__ (checked above)
 
 
 def check_like(call: str, what: str, tensor: Tensor, shape: tuple[int, ...], like: Tensor) -> None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from numbers import Integral
-from typing import Any, Protocol
+from typing import Any, Generic, cast
 
 import torch
 from torch import Tensor
-from torch.func import grad as func_grad
 
 from natgrad._checks import check_finite, check_params, check_real, check_tensor
-from natgrad._result import NaturalGradient, Status
+from natgrad._loss import output_gradient
+from natgrad._result import NaturalGradient, ParamsT, Status
 from natgrad._routes._factorization import Factorization, SolveInfo, merge_info
 from natgrad._routes._inverse import apply_inverse, cutoff, scaling
 from natgrad._routes._problem import Problem, RightHandSide, output_factor_coefficients
@@ -29,39 +29,16 @@ from natgrad._routes._registry import (
 )
 from natgrad._routes._route import Route, RouteName
 from natgrad._routes._structured import STRUCTURED
-from natgrad._tree import Params, num_params, unflatten_like
+from natgrad._tree import Parametrisation, num_params, unflatten_like
 from natgrad.exceptions import ConvergenceError, InvalidInputError, InvalidTypeError, StructuredUnsupported
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 from natgrad.metrics import Euclidean, Metric
 from natgrad.models import Linearization, module_record
 
 
-class Parametrisation(Protocol):
-    """φ: params (a Tensor or a dict of Tensors) -> a Tensor of model outputs."""
-
-    def __call__(self, params: Any, /) -> Tensor: ...
-
-
 def default_tolerance(dtype: torch.dtype) -> float:
     """Relative residual tolerance of the Krylov solves: 1e-12 in float64, 1e-6 in float32."""
     return 1e-12 if torch.finfo(dtype).eps < 1e-10 else 1e-6
-
-
-def output_gradient(call: str, loss: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
-    """(L(z), ∇z L) for a loss that must return a scalar Tensor; both detached, ∇z L shaped like z."""
-    value_box: list[Tensor] = []
-
-    def scalar_loss(x: Tensor) -> Tensor:
-        value = loss(x)
-        if not isinstance(value, Tensor) or value.numel() != 1:
-            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise InvalidInputError(f"{call}: loss(z) must return a scalar Tensor, got {got}")
-        value = value.reshape(())
-        value_box.append(value)
-        return value
-
-    g = func_grad(scalar_loss)(z)
-    return value_box[0].detach(), g
 
 
 def structured_error(call: str, reason: str) -> StructuredUnsupported:
@@ -86,7 +63,7 @@ def check_inverse(call: str, inverse: Any, d: int, like: Tensor) -> Inverse:
     return inverse
 
 
-class GramFactorization:
+class GramFactorization(Generic[ParamsT]):
     """G = Jᵀ g J factorised at one point by one route, for any number of losses or output gradients.
 
     Made by :func:`factorize`. ``solve(loss)`` gives the same :class:`NaturalGradient` as
@@ -147,7 +124,7 @@ class GramFactorization:
 
     def solve(
         self, loss: Callable[[Tensor], Tensor], *, inverse: Inverse | None = None, throw: bool = True
-    ) -> NaturalGradient:
+    ) -> NaturalGradient[ParamsT]:
         """The natural gradient of ``loss`` at this point: v = G⁻ Jᵀ ∇z L.
 
         Args:
@@ -176,7 +153,7 @@ class GramFactorization:
         loss: Tensor | None = None,
         inverse: Inverse | None = None,
         throw: bool = True,
-    ) -> NaturalGradient:
+    ) -> NaturalGradient[ParamsT]:
         """The natural gradient for a given output gradient ∇z L (shaped like z, or flat with n entries).
 
         Args:
@@ -221,7 +198,7 @@ class GramFactorization:
 
     def _solve(
         self, grad_z: Tensor, loss_value: Tensor | None, inverse: Inverse | None, throw: bool
-    ) -> NaturalGradient:
+    ) -> NaturalGradient[ParamsT]:
         call, problem = self._call, self._problem
         inverse = self.inverse if inverse is None else self._check_override(inverse)
         lin = problem.lin
@@ -249,9 +226,9 @@ class GramFactorization:
         pushforward = (lin.jvp(v) if solved.pushforward is None else solved.pushforward).reshape(lin.z.shape)
         status: Status = "success" if info.get("converged", True) else "max_iter_reached"
         result = NaturalGradient(
-            direction=unflatten_like(v, problem.params),
+            direction=cast(ParamsT, unflatten_like(v, problem.params)),
             pushforward=pushforward,
-            gradient=unflatten_like(grad, problem.params),
+            gradient=cast(ParamsT, unflatten_like(grad, problem.params)),
             rank=fac.rank,
             method=self.method,
             output=lin.z,
@@ -289,7 +266,7 @@ class GramFactorization:
 def prepare(
     call: str,
     phi: Parametrisation,
-    params: Params,
+    params: ParamsT,
     metric: Metric | None,
     inverse: Inverse | None,
     method: str,
@@ -297,7 +274,7 @@ def prepare(
     tol: float | None,
     max_iter: int | None,
     eager: bool,
-) -> GramFactorization:
+) -> GramFactorization[ParamsT]:
     """Validate the inputs, linearise φ, pick and check the route: the shared body of the public calls."""
     if method not in methods():
         raise InvalidInputError(
@@ -374,12 +351,12 @@ def prepare(
             raise structured_error(call, reason)
         route = requested
     check_memory(call, route, problem)
-    return GramFactorization(call, problem, route, inverse, auto=requested is None, eager=eager)
+    return GramFactorization[ParamsT](call, problem, route, inverse, auto=requested is None, eager=eager)
 
 
 def factorize(
     phi: Parametrisation,
-    params: Params,
+    params: ParamsT,
     metric: Metric | None = None,
     inverse: Inverse | None = None,
     method: str = "auto",
@@ -387,7 +364,7 @@ def factorize(
     memory_budget: int | None = None,
     tol: float | None = None,
     max_iter: int | None = None,
-) -> GramFactorization:
+) -> GramFactorization[ParamsT]:
     """Factorise G = Jᵀ g J at ξ = ``params`` once, for natural gradients of many losses at that point.
 
     Arguments as in :func:`natgrad.natural_gradient` (without the loss). ``fac.solve(loss)`` equals

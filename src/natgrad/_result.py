@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from torch import Tensor
 
@@ -11,10 +11,11 @@ from natgrad._tree import Params
 
 Method = Literal["primal", "dual", "lstsq", "krylov", "structured", "reference"]
 Status = Literal["success", "max_iter_reached"]
+ParamsT = TypeVar("ParamsT", bound=Params)  # the structure of the caller's params: a Tensor or a dict
 
 
 @dataclass(frozen=True)
-class NaturalGradient:
+class NaturalGradient(Generic[ParamsT]):
     """The result of :func:`natgrad.natural_gradient` (and of a :class:`natgrad.GramFactorization` solve).
 
     Attributes:
@@ -32,9 +33,9 @@ class NaturalGradient:
             only with ``throw=False``; otherwise :class:`natgrad.ConvergenceError` is raised).
     """
 
-    direction: Params
+    direction: ParamsT
     pushforward: Tensor
-    gradient: Params
+    gradient: ParamsT
     rank: int | None
     method: Method
     output: Tensor

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, Protocol, overload
 
 import torch
 from torch import Tensor
 
 Params = Tensor | Mapping[str, Tensor]
+
+
+class Parametrisation(Protocol):
+    """φ: params (a Tensor or a dict of Tensors) -> a Tensor of model outputs.
+
+    Any callable of one argument returning a Tensor fits, whatever it annotates its argument as (a function
+    of a dict, of a Tensor, of ``Params``), so real callers type-check.
+    """
+
+    def __call__(self, params: Any, /) -> Tensor: ...
 
 
 def leaves(params: Params) -> list[Tensor]:
@@ -22,6 +33,12 @@ def flatten_params(params: Params) -> Tensor:
     return torch.cat([t.reshape(-1) for t in leaves(params)])
 
 
+@overload
+def unflatten_like(vector: Tensor, params: Tensor) -> Tensor: ...
+@overload
+def unflatten_like(vector: Tensor, params: Mapping[str, Tensor]) -> dict[str, Tensor]: ...
+@overload
+def unflatten_like(vector: Tensor, params: Params) -> Params: ...
 def unflatten_like(vector: Tensor, params: Params) -> Params:
     """Split a flat vector into the structure of ``params`` (inverse of :func:`flatten_params`)."""
     if isinstance(params, Tensor):

@@ -35,6 +35,11 @@ class StructuredUnsupported(NatgradError, ValueError):
         super().__init__(message)
         self.reason = message if reason is None else reason
 
+    @classmethod
+    def at(cls, call: str, reason: str) -> StructuredUnsupported:
+        """The error ``"{call}: {reason}"``, keeping ``reason`` for callers that add their own prefix."""
+        return cls(f"{call}: {reason}", reason)
+
 
 class ConvergenceError(NatgradError, RuntimeError):
     """An iterative solve stopped at its iteration cap above its tolerance (pass ``throw=False`` to get it).

@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from natgrad._factorize import Parametrisation, prepare
-from natgrad._result import NaturalGradient
+from natgrad._factorize import prepare
+from natgrad._result import NaturalGradient, ParamsT
 from natgrad._routes._registry import DEFAULT_MEMORY_BUDGET, ROUTES, by_name, choose, methods
 from natgrad._routes._structured import STRUCTURED
-from natgrad._tree import Params
+from natgrad._tree import Parametrisation
 from natgrad.exceptions import InvalidTypeError
 from natgrad.linalg import Inverse
 from natgrad.metrics import Metric
@@ -45,7 +45,7 @@ def choose_route(r: int, d: int, itemsize: int, budget: int, structured: bool = 
 
 def natural_gradient(
     phi: Parametrisation,
-    params: Params,
+    params: ParamsT,
     loss: Callable[[Tensor], Tensor],
     metric: Metric | None = None,
     inverse: Inverse | None = None,
@@ -55,7 +55,7 @@ def natural_gradient(
     tol: float | None = None,
     max_iter: int | None = None,
     throw: bool = True,
-) -> NaturalGradient:
+) -> NaturalGradient[ParamsT]:
     """The natural parameter gradient v = G⁻ ∇ξ(L∘φ) with G = Jᵀ g(z) J, z = φ(ξ), J = Dφ(ξ).
 
     Args:

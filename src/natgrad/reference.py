@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import grad as func_grad
 from torch.func import jacrev
 
+from natgrad._loss import output_gradient
 from natgrad._result import NaturalGradient
-from natgrad._tree import Params, flatten_params, num_params, unflatten_like
+from natgrad._tree import Parametrisation, Params, flatten_params, num_params, unflatten_like
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 from natgrad.metrics import Euclidean, Metric
 
@@ -24,7 +24,7 @@ def _to64(params: Params) -> Params:
     return {k: v.detach().to(torch.float64) for k, v in params.items()}
 
 
-def gram(phi: Callable[[Params], Tensor], params: Params, metric: Metric | None = None) -> dict[str, Tensor]:
+def gram(phi: Parametrisation, params: Params, metric: Metric | None = None) -> dict[str, Tensor]:
     """Literal float64 pieces at ξ: J (n×d), g (n×n), G = Jᵀ g J, z. Keys: "J", "g", "G", "z"."""
     metric = Euclidean() if metric is None else metric
     p64 = _to64(params)
@@ -75,7 +75,7 @@ def apply_inverse(G: Tensor, grad: Tensor, inverse: Inverse, rows: int) -> tuple
 
 
 def natural_gradient(
-    phi: Callable[[Params], Tensor],
+    phi: Parametrisation,
     params: Params,
     loss: Callable[[Tensor], Tensor],
     metric: Metric | None = None,
@@ -89,7 +89,8 @@ def natural_gradient(
     inverse = MoorePenrose() if inverse is None else inverse
     pieces = gram(phi, params, metric)
     J, G, z = pieces["J"], pieces["G"], pieces["z"]
-    u = func_grad(lambda x: loss(x).reshape(()))(z).reshape(-1)
+    loss_value, u = output_gradient("reference.natural_gradient", loss, z)
+    u = u.reshape(-1)
     grad = J.T @ u
     rows = (Euclidean() if metric is None else metric).at(z).r
     v, rank = apply_inverse(G, grad, inverse, rows)
@@ -102,5 +103,5 @@ def natural_gradient(
         rank=rank,
         method="reference",
         output=z.detach(),
-        loss=loss(z).detach().reshape(()),
+        loss=loss_value,
     )

@@ -27,6 +27,15 @@ class _DenseRoute:
     def delegate(self, problem: Problem) -> Route:
         return self
 
+    def memory(self, r: int, d: int, itemsize: int) -> int:
+        raise NotImplementedError
+
+    def auto_rank(self, r: int, d: int) -> int | None:
+        raise NotImplementedError
+
+    def factorize(self, problem: Problem) -> Factorization:
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class PrimalRoute(_DenseRoute):

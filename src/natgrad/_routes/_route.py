@@ -13,15 +13,17 @@ RouteName = Literal["primal", "dual", "lstsq", "krylov", "structured"]
 
 
 class Route(Protocol):
-    """A way of factorising G = AᵀA at one point.
+    """A way of factorising G = AᵀA at one point (a frozen dataclass in practice)."""
 
-    Attributes:
-        name: the ``method=`` string that selects it.
-        bounded: whether ``memory`` bounds what it allocates (False: matrix-free, never refused for memory).
-    """
+    @property
+    def name(self) -> RouteName:
+        """The ``method=`` string that selects it."""
+        ...
 
-    name: RouteName
-    bounded: bool
+    @property
+    def bounded(self) -> bool:
+        """Whether ``memory`` bounds what it allocates (False: matrix-free, never refused for memory)."""
+        ...
 
     def memory(self, r: int, d: int, itemsize: int) -> int:
         """Bytes it allocates for r weighted outputs and d parameters, ``itemsize`` bytes per entry."""

@@ -38,7 +38,7 @@ def factor_for(local: LocalMetric, output: Tensor) -> Tensor:
     """
     n_ex, per = output.shape[0], output[0].numel()
     if isinstance(local, _CategoricalLocal) and output.dim() == 2:
-        return local._blocks()
+        return local.blocks()
     if isinstance(local, DiagonalLocal):
         return torch.diag_embed(local.root.reshape(n_ex, per))
     return local.factor()
@@ -106,15 +106,15 @@ class StructuredFactorization(KernelFactorization):
 
     def _build(self, check_outside: bool) -> None:
         problem, z = self.problem, self.problem.lin.z
-        try:
-            kernel, context = structured_kernel(
-                self.record.module,
-                self.record.args,
-                factor_for(problem.metric, z),
-                check_outside=check_outside,
-            )
-        except (ValueError, TypeError) as error:
-            raise StructuredUnsupported(str(error)) from error
+        # Only StructuredUnsupported means "this model is outside the layer formulas"; any other error is a
+        # bug and propagates.
+        kernel, context = structured_kernel(
+            self.record.module,
+            self.record.args,
+            factor_for(problem.metric, z),
+            check_outside=check_outside,
+            kwargs=self.record.kwargs,
+        )
         if kernel.shape != (problem.r, problem.r):
             context.release()
             raise StructuredUnsupported(

@@ -17,23 +17,19 @@ def model_point(phi: Callable[[Any], Tensor], params: Any) -> Tensor:
     return phi(params).detach()
 
 
-def loss_gradient(loss: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
-    """∇z L at z, flattened to a vector of length n."""
-    with torch.enable_grad():
-        zz = z.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss(zz), zz)
-    return grad.reshape(-1)
+def singular_value_cutoff(matrix: Tensor) -> float:
+    """The usual numerical-rank cutoff max(m, n)·eps on singular values, relative to the largest.
 
-
-def default_rtol(matrix: Tensor) -> float:
-    """The usual numerical-rank cutoff max(m, n)·eps relative to the largest singular value."""
+    A cutoff on σ of J, used by the dense references here; the engine's ``natgrad.default_rtol`` is a cutoff
+    on the eigenvalues λ = σ² of G.
+    """
     return max(matrix.shape) * torch.finfo(matrix.dtype).eps
 
 
 def range_basis(matrix: Tensor, rtol: float | None = None) -> Tensor:
     """Orthonormal basis Q (n × r) of im(matrix) from its SVD; r counts σ_i > rtol·σ_max."""
     u, s, _ = torch.linalg.svd(matrix, full_matrices=False)
-    cut = default_rtol(matrix) if rtol is None else rtol
+    cut = singular_value_cutoff(matrix) if rtol is None else rtol
     rank = int((s > cut * s.max()).sum()) if s.numel() and s.max() > 0 else 0
     return u[:, :rank]
 
@@ -41,7 +37,7 @@ def range_basis(matrix: Tensor, rtol: float | None = None) -> Tensor:
 def kernel_basis(matrix: Tensor, rtol: float | None = None) -> Tensor:
     """Orthonormal basis N (d × k) of ker(matrix) (matrix m × d) from its full SVD."""
     _, s, vh = torch.linalg.svd(matrix, full_matrices=True)
-    cut = default_rtol(matrix) if rtol is None else rtol
+    cut = singular_value_cutoff(matrix) if rtol is None else rtol
     rank = int((s > cut * s.max()).sum()) if s.numel() and s.max() > 0 else 0
     return vh[rank:].T.conj()
 

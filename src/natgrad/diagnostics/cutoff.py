@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 import natgrad as ng
+from natgrad._loss import output_gradient
 from natgrad.diagnostics._dense import (
     ambient_natural_gradient,
     dense_jacobian,
     g_projector,
-    loss_gradient,
     model_point,
     range_basis,
     relative,
@@ -68,7 +68,7 @@ def cutoff_sensitivity(
     z = model_point(phi, params)
     if reference is None:
         g = metric.matrix(z).to(jac)
-        u = ambient_natural_gradient(g, loss_gradient(loss, z).to(jac))
+        u = ambient_natural_gradient(g, output_gradient("cutoff_sensitivity", loss, z)[1].reshape(-1).to(jac))
         reference = g_projector(range_basis(jac), g) @ u
     reference = reference.reshape(-1)
     ranks, errors = [], []

@@ -25,10 +25,10 @@ Tensor = torch.Tensor
 def projector_matrix(
     phi: Callable[[Any], Tensor], params: Any, metric: Any = None, inverse: Any = None
 ) -> Tensor:
-    """Materialise P = J G⁻ Jᵀ g (n × n) through the engine.
+    """Materialise P = J G⁻ Jᵀ g (n × n) through the engine, from one factorisation of G.
 
-    Column k is the pushforward J G⁻ Jᵀ c of the linear loss L_k(z) = ⟨c, z⟩ with c = g e_k, so P
-    costs n natural gradient computations (meant for small models).
+    Column k is the pushforward J G⁻ Jᵀ c of the linear loss L_k(z) = ⟨c, z⟩ with c = g e_k, i.e. of the
+    output gradient ∇z L_k = c: n solves against one ``ng.factorize`` (meant for small models).
 
     Args:
         phi: parametrisation.
@@ -38,13 +38,10 @@ def projector_matrix(
     """
     metric = ng.metrics.Euclidean() if metric is None else metric
     inverse = ng.MoorePenrose() if inverse is None else inverse
-    z = model_point(phi, params)
-    g = metric.matrix(z)
-    columns = []
-    for k in range(z.numel()):
-        c = g[:, k].reshape(z.shape).to(z)
-        res = ng.natural_gradient(phi, params, lambda x, c=c: (c * x).sum(), metric=metric, inverse=inverse)
-        columns.append(res.pushforward.detach().reshape(-1))
+    fac = ng.factorize(phi, params, metric=metric, inverse=inverse)
+    z = fac.output
+    g = metric.matrix(z).to(z)
+    columns = [fac.solve_output_gradient(g[:, k]).pushforward.detach().reshape(-1) for k in range(z.numel())]
     return torch.stack(columns, dim=1)
 
 

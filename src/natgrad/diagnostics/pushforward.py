@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 import natgrad as ng
+from natgrad._loss import output_gradient
 from natgrad.diagnostics._dense import (
     ambient_natural_gradient,
     dense_jacobian,
     g_projector,
-    loss_gradient,
     model_point,
     norm,
     range_basis,
@@ -117,7 +117,7 @@ def pushforward_check(
     jv = res.pushforward.detach().reshape(-1)
     jac = dense_jacobian(phi, params)
     g = metric.matrix(z).to(jac)
-    grad_z = loss_gradient(loss, z).to(jac)
+    grad_z = output_gradient("pushforward_check", loss, z)[1].reshape(-1).to(jac)
     u = ambient_natural_gradient(g, grad_z)
     basis = range_basis(jac, rtol)
     proj = g_projector(basis, g)

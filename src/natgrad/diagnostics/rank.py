@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from natgrad.diagnostics._dense import default_rtol, dense_jacobian
+from natgrad.diagnostics._dense import dense_jacobian, singular_value_cutoff
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def submersion_test(
         )
     if rtol is not None and not rtol >= 0:
         raise ValueError(f"submersion_test: rtol must be >= 0, got {rtol}")
-    cut = default_rtol(jac) if rtol is None else float(rtol)
+    cut = singular_value_cutoff(jac) if rtol is None else float(rtol)
     s = torch.linalg.svdvals(jac)
     top = float(s.max()) if s.numel() else 0.0
     rank = int((s > cut * top).sum()) if top > 0 else 0

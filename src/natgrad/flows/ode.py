@@ -41,14 +41,14 @@ def _integrate(
     t_eval: Sequence[float] | Tensor,
     rtol: float,
     atol: float,
-    method: str,
+    integrator: str,
     options: dict[str, Any] | None,
 ) -> tuple[Tensor, Tensor]:
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"{name}: rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
     times = _times(name, t_eval, y0)
     odeint = _odeint()
-    ys = odeint(lambda t, y: -field(y), y0, times, rtol=rtol, atol=atol, method=method, options=options)
+    ys = odeint(lambda t, y: -field(y), y0, times, rtol=rtol, atol=atol, method=integrator, options=options)
     return times, ys.detach()
 
 
@@ -61,7 +61,7 @@ def natural_gradient_flow(
     t_eval: Sequence[float] | Tensor = (0.0, 1.0),
     rtol: float = 1e-10,
     atol: float = 1e-12,
-    method: str = "dopri5",
+    integrator: str = "dopri5",
     dtype: torch.dtype | None = torch.float64,
     options: dict[str, Any] | None = None,
     route: str = "auto",
@@ -78,9 +78,9 @@ def natural_gradient_flow(
         metric: output metric g (default Euclidean).
         inverse: generalized inverse (default Moore–Penrose).
         t_eval: increasing times at which the trajectory is recorded; the first is the start time.
-        rtol: relative tolerance of the adaptive solver.
+        rtol: relative tolerance of the adaptive ODE solver (torchdiffeq's; not the engine's eigenvalue cutoff).
         atol: absolute tolerance of the adaptive solver.
-        method: a torchdiffeq method (``"dopri5"``, ``"dopri8"``, ``"rk4"``, ...).
+        integrator: the torchdiffeq solver, its ``method`` (``"dopri5"``, ``"dopri8"``, ``"rk4"``, ...).
         dtype: dtype of the integrated state (default float64; None keeps the parameters' dtype).
         options: extra torchdiffeq solver options (e.g. ``{"step_size": 0.01}`` for fixed-step methods).
         route: the engine's ``method`` for each natural gradient ("auto", "primal", "dual", "lstsq", "krylov").
@@ -93,7 +93,7 @@ def natural_gradient_flow(
     template = cast_params(params0, dtype)
     y0 = ng.flatten_params(template).detach()
     field = natural_direction(phi, template, loss, metric, inverse, route)
-    times, ys = _integrate("natural_gradient_flow", field, y0, t_eval, rtol, atol, method, options)
+    times, ys = _integrate("natural_gradient_flow", field, y0, t_eval, rtol, atol, integrator, options)
     outputs, losses = record(phi, template, loss, ys)
     return Trajectory(times=times, params=ys, outputs=outputs, losses=losses)
 
@@ -105,7 +105,7 @@ def gradient_flow(
     t_eval: Sequence[float] | Tensor = (0.0, 1.0),
     rtol: float = 1e-10,
     atol: float = 1e-12,
-    method: str = "dopri5",
+    integrator: str = "dopri5",
     dtype: torch.dtype | None = torch.float64,
     options: dict[str, Any] | None = None,
 ) -> Trajectory:
@@ -116,9 +116,9 @@ def gradient_flow(
         params0: ξ(0), a Tensor or dict of Tensors.
         loss: L.
         t_eval: increasing times at which the trajectory is recorded; the first is the start time.
-        rtol: relative tolerance of the adaptive solver.
+        rtol: relative tolerance of the adaptive ODE solver (torchdiffeq's; not the engine's eigenvalue cutoff).
         atol: absolute tolerance of the adaptive solver.
-        method: a torchdiffeq method.
+        integrator: the torchdiffeq solver, its ``method`` (``"dopri5"``, ``"rk4"``, ...).
         dtype: dtype of the integrated state (default float64; None keeps the parameters' dtype).
         options: extra torchdiffeq solver options.
 
@@ -128,6 +128,6 @@ def gradient_flow(
     template = cast_params(params0, dtype)
     y0 = ng.flatten_params(template).detach()
     field = euclidean_direction(phi, template, loss)
-    times, ys = _integrate("gradient_flow", field, y0, t_eval, rtol, atol, method, options)
+    times, ys = _integrate("gradient_flow", field, y0, t_eval, rtol, atol, integrator, options)
     outputs, losses = record(phi, template, loss, ys)
     return Trajectory(times=times, params=ys, outputs=outputs, losses=losses)

@@ -39,7 +39,8 @@ class MoorePenrose:
     def __post_init__(self) -> None:
         if self.rtol is not None and not (0 <= check_real("MoorePenrose", "rtol", self.rtol) < 1):
             raise InvalidInputError(
-                f"MoorePenrose: rtol must be in [0, 1) (None for the default max(r, d)·eps), got {self.rtol!r}"
+                "MoorePenrose: rtol must be in [0, 1) (None for the default 10·min(r, d)·eps, see "
+                f"natgrad.default_rtol), got {self.rtol!r}"
             )
 
     def resolve_rtol(self, dtype: torch.dtype, rows: int, cols: int) -> float:

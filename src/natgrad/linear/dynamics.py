@@ -185,7 +185,7 @@ def end_to_end_velocity(
     """``ẇ = −J_w v``: the end-to-end velocity induced by the parameter direction ``v`` (``J_w = ∂w/∂θ``)."""
     params = model.params() if params is None else params
     move = ng.flatten_params(direction(model, site, params, method))
-    _, tangent = torch.func.jvp(model.end_to_end, (params,), (ng.unflatten_like(-move, params),))
+    tangent = torch.func.jvp(model.end_to_end, (params,), (ng.unflatten_like(-move, params),))[1]
     return tangent.detach()
 
 

@@ -17,6 +17,7 @@ Each class has a ``from_end_to_end(w0, ...)`` constructor that sets the paramete
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -138,7 +139,7 @@ class DeepLinear(LinearParametrisation):
         width = d if width is None else width
         widths = [d] + [width] * (depth - 1) + [1]
         module = cls(widths, dtype=w0.dtype, device=w0.device)
-        kw = {"dtype": w0.dtype, "device": w0.device}
+        kw: dict[str, Any] = {"dtype": w0.dtype, "device": w0.device}
         with torch.no_grad():
             if balanced:
                 s = w0.norm() ** (1.0 / depth)

@@ -13,6 +13,7 @@ scipy is an optional extra, imported when a scipy-backed reference is called.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def svm_l2(X: Tensor, y: Tensor, *, support_tol: float = 1e-8) -> MaxMargin:
     alpha = u / denom
     w = Z.T @ alpha
     support = np.flatnonzero(alpha > support_tol * alpha.max())
-    like = {"dtype": X.dtype, "device": X.device}
+    like: dict[str, Any] = {"dtype": X.dtype, "device": X.device}
     return MaxMargin(torch.as_tensor(w, **like), torch.as_tensor(alpha, **like), torch.as_tensor(support))
 
 

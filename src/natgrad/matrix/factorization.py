@@ -98,9 +98,10 @@ def end_to_end(layers: dict[str, torch.Tensor]) -> torch.Tensor:
         raise TypeError(
             f"end_to_end: expected a non-empty dict of layer tensors, got {type(layers).__name__}"
         )
-    product = None
+    product: torch.Tensor | None = None
     for weight in layers.values():
         product = weight if product is None else weight @ product
+    assert product is not None  # layers is non-empty (checked above)
     return product
 
 

@@ -63,7 +63,7 @@ class _CategoricalLocal(LocalMetric):
         x, vector = self._rows(u, self.classes)
         return self._out(self._qt(self.sqrt_p[..., None] * x), vector)
 
-    def _blocks(self) -> Tensor:
+    def blocks(self) -> Tensor:
         """The per-row factors diag(√p) Q, (rows, C, C−1)."""
         eye = torch.eye(self.classes - 1, dtype=self.dtype, device=self.device)
         return self.sqrt_p[:, :, None] * self._q(eye.expand(self.p.shape[0], -1, -1))
@@ -80,7 +80,7 @@ class _CategoricalLocal(LocalMetric):
         return self._out(self._qt(torch.where(support, centred / root, 0.0)), vector)
 
     def factor(self) -> Tensor:
-        return torch.block_diag(*self._blocks())
+        return torch.block_diag(*self.blocks())
 
     def _g_blocks(self) -> Tensor:
         # The diagonal p_i(1 − p_i) as p_i Σ_{j≠i} p_j: p_i − p_i² cancels when p_i ≈ 1.
@@ -94,6 +94,16 @@ class _CategoricalLocal(LocalMetric):
     def factor_norm(self) -> Tensor:
         # ‖B‖₂² = largest eigenvalue over the rows' C×C blocks diag(p) − ppᵀ.
         return torch.linalg.eigvalsh(self._g_blocks()).amax().clamp_min(0).sqrt()
+
+
+def categorical_factor_blocks(logits: Tensor) -> Tensor:
+    """Per-row factors B_i = diag(√p) Q (C × (C−1)) of the categorical Fisher diag(p) − ppᵀ, p = softmax(logits).
+
+    Q spans √p⊥ (a Householder reflection pivoted on the most probable class, see ``_CategoricalLocal``), so
+    B_i B_iᵀ = diag(p) − ppᵀ and B_i has full column rank whenever every p > 0. ``logits``: (..., C);
+    returns (rows, C, C − 1) with rows = the product of the leading axes.
+    """
+    return _CategoricalLocal(logits).blocks()
 
 
 class Categorical(Metric):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-from natgrad._tree import Params, flatten_params, leaves
+from natgrad._tree import Parametrisation, Params, flatten_params, leaves
 
 
 class Linearization:
@@ -19,9 +17,7 @@ class Linearization:
         params: Tensor or dict of Tensors.
     """
 
-    def __init__(
-        self, phi: Callable[[Params], Tensor], params: Params, call: str = "natural_gradient"
-    ) -> None:
+    def __init__(self, phi: Parametrisation, params: Params, call: str = "natural_gradient") -> None:
         self.params = params
         self.flat = flatten_params(params).detach()
         self.d = self.flat.numel()
@@ -43,7 +39,7 @@ class Linearization:
             return out.reshape(-1)
 
         self._phi_leaves = phi_leaves
-        z_flat, self._vjp_fn = vjp(phi_leaves, *self._leaves)
+        z_flat, self._vjp_fn = vjp(phi_leaves, *self._leaves)[:2]  # (output, vjp_fn): no aux
         self.z_flat = z_flat.detach()
         self.z = self.z_flat.reshape(self.out_shape)
         self.n = self.z_flat.numel()
@@ -82,6 +78,6 @@ class Linearization:
         return torch.cat([self.jvp_rows(eye[i : i + chunk]) for i in range(0, self.d, chunk)]).T
 
 
-def jacobian(phi: Callable[[Params], Tensor], params: Params) -> Tensor:
+def jacobian(phi: Parametrisation, params: Params) -> Tensor:
     """Dense Jacobian of ``phi(params).flatten()`` with respect to ``flatten_params(params)``: (n, d)."""
     return Linearization(phi, params, call="jacobian").jacobian()

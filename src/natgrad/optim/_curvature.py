@@ -41,7 +41,7 @@ def _dense_matvec(metric: Any, z: torch.Tensor) -> Callable[[torch.Tensor], torc
 
 def resolve_curvature(
     metric_setting: Any,
-    loss: Callable[[torch.Tensor], torch.Tensor],
+    loss: Any,  # a callable z -> scalar; with metric="auto" also a loss of ._losses (scale, metric, ...)
     z: torch.Tensor,
     mc_samples: int | None,
     generator: torch.Generator | None,

@@ -74,10 +74,7 @@ class CrossEntropy(_FisherLoss):
         return p * u - p * (p * u).sum(-1, keepdim=True)
 
     def sample_scores(self, z: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
-        p = torch.softmax(z.detach(), dim=-1)
-        labels = torch.multinomial(p, k, replacement=True, generator=generator)  # (N, k)
-        onehot = torch.nn.functional.one_hot(labels, p.shape[-1]).to(p.dtype)  # (N, k, C)
-        return (p.unsqueeze(1) - onehot).transpose(0, 1)  # (k, N, C)
+        return ng.metrics.categorical_scores(z, k, generator)  # (k, N, C)
 
 
 class BinaryCrossEntropy(_FisherLoss):
@@ -176,8 +173,4 @@ def monte_carlo_factor(scores: torch.Tensor) -> torch.Tensor:
     Returns:
         B of shape (n, N·k) with n = number of output entries; row (i, c), column (i, j) holds s_jic / √k.
     """
-    k, n_samples = scores.shape[0], scores.shape[1]
-    s = scores.reshape(k, n_samples, -1)  # (k, N, C)
-    eye = torch.eye(n_samples, dtype=s.dtype, device=s.device)
-    b = torch.einsum("jic,il->iclj", s, eye) / k**0.5  # (N, C, N, k)
-    return b.reshape(n_samples * s.shape[-1], n_samples * k)
+    return torch.block_diag(*ng.metrics.monte_carlo_blocks(scores))

@@ -26,6 +26,7 @@ import torch
 from torch.func import functional_call, jvp
 
 import natgrad as ng
+from natgrad._loss import output_gradient
 
 from ._curvature import Curvature, resolve_curvature
 from ._damping import LevenbergMarquardt, reduction_ratio
@@ -180,7 +181,7 @@ class NGD(torch.optim.Optimizer):
         prior = self._momentum_prior(named)
         engine_loss = _scaled(loss, curvature.scale)
         if prior is not None:
-            _, jp = jvp(forward, (theta,), (prior,))
+            jp = jvp(forward, (theta,), (prior,))[1]
             engine_loss = shifted_loss(engine_loss, curvature.matvec(jp))
         result = ng.natural_gradient(
             forward,
@@ -241,10 +242,11 @@ class NGD(torch.optim.Optimizer):
         needs_model = self.line_search == "backtracking" or self.adaptive_damping
         slope = curvature_term = math.nan
         if needs_model:
-            _, jd = jvp(forward, (theta,), (step_vec,))
-            grad_z = _output_gradient(loss, z0)
+            jd = jvp(forward, (theta,), (step_vec,))[1]
+            grad_z = output_gradient("NGD.step", loss, z0)[1]
             slope = float((grad_z * jd).sum())  # ⟨∇L, d⟩ = ⟨∇_z L, J d⟩
             curvature_term = curvature.scale * float((jd * curvature.matvec(jd)).sum())  # dᵀ G d
+        loss_new: float | None
         if self.line_search == "grid":
             alpha, loss_new = grid_search(loss_at, loss0, self.line_search_grid)
         elif self.line_search == "backtracking":
@@ -253,6 +255,7 @@ class NGD(torch.optim.Optimizer):
             alpha, loss_new = 1.0, (loss_at(1.0) if self.adaptive_damping else None)
         if not self.adaptive_damping:
             return alpha, loss_new, None
+        assert loss_new is not None  # every branch evaluates the loss when the damping adapts
         predicted = alpha * slope - 0.5 * alpha**2 * curvature_term
         ratio = reduction_ratio(loss0 - loss_new, predicted) if alpha > 0 else -math.inf
         if not (loss_new is not None and math.isfinite(loss_new) and loss_new <= loss0):
@@ -323,14 +326,14 @@ def _scalar_loss(loss: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) 
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ValueError(f"NGD.step: loss(z) must return a scalar tensor, got {shape}")
-    value = float(value.detach())
-    if not math.isfinite(value):
+    number = float(value.detach())
+    if not math.isfinite(number):
         raise ValueError(
-            f"NGD.step: the loss is not finite ({value}) at the current parameters; the step was not "
+            f"NGD.step: the loss is not finite ({number}) at the current parameters; the step was not "
             "taken and "
             "the parameters are unchanged (check the data and the model outputs, or lower the learning rate)"
         )
-    return value
+    return number
 
 
 def _scaled(
@@ -339,10 +342,3 @@ def _scaled(
     if scale == 1.0:
         return loss
     return lambda z: loss(z) / scale
-
-
-def _output_gradient(loss: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor) -> torch.Tensor:
-    z = z0.detach().requires_grad_(True)
-    with torch.enable_grad():
-        (grad,) = torch.autograd.grad(loss(z), z)
-    return grad

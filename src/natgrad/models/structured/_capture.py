@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from natgrad.exceptions import StructuredUnsupported
+
 
 @dataclass
 class ModuleCall:
@@ -77,10 +79,11 @@ class _Recorder:
             if not self.active:
                 return None
             if not isinstance(output, torch.Tensor):
-                raise TypeError(
-                    f"structured_kernel: module {name or '<root>'!r} ({type(module).__name__}) owns "
+                raise StructuredUnsupported.at(
+                    "structured_kernel",
+                    f"module {name or '<root>'!r} ({type(module).__name__}) owns "
                     f"trainable parameters but returns {type(output).__name__}; the structured route needs "
-                    "modules with parameters to return one tensor (move the parameters into a submodule)"
+                    "modules with parameters to return one tensor (move the parameters into a submodule)",
                 )
             tensors = [t for t in _tensors((args, kwargs))]
             call = ModuleCall(
@@ -120,10 +123,11 @@ def check_unchanged(calls: list[ModuleCall]) -> None:
     for call in calls:
         for tensor, version in call.versions:
             if tensor._version != version:
-                raise ValueError(
-                    f"structured_kernel: an input of module {call.name or '<root>'!r} "
+                raise StructuredUnsupported.at(
+                    "structured_kernel",
+                    f"an input of module {call.name or '<root>'!r} "
                     f"({type(call.module).__name__}) was modified in place after the module used it; "
-                    "use out-of-place operations (e.g. inplace=False) before parametrised layers"
+                    "use out-of-place operations (e.g. inplace=False) before parametrised layers",
                 )
         call.versions = []
 

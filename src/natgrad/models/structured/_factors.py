@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from natgrad.metrics import categorical_factor_blocks, categorical_scores, monte_carlo_blocks
+
 Factor = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 
 
@@ -103,9 +105,10 @@ def categorical_fisher_factor(logits: torch.Tensor, reduced: bool = True) -> tor
     """Exact factor of the categorical Fisher diag(p) − p pᵀ, p = softmax(logits), per example.
 
     With ``reduced=False`` the block is B_i = diag(√p) − p √pᵀ (C × C), whose columns are linearly
-    dependent (B_i √p = 0), so the kernel is singular. With ``reduced=True`` (default) the block is
-    diag(√p) Q (C × (C−1)), where Q is an orthonormal basis of √p⊥ taken from a Householder reflection;
-    B_i B_iᵀ is the same matrix and the kernel is nonsingular whenever Bᵀ J has full row rank.
+    dependent (B_i √p = 0), so the kernel is singular. With ``reduced=True`` (default) the block is the
+    engine's own factor of ``natgrad.metrics.Categorical`` (:func:`natgrad.metrics.categorical_factor_blocks`),
+    diag(√p) Q (C × (C−1)) with Q an orthonormal basis of √p⊥; B_i B_iᵀ is the same matrix and the kernel is
+    nonsingular whenever Bᵀ J has full row rank.
 
     Args:
         logits: (N, C) logits, C ≥ 2.
@@ -119,20 +122,11 @@ def categorical_fisher_factor(logits: torch.Tensor, reduced: bool = True) -> tor
             "categorical_fisher_factor: expects logits of shape (N, C) with C >= 2, "
             f"got {tuple(logits.shape)}"
         )
-    p = torch.softmax(logits, dim=1)
-    sqrt_p = p.sqrt()
     if not reduced:
+        p = torch.softmax(logits, dim=1)
+        sqrt_p = p.sqrt()
         return torch.diag_embed(sqrt_p) - p[:, :, None] * sqrt_p[:, None, :]
-    num_classes = logits.shape[1]
-    # Householder H = I − 2 w wᵀ / wᵀw maps √p to ∓e_last; its other columns span √p⊥.
-    last = torch.zeros_like(sqrt_p)
-    last[:, -1] = 1.0
-    sign = torch.where(sqrt_p[:, -1:] >= 0, 1.0, -1.0).to(sqrt_p.dtype)
-    w = sqrt_p + sign * last
-    eye = torch.eye(num_classes, dtype=logits.dtype, device=logits.device)
-    householder = eye - 2.0 * w[:, :, None] * w[:, None, :] / (w * w).sum(1)[:, None, None]
-    basis = householder[:, :, : num_classes - 1]
-    return sqrt_p[:, :, None] * basis
+    return categorical_factor_blocks(logits)
 
 
 def categorical_mc_factor(
@@ -158,7 +152,4 @@ def categorical_mc_factor(
         )
     if samples < 1:
         raise ValueError(f"categorical_mc_factor: samples must be >= 1, got {samples}")
-    p = torch.softmax(logits.detach(), dim=1)
-    draws = torch.multinomial(p, samples, replacement=True, generator=generator)  # (N, k)
-    onehot = torch.nn.functional.one_hot(draws, logits.shape[1]).to(p.dtype)  # (N, k, C)
-    return (onehot - p[:, None, :]).transpose(1, 2) / samples**0.5
+    return monte_carlo_blocks(-categorical_scores(logits, samples, generator))  # columns (e_y − p)/√k

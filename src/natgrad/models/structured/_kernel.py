@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from natgrad.exceptions import StructuredUnsupported
+
 from ._capture import ModuleCall, check_unchanged, output_signals, recording
 from ._factors import BlockFactor, Factor, normalise_factor
 from ._layers import add_rows, add_shared_linear
@@ -98,10 +100,11 @@ def _as_tuple(inputs: Any) -> tuple[Any, ...]:
 def _check_batch(calls: Sequence[ModuleCall], num_examples: int) -> None:
     for call in calls:
         if call.output.dim() == 0 or call.output.shape[0] != num_examples:
-            raise ValueError(
-                f"{_CALL}: module {call.name or '<root>'!r} ({type(call.module).__name__}) returned shape "
+            raise StructuredUnsupported.at(
+                _CALL,
+                f"module {call.name or '<root>'!r} ({type(call.module).__name__}) returned shape "
                 f"{tuple(call.output.shape)}, but the structured route needs the batch axis first with "
-                f"N = {num_examples} examples in every parametrised layer (use batch_first layouts)"
+                f"N = {num_examples} examples in every parametrised layer (use batch_first layouts)",
             )
 
 
@@ -124,6 +127,7 @@ def structured_kernel(
     output_factor: Factor = None,
     chunk_size: int | None = None,
     check_outside: bool = True,
+    kwargs: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, StructuredContext]:
     """The output-side kernel K = (Bᵀ J)(Bᵀ J)ᵀ of a network, assembled layer by layer without forming J.
 
@@ -149,6 +153,7 @@ def structured_kernel(
         check_outside: look for parameters used outside the modules that register them (one extra
             backward pass and a re-run of each layer) and give them whole-model rows. With False the layer
             formulas are trusted as they are; callers then verify K against products with A (the engine does).
+        kwargs: keyword inputs of ``module.forward`` (as ``from_module(..., kwargs=...)`` records them).
 
     Returns:
         ``(K, context)``: K of shape (r, r), and a :class:`StructuredContext` whose ``vjp(y)`` gives Jᵀ B y.
@@ -158,9 +163,11 @@ def structured_kernel(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"{_CALL}: chunk_size must be a positive integer or None, got {chunk_size}")
     with torch.enable_grad(), recording(module) as recorder:
-        output = module(*_as_tuple(inputs))
+        output = module(*_as_tuple(inputs), **(kwargs or {}))
     if not isinstance(output, torch.Tensor):
-        raise TypeError(f"{_CALL}: the module must return one tensor (N, ...), got {type(output).__name__}")
+        raise StructuredUnsupported.at(
+            _CALL, f"the module must return one tensor (N, ...), got {type(output).__name__}"
+        )
     check_unchanged(recorder.calls)
     factor, dense = normalise_factor(output_factor, output, _CALL)
     num_examples, width = factor.num_examples, factor.width
@@ -185,7 +192,9 @@ def structured_kernel(
         for call in calls:
             call.params = {k: p for k, p in call.params.items() if id(p) not in outside}
         calls = [call for call in calls if call.params]
-    signals = _signals(output, calls, factor, columns_per_pass) if calls else []
+    signals: list[torch.Tensor | None] = (
+        list(_signals(output, calls, factor, columns_per_pass)) if calls else []
+    )
 
     uses: dict[int, int] = {}
     for call in calls:
@@ -202,12 +211,13 @@ def structured_kernel(
 
     for index, call in enumerate(calls):
         s = signals[index]
+        assert s is not None
         signals[index] = None  # free as we go
         kind = structure_of(call.module)
         if any(uses[id(p)] > 1 for p in call.params.values()):
-            for name, rows in generic_rows(call, s, examples_per_chunk, pause).items():
+            for name, param_rows in generic_rows(call, s, examples_per_chunk, pause).items():
                 key = id(call.params[name])
-                flat = rows.reshape(r, -1)
+                flat = param_rows.reshape(r, -1)
                 tied_rows[key] = tied_rows[key] + flat if key in tied_rows else flat
             routes[call.name] = "shared-parameter/vjp"
         elif kind in _BLOCKS:
@@ -218,8 +228,8 @@ def structured_kernel(
             add_rows(kernel, norm_rows(call, s))
             routes[call.name] = "norm"
         else:
-            rows = generic_rows(call, s, examples_per_chunk, pause)
-            add_rows(kernel, torch.cat([v.reshape(r, -1) for v in rows.values()], dim=1))
+            generic = generic_rows(call, s, examples_per_chunk, pause)
+            add_rows(kernel, torch.cat([v.reshape(r, -1) for v in generic.values()], dim=1))
             routes[call.name] = "generic/vjp"
     for rows in tied_rows.values():
         add_rows(kernel, rows)

@@ -11,9 +11,13 @@ inputs so that only this call's use of the parameters counts.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from natgrad.exceptions import StructuredUnsupported
 
 from ._capture import ModuleCall
 
@@ -51,7 +55,7 @@ def _with_bias(x: torch.Tensor, params: dict, weight: str = "weight", bias: str 
 
 def linear_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
     """Linear y = W x + b over positions t (all axes between batch and features)."""
-    module = call.module
+    module: Any = call.module
     x = call.args[0]
     n = x.shape[0]
     x = x.reshape(n, -1, module.in_features)
@@ -61,13 +65,14 @@ def linear_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
 
 def conv_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
     """Conv1d/Conv2d as a linear map of unfolded patches, one block per group."""
-    module = call.module
+    module: Any = call.module
     x = call.args[0]
     spatial = x.dim() - 2
     if spatial != (1 if isinstance(module, nn.Conv1d) else 2):
-        raise ValueError(
-            f"structured_kernel: {type(module).__name__} {call.name!r} expects batched input (N, C, ...), "
-            f"got shape {tuple(x.shape)}"
+        raise StructuredUnsupported.at(
+            "structured_kernel",
+            f"{type(module).__name__} {call.name!r} expects batched input (N, C, ...), "
+            f"got shape {tuple(x.shape)}",
         )
     padding = module.padding
     if module.padding_mode != "zeros" or isinstance(padding, str):
@@ -97,7 +102,7 @@ def conv_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
 
 def embedding_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
     """Embedding y_t = E[idx_t]: a linear map of one-hot rows over the tokens present in the batch."""
-    module = call.module
+    module: Any = call.module
     idx = call.args[0]
     n = idx.shape[0]
     idx = idx.reshape(n, -1)
@@ -110,7 +115,7 @@ def embedding_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBloc
     return [(onehot, s)]
 
 
-def _normalised_input(module: nn.Module, x: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
+def _normalised_input(module: Any, x: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
     """x̂ (before the affine map) and the axis where the affine parameters start."""
     if isinstance(module, nn.LayerNorm):
         shape = module.normalized_shape
@@ -118,10 +123,11 @@ def _normalised_input(module: nn.Module, x: torch.Tensor, name: str) -> tuple[to
     if isinstance(module, nn.GroupNorm):
         return F.group_norm(x, module.num_groups, eps=module.eps), 1
     if module.training or module.running_mean is None:
-        raise ValueError(
-            f"structured_kernel: {type(module).__name__} {name!r} normalises with batch statistics "
+        raise StructuredUnsupported.at(
+            "structured_kernel",
+            f"{type(module).__name__} {name!r} normalises with batch statistics "
             "(training mode or track_running_stats=False), which couples the examples; call model.eval() "
-            "or use a route that does not assume independent examples (method='dual')"
+            "or use a route that does not assume independent examples (method='dual')",
         )
     view = (1, -1) + (1,) * (x.dim() - 2)
     mean = module.running_mean.reshape(view)
@@ -185,8 +191,8 @@ def generic_rows(
         chunks.append(grads)
     rows = {}
     for position, name in enumerate(names):
-        parts = [
-            g[position]
+        parts: list[torch.Tensor] = [
+            cast(torch.Tensor, g[position])
             if g[position] is not None
             else torch.zeros(
                 ((min(start + step, n) - start) * width, *call.params[name].shape),
