@@ -56,10 +56,14 @@ class Config:
 
 
 def config(quick: bool, seed: int = 0) -> Config:
-    """Quick: 1280 first-order steps or 128 NGD steps of 32 examples; full: ten times as many."""
+    """Quick: 1280 first-order or 128 NGD steps of 32 examples; full: 25600 or 2560 steps.
+
+    Full: at half that budget NGD's last-quarter mean accuracy was 0.854, 0.852 and 0.833 for seeds 0, 1, 2
+    (below its target for seed 2); at this one 0.878, 0.874 and 0.867.
+    """
     if quick:
         return Config(seed, 32, 0.3, 32, 40_960, 16, 1e-2, 0.1, 1e-3, 0.9, 0.7)
-    return Config(seed, 64, 0.3, 32, 409_600, 40, 1e-2, 0.1, 1e-3, 0.9, 0.85)
+    return Config(seed, 64, 0.3, 32, 819_200, 40, 1e-2, 0.1, 1e-3, 0.9, 0.85)
 
 
 def step_cost(method: str, batch_size: int) -> int:
