@@ -183,3 +183,14 @@ def test_a_new_route_is_one_class_and_one_registry_entry(monkeypatch):
         ng.natural_gradient(phi, params, loss, metric, method="svd")
     with pytest.raises(MemoryError, match=r"method='gram-svd' needs about .*; use method='krylov'"):
         ng.natural_gradient(phi, params, loss, metric, method="gram-svd", memory_budget=64)
+
+
+def test_refuses_says_which_inverses_reuse_the_factorisation():
+    _, phi, params, metric, _ = _point("polynomial", "gaussian")
+    d = ng.num_params(params)
+    h = ng.MinNorm(torch.ones(d, dtype=F64))
+    fac = ng.factorize(phi, params, metric, method="primal")
+    assert fac.refuses(ng.Damped(3.0)) is None and fac.refuses(ng.GInverse(torch.eye(d, dtype=F64))) is None
+    assert "differs from the factorisation's" in fac.refuses(ng.MoorePenrose(rtol=1e-3))
+    assert "MinNorm changes the factored matrix" in fac.refuses(h)
+    assert ng.factorize(phi, params, metric, h, method="primal").refuses(h) is None

@@ -8,6 +8,7 @@ from importlib import metadata as _metadata
 
 from natgrad import exceptions, metrics, reference
 from natgrad._factorize import GramFactorization, factorize
+from natgrad._result import SolveInfo
 from natgrad._tree import Parametrisation, flatten_params, num_params, unflatten_like
 from natgrad.exceptions import (
     ConvergenceError,
@@ -39,6 +40,7 @@ __all__ = [
     "NatgradError",
     "NaturalGradient",
     "Parametrisation",
+    "SolveInfo",
     "StructuredUnsupported",
     "choose_route",
     "default_rtol",

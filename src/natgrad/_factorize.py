@@ -6,6 +6,7 @@ search and momentum, and the diagnostics that need many right-hand sides at one 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from numbers import Integral
 from typing import Any, Generic, cast
@@ -90,18 +91,22 @@ class GramFactorization(Generic[ParamsT]):
 
     @property
     def method(self) -> RouteName:
+        """The route that factorised G (after ``auto``'s choice and any fallback)."""
         return self._route.name
 
     @property
     def rank(self) -> int | None:
+        """Numerical rank of G retained by the cutoff (None on the krylov route)."""
         return self._factorization().rank
 
     @property
     def output(self) -> Tensor:
+        """z = phi(params), detached."""
         return self._problem.lin.z
 
     @property
     def rtol(self) -> float:
+        """The eigenvalue cutoff λ > rtol·λ_max applied to G."""
         return self._problem.rtol
 
     def _fall_back(self, error: StructuredUnsupported) -> None:
@@ -177,23 +182,36 @@ class GramFactorization(Generic[ParamsT]):
         check_finite(call, "output_grad", output_grad)
         return self._solve(output_grad.detach().reshape(-1), loss, inverse, throw)
 
-    def _check_override(self, inverse: Inverse) -> Inverse:
-        call, problem = self._call, self._problem
-        inverse = check_inverse(call, inverse, problem.d, problem.lin.flat)
+    def refuses(self, inverse: Inverse) -> str | None:
+        """Why ``solve(..., inverse=inverse)`` cannot reuse this factorisation, or None when it can.
+
+        Any ``Damped(λ)`` can; MoorePenrose and GInverse need the factorisation's cutoff; MinNorm only the very
+        MinNorm it was made for (h changes the factored matrix).
+        """
+        problem = self._problem
+        inverse = check_inverse(self._call, inverse, problem.d, problem.lin.flat)
         if isinstance(inverse, MinNorm) != isinstance(self.inverse, MinNorm) or (
             isinstance(inverse, MinNorm) and inverse is not self.inverse
         ):
-            raise InvalidInputError(
-                f"{call}: this factorisation was made for {type(self.inverse).__name__}, got "
-                f"{type(inverse).__name__}; MinNorm changes the factored matrix, so call factorize again"
+            return (
+                f"this factorisation was made for {type(self.inverse).__name__}, got {type(inverse).__name__}; "
+                "MinNorm changes the factored matrix, so call factorize again"
             )
         if not isinstance(inverse, Damped):
             wanted = cutoff(inverse, problem.lin.flat.dtype, problem.r, problem.d)
             if wanted != problem.rtol:
-                raise InvalidInputError(
-                    f"{call}: the inverse's cutoff rtol={wanted:.3g} differs from the factorisation's "
+                return (
+                    f"the inverse's cutoff rtol={wanted:.3g} differs from the factorisation's "
                     f"rtol={problem.rtol:.3g}; call factorize again with this inverse"
                 )
+        return None
+
+    def _check_override(self, inverse: Inverse) -> Inverse:
+        call, problem = self._call, self._problem
+        inverse = check_inverse(call, inverse, problem.d, problem.lin.flat)
+        reason = self.refuses(inverse)
+        if reason is not None:
+            raise InvalidInputError(f"{call}: {reason}")
         return inverse
 
     def _solve(
@@ -233,7 +251,7 @@ class GramFactorization(Generic[ParamsT]):
             method=self.method,
             output=lin.z,
             loss=loss_value,
-            info=dict(info),
+            info=info,
             status=status,
         )
         if status != "success" and throw:
@@ -263,6 +281,16 @@ class GramFactorization(Generic[ParamsT]):
             self._fac.release()
 
 
+def _check_budget(call: str, memory_budget: object) -> int:
+    budget = check_real(call, "memory_budget", memory_budget)
+    if not (math.isfinite(budget) and budget >= 0):
+        raise InvalidInputError(
+            f"{call}: memory_budget must be a finite number of bytes ≥ 0, got {memory_budget!r}; "
+            "pass None for the default (1 GiB)"
+        )
+    return int(budget)
+
+
 def prepare(
     call: str,
     phi: Parametrisation,
@@ -288,16 +316,17 @@ def prepare(
             f"{call}: metric must be a natgrad.metrics.Metric, got {type(metric).__name__}"
         )
     dtype, device = check_params(call, params)
+    if torch.finfo(dtype).bits < 32:
+        raise InvalidTypeError(
+            f"{call}: parameters are {dtype}; the Gram matrix decompositions (eigh, SVD, Cholesky) need float32 or "
+            "float64; convert the parameters (and the model) with .float() or .double()"
+        )
     d = num_params(params)
     if d == 0:
         raise InvalidInputError(
             f"{call}: params have no entries (d = 0); expected at least one scalar parameter"
         )
-    budget = (
-        DEFAULT_MEMORY_BUDGET
-        if memory_budget is None
-        else int(check_real(call, "memory_budget", memory_budget))
-    )
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else _check_budget(call, memory_budget)
     if tol is not None and not (0 < check_real(call, "tol", tol) < 1):
         raise InvalidInputError(f"{call}: tol must be in (0, 1) (a relative residual), got {tol!r}")
     if max_iter is not None and (

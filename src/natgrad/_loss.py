@@ -7,7 +7,7 @@ from collections.abc import Callable
 from torch import Tensor
 from torch.func import grad as func_grad
 
-from natgrad.exceptions import InvalidInputError
+from natgrad.exceptions import InvalidInputError, InvalidTypeError
 
 
 def output_gradient(call: str, loss: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
@@ -22,6 +22,11 @@ def output_gradient(call: str, loss: Callable[[Tensor], Tensor], z: Tensor) -> t
         if not isinstance(value, Tensor) or value.numel() != 1:
             got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise InvalidInputError(f"{call}: loss(z) must return a scalar Tensor, got {got}")
+        if not value.is_floating_point():
+            raise InvalidTypeError(
+                f"{call}: loss(z) must return a floating-point scalar, got dtype {value.dtype}; a loss with "
+                "integer (or boolean, or complex) values has no real gradient"
+            )
         value = value.reshape(())
         value_box.append(value)
         return value

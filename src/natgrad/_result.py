@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Generic, Literal, TypedDict, TypeVar
 
 from torch import Tensor
 
@@ -12,6 +12,31 @@ from natgrad._tree import Params
 Method = Literal["primal", "dual", "lstsq", "krylov", "structured", "reference"]
 Status = Literal["success", "max_iter_reached"]
 ParamsT = TypeVar("ParamsT", bound=Params)  # the structure of the caller's params: a Tensor or a dict
+
+
+class SolveInfo(TypedDict, total=False):
+    """Route details of one solve (``NaturalGradient.info``); each route fills the keys that apply to it.
+
+    Keys:
+        consistent: ∇z L lies in the range of g, so the c-forms (v = A⁺c) were used.
+        rtol: the eigenvalue cutoff applied (absent for ``Damped`` and on the krylov route).
+        iterations, residual, converged: Krylov solves (summed iterations, worst relative residual, all met
+            the tolerance).
+        kernel_routes: structured route, module name -> layer formula.
+        kernel_solve: structured route, "cholesky" (certified full rank) or "eigh".
+        fallback: the route that actually ran when it differs (structured + MinNorm runs "dual").
+        structured_refused: ``method="auto"``: why the structured route was abandoned.
+    """
+
+    consistent: bool
+    rtol: float
+    iterations: int
+    residual: float
+    converged: bool
+    kernel_routes: dict[str, str]
+    kernel_solve: str
+    fallback: str
+    structured_refused: str
 
 
 @dataclass(frozen=True)
@@ -27,8 +52,8 @@ class NaturalGradient(Generic[ParamsT]):
             :func:`natgrad.reference.natural_gradient`).
         output: z = phi(params).
         loss: L(z); None when the solve was given ∇z L only (``solve_output_gradient`` without a loss value).
-        info: route details (see ``natgrad._routes.SolveInfo``: cutoff used, whether ∇z L lies in the range
-            of g, Krylov iterations, the structured kernel's formulas).
+        info: route details, a :class:`SolveInfo` (cutoff used, whether ∇z L lies in the range of g, Krylov
+            iterations, the structured kernel's formulas).
         status: "success", or "max_iter_reached" when a Krylov solve stopped above its tolerance (returned
             only with ``throw=False``; otherwise :class:`natgrad.ConvergenceError` is raised).
     """
@@ -40,5 +65,5 @@ class NaturalGradient(Generic[ParamsT]):
     method: Method
     output: Tensor
     loss: Tensor | None
-    info: dict[str, Any] = field(default_factory=dict)
+    info: SolveInfo = field(default_factory=lambda: SolveInfo())
     status: Status = "success"

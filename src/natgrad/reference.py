@@ -11,11 +11,16 @@ import torch
 from torch import Tensor
 from torch.func import jacrev
 
+from natgrad._checks import check_params
+from natgrad._factorize import check_inverse
 from natgrad._loss import output_gradient
 from natgrad._result import NaturalGradient
 from natgrad._tree import Parametrisation, Params, flatten_params, num_params, unflatten_like
+from natgrad.exceptions import InvalidTypeError
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 from natgrad.metrics import Euclidean, Metric
+
+CALL = "reference.natural_gradient"
 
 
 def _to64(params: Params) -> Params:
@@ -86,10 +91,17 @@ def natural_gradient(
     The rank cutoff matches the engine's (``MoorePenrose.resolve_rtol`` with r = n outputs): the factored
     routes cut on the eigenvalues of G = AᵀA, the same matrix decomposed here.
     """
-    inverse = MoorePenrose() if inverse is None else inverse
+    if not callable(phi) or not callable(loss):
+        raise InvalidTypeError(f"{CALL}: phi and loss must be callables (params -> Tensor, Tensor -> scalar)")
+    check_params(CALL, params)
+    if metric is not None and not isinstance(metric, Metric):
+        raise InvalidTypeError(
+            f"{CALL}: metric must be a natgrad.metrics.Metric, got {type(metric).__name__}"
+        )
+    inverse = check_inverse(CALL, inverse, num_params(params), flatten_params(params))
     pieces = gram(phi, params, metric)
     J, G, z = pieces["J"], pieces["G"], pieces["z"]
-    loss_value, u = output_gradient("reference.natural_gradient", loss, z)
+    loss_value, u = output_gradient(CALL, loss, z)
     u = u.reshape(-1)
     grad = J.T @ u
     rows = (Euclidean() if metric is None else metric).at(z).r

@@ -6,26 +6,15 @@ from dataclasses import dataclass
 
 from natgrad._routes._factorization import Factorization, KernelFactorization, SpectralFactorization
 from natgrad._routes._problem import Problem
-from natgrad._routes._route import Route, RouteName
-from natgrad._tree import Params
-from natgrad.models import ModuleRecord
+from natgrad._routes._route import AnyProblem, RouteName
 
 
 @dataclass(frozen=True)
-class _DenseRoute:
+class _DenseRoute(AnyProblem):
     """Shared by the three dense routes: no module needed, every problem supported."""
 
     name: RouteName
     bounded: bool = True
-
-    def refuses(self, record: ModuleRecord | None, params: Params) -> str | None:
-        return None
-
-    def supports(self, problem: Problem) -> str | None:
-        return None
-
-    def delegate(self, problem: Problem) -> Route:
-        return self
 
     def memory(self, r: int, d: int, itemsize: int) -> int:
         raise NotImplementedError

@@ -15,39 +15,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from natgrad._result import SolveInfo
 from natgrad._routes._kernel_inverse import KernelInverse, retained
 
 Operator = Callable[[Tensor], Tensor]
-
-
-class SolveInfo(TypedDict, total=False):
-    """Route details of one solve (``NaturalGradient.info``); each route fills the keys that apply to it.
-
-    Keys:
-        consistent: ∇z L lies in the range of g, so the c-forms (v = A⁺c) were used.
-        rtol: the eigenvalue cutoff applied (absent for ``Damped`` and on the krylov route).
-        iterations, residual, converged: Krylov solves (summed iterations, worst relative residual, all met
-            the tolerance).
-        kernel_routes: structured route, module name -> layer formula.
-        kernel_solve: structured route, "cholesky" (certified full rank) or "eigh".
-        fallback: the route that actually ran when it differs (structured + MinNorm runs "dual").
-        structured_refused: ``method="auto"``: why the structured route was abandoned.
-    """
-
-    consistent: bool
-    rtol: float
-    iterations: int
-    residual: float
-    converged: bool
-    kernel_routes: dict[str, str]
-    kernel_solve: str
-    fallback: str
-    structured_refused: str
 
 
 class Factorization(ABC):
@@ -102,7 +78,7 @@ class SpectralFactorization(Factorization):
         self.s = eigenvalues.sqrt() if s is None else s  # singular values of A, exact from an SVD
         keep = retained(eigenvalues, rtol)
         self.rank = int(keep.sum())
-        self._ek, self._Vk, self._sk = eigenvalues[keep], V[:, keep], self.s[keep]
+        self._Vk, self._sk = V[:, keep], self.s[keep]
         self._Uk = None if U is None else U[:, keep]
         self._complete = V.shape[0] == V.shape[1]  # V spans R^d: nothing outside it
 
@@ -121,7 +97,7 @@ class SpectralFactorization(Factorization):
     def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
         if c is not None and self._Uk is not None:
             return self._Vk @ ((self._Uk.T @ c) / self._sk)
-        return self._Vk @ ((self._Vk.T @ grad) / self._ek)
+        return self._Vk @ ((self._Vk.T @ grad) / self._sk**2)  # s² (not λ): the rounding of the former routes
 
     def complement(self, x: Tensor) -> Tensor:
         return x - self._Vk @ (self._Vk.T @ x)

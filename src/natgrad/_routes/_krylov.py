@@ -13,10 +13,8 @@ from torch import Tensor
 
 from natgrad._routes._factorization import Factorization, Operator, SolveInfo
 from natgrad._routes._problem import Problem
-from natgrad._routes._route import Route, RouteName
-from natgrad._tree import Params
+from natgrad._routes._route import AnyProblem, RouteName
 from natgrad.linalg import KrylovInfo, cg, lsqr
-from natgrad.models import ModuleRecord
 
 
 class KrylovFactorization(Factorization):
@@ -62,7 +60,7 @@ class KrylovFactorization(Factorization):
 
 
 @dataclass(frozen=True)
-class KrylovRoute:
+class KrylovRoute(AnyProblem):
     """LSQR / CG on products with J and Jᵀ: the route when nothing dense fits."""
 
     name: RouteName = "krylov"
@@ -73,15 +71,6 @@ class KrylovRoute:
 
     def auto_rank(self, r: int, d: int) -> int | None:
         return 9  # the last resort: always applies, never refused for memory
-
-    def refuses(self, record: ModuleRecord | None, params: Params) -> str | None:
-        return None
-
-    def supports(self, problem: Problem) -> str | None:
-        return None
-
-    def delegate(self, problem: Problem) -> Route:
-        return self
 
     def factorize(self, problem: Problem) -> Factorization:
         return KrylovFactorization(problem)

@@ -48,3 +48,16 @@ class Route(Protocol):
     def factorize(self, problem: Problem) -> Factorization:
         """G factorised at the problem's point (may raise ``StructuredUnsupported``)."""
         ...
+
+
+class AnyProblem:
+    """Mixin for routes that run on every problem: nothing refused, nothing delegated."""
+
+    def refuses(self, record: ModuleRecord | None, params: Params) -> str | None:
+        return None
+
+    def supports(self, problem: Problem) -> str | None:
+        return None
+
+    def delegate(self, problem: Problem) -> Route:
+        return self  # type: ignore[return-value]  # the class that mixes this in is the Route

@@ -139,7 +139,13 @@ def ginverse_independence(
     if len(inverses) < 2:
         raise ValueError(f"ginverse_independence: pass at least 2 inverses to compare, got {len(inverses)}")
     metric = ng.metrics.Euclidean() if metric is None else metric
-    results = [ng.natural_gradient(phi, params, loss, metric=metric, inverse=inv) for inv in inverses]
+    fac = ng.factorize(phi, params, metric=metric, inverse=inverses[0])
+    results = [
+        fac.solve(loss, inverse=inv)
+        if fac.refuses(inv) is None  # one factorisation serves every inverse with its cutoff
+        else ng.natural_gradient(phi, params, loss, metric=metric, inverse=inv)
+        for inv in inverses
+    ]
     jac = dense_jacobian(phi, params)
     v0 = flat(results[0].direction)
     jv0 = results[0].pushforward.detach().reshape(-1)

@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
+from natgrad._checks import check_params
 from natgrad._tree import Parametrisation, Params, flatten_params, leaves
+from natgrad.exceptions import InvalidTypeError
 
 
 class Linearization:
@@ -80,4 +82,9 @@ class Linearization:
 
 def jacobian(phi: Parametrisation, params: Params) -> Tensor:
     """Dense Jacobian of ``phi(params).flatten()`` with respect to ``flatten_params(params)``: (n, d)."""
+    if not callable(phi):
+        raise InvalidTypeError(
+            f"jacobian: phi must be a callable (params -> Tensor), got {type(phi).__name__}"
+        )
+    check_params("jacobian", params)
     return Linearization(phi, params, call="jacobian").jacobian()

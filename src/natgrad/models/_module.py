@@ -8,6 +8,8 @@ from typing import Any, NamedTuple
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from natgrad.exceptions import InvalidInputError
+
 
 class ModuleRecord(NamedTuple):
     """What ``from_module`` parametrised: the structured route re-runs ``module(*args, **kwargs)`` with hooks."""
@@ -54,7 +56,15 @@ def from_module(
     args = inputs if isinstance(inputs, tuple) else (inputs,)
     kw = dict(kwargs or {})
 
+    names = frozenset(params)
+
     def phi(p: dict[str, Tensor]) -> Tensor:
+        if not names.issuperset(p):
+            unknown = sorted(set(p) - names)
+            raise InvalidInputError(
+                f"from_module: phi(params) got parameter names the module does not have: {unknown}; expected "
+                f"keys among those of the params from_module returned ({sorted(names)})"
+            )
         out = functional_call(module, p, args, kw)
         if not isinstance(out, Tensor):
             raise TypeError(
