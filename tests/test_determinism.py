@@ -24,7 +24,6 @@ from natgrad.report._atomic import read_json
 
 CHEAP = (
     "finite-step",
-    "flows-two-charts",
     "independence-model",
     "projector-lemma",
     "pushforward",

@@ -21,10 +21,12 @@ from typer.testing import CliRunner
 
 import natgrad.experiments as experiments_api
 from _fake_experiments import make_experiment
+from _fault_driver import fake_experiments
 from natgrad.cli import MAX_SEED, app
 from natgrad.report._atomic import read_json
 
 DRIVER = Path(__file__).resolve().parent / "_fault_driver.py"
+runner = CliRunner()
 LEFTOVER_MARKS = (".tmp", ".figures-", ".natgrad-lock")
 STEP_SECONDS = 0.04  # per fake step and figure: a whole reproduction takes about 0.6 s after start-up
 
@@ -63,15 +65,18 @@ def _finished_at(folder: Path) -> dict[str, str]:
     return {p.parent.name: read_json(p)["finished_at"] for p in folder.glob("*/results.json")}
 
 
-def _reference_claims(tmp_path: Path) -> dict:
+def _reference_claims(tmp_path: Path, monkeypatch) -> dict:
+    """claims.json of an uninterrupted run of the driver's experiments (in this process: no start-up cost)."""
+    registry = fake_experiments(step_seconds=0.0)
+    monkeypatch.setattr(experiments_api, "all_experiments", lambda: registry)
     out = tmp_path / "reference"
-    code, output = _finish(_start(out, step_seconds=0.0))
-    assert code == 0, output
+    result = runner.invoke(app, ["reproduce", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
     return read_json(out / "claims.json")
 
 
-def test_random_kills_then_resume_give_the_same_claims_and_no_leftovers(tmp_path):
-    reference = _reference_claims(tmp_path)
+def test_random_kills_then_resume_give_the_same_claims_and_no_leftovers(tmp_path, monkeypatch):
+    reference = _reference_claims(tmp_path, monkeypatch)
     assert reference["all_hold"] and len(reference["claims"]) == 3
     out = tmp_path / "run"
     kill_points = random.Random(17)
@@ -145,7 +150,6 @@ def test_two_processes_started_together_on_a_fresh_folder_never_mix(tmp_path):
 
 
 # -- bad input on the command line: clear message, exit 2, nothing changed ---------------------------------
-runner = CliRunner()
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
