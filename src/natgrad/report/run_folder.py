@@ -59,7 +59,7 @@ def _foreign_entries(directory: Path) -> list[Path]:
 
 
 def _check_creatable(path: Path) -> None:
-    """Refuse, before anything is created, a path below a regular file or an unwritable directory."""
+    """Refuse, before anything is created, a path that is a regular file or lies below one."""
     for parent in reversed(path.parents):
         if parent.exists() and not parent.is_dir():
             raise RunFolderError(
