@@ -234,3 +234,394 @@ def combos() -> list[tuple[Case, MetricCase]]:
 def relative_error(a: Tensor, b: Tensor) -> float:
     scale = torch.linalg.vector_norm(b).clamp_min(1e-300)
     return float(torch.linalg.vector_norm(a.to(b.dtype) - b) / scale)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model zoo: stock torch.nn pieces a user brings (tiny: a few examples, widths ≤ 8). Each entry says whether
+# the structured route applies, or the wording of its refusal.
+
+
+@dataclass(frozen=True)
+class ZooCase:
+    """``build() -> (phi, params)`` in float64; ``refusal`` is None when every route applies, else a regex of
+    the structured route's refusal (the dense routes and ``auto`` must still agree with the reference)."""
+
+    name: str
+    build: Callable[[], tuple[Callable, object]]
+    refusal: str | None = None
+
+
+class FastPath(nn.Module):
+    """Runs ``inner`` with torch's fused attention fast path switched on or off (restored afterwards)."""
+
+    def __init__(self, inner: nn.Module, enabled: bool) -> None:
+        super().__init__()
+        self.inner = inner
+        self.enabled = enabled
+
+    def forward(self, *args: Tensor) -> Tensor:
+        previous = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(self.enabled)
+        try:
+            return self.inner(*args)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(previous)
+
+
+class Pooled(nn.Module):
+    """A sequence model followed by mean pooling over positions and a linear read-out."""
+
+    def __init__(self, body: nn.Module, width: int, classes: int = 3) -> None:
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x).mean(1))
+
+
+class Attention(nn.Module):
+    """nn.MultiheadAttention with masks, self- or cross-attention, the output tensor of its (out, weights)."""
+
+    def __init__(self, cross: bool) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.cross = cross
+
+    def forward(self, x: Tensor, memory: Tensor) -> Tensor:
+        source = memory if self.cross else x
+        causal = torch.triu(torch.ones(x.shape[1], source.shape[1], dtype=torch.bool), 1)
+        padding = torch.zeros(x.shape[0], source.shape[1], dtype=torch.bool)
+        padding[0, -1] = True
+        out, _ = self.attn(
+            x,
+            source,
+            source,
+            attn_mask=None if self.cross else causal,
+            key_padding_mask=padding,
+            need_weights=False,
+        )
+        return torch.tanh(out)
+
+
+class SdpaBlock(nn.Module):
+    """User-written causal self-attention with F.scaled_dot_product_attention and a pre-LayerNorm."""
+
+    def __init__(self, width: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.heads = heads
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t, e = x.shape
+        q, k, v = self.qkv(self.norm(x)).split(e, dim=-1)
+        q, k, v = (a.reshape(n, t, self.heads, e // self.heads).transpose(1, 2) for a in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.proj(y.transpose(1, 2).reshape(n, t, e))
+
+
+class TinyGPT(nn.Module):
+    """Causal decoder: token + learned position embeddings, one SDPA block, a GELU MLP, a final LayerNorm and
+    logits through the tied token embedding."""
+
+    def __init__(self, vocab: int = 7, width: int = 8, length: int = 4) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, width)
+        self.positions = nn.Parameter(0.1 * torch.randn(length, width))
+        self.block = SdpaBlock(width)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, width)
+        )
+        self.final = nn.LayerNorm(width)
+        self.out = nn.Linear(width, vocab, bias=False)
+        self.out.weight = self.tokens.weight
+
+    def forward(self, idx: Tensor) -> Tensor:
+        h = self.tokens(idx) + self.positions[: idx.shape[1]]
+        h = self.block(h)
+        h = h + self.mlp(h)
+        return self.out(self.final(h))[:, -1]
+
+
+class MhaDecoder(nn.Module):
+    """Causal decoder with nn.MultiheadAttention (is_causal with a mask) and a tied read-out."""
+
+    def __init__(self, vocab: int = 7, width: int = 8) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, width)
+        self.norm = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, 2, batch_first=True)
+        self.out = nn.Linear(width, vocab)
+        self.out.weight = self.tokens.weight
+
+    def forward(self, idx: Tensor) -> Tensor:
+        h = self.tokens(idx)
+        t = idx.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(t, dtype=h.dtype)
+        a, _ = self.attn(
+            self.norm(h), self.norm(h), self.norm(h), attn_mask=mask, is_causal=True, need_weights=False
+        )
+        return self.out(h + a).mean(1)
+
+
+class Recurrent(nn.Module):
+    """An nn.RNN/LSTM/GRU stack (batch first) read out at the last step."""
+
+    def __init__(self, rnn: nn.Module, width: int) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+class FinalState(nn.Module):
+    """An LSTM from a given initial state, read out through its output sequence and its final cell state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(3, 4, batch_first=True)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor, h0: Tensor, c0: Tensor) -> Tensor:
+        out, (_, c) = self.rnn(x, (h0, c0))
+        return self.head(out[:, -1] * torch.tanh(c[-1]))
+
+
+class SequenceFirst(nn.Module):
+    """A sequence-first (T, N, ...) attention or recurrent layer between batch-first transposes."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.transpose(0, 1)
+        out = (
+            self.layer(h, h, h, need_weights=False)[0]
+            if isinstance(self.layer, nn.MultiheadAttention)
+            else self.layer(h)[0]
+        )
+        return self.head(out.transpose(0, 1).mean(1))
+
+
+class DictLayer(nn.Module):
+    """A parametrised layer returning a dict whose only parameter-dependent entry is one tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Parameter(0.5 * torch.randn(4, 4))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {"hidden": torch.tanh(x @ self.proj), "positive": x > 0}
+
+
+class DictModel(nn.Module):
+    """Reads the tensor entry of a dict-returning layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = DictLayer()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.layer(x)
+        return self.head(out["hidden"] * out["positive"])
+
+
+class ResBlock(nn.Module):
+    """ResNet basic block: conv-BN-ReLU-conv-BN plus the identity, then pooling and a linear read-out."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.head = nn.Linear(channels, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = torch.relu(x + self.bn2(self.conv2(h)))
+        return self.head(h.mean((2, 3)))
+
+
+class ParentUse(nn.Module):
+    """A parent that uses its child's weight and its own parameter in its forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.tensor([0.5, -1.0, 2.0, 1.5]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.lin(x))
+        return self.scale * (h @ self.lin.weight)
+
+
+def _zoo(
+    make: Callable[[], nn.Module],
+    inputs: Callable[[torch.Generator], object],
+    init_seed: int,
+    *,
+    train: bool = False,
+    **options,
+) -> Callable[[], tuple[Callable, object]]:
+    def build():
+        torch.manual_seed(init_seed)
+        module = make().double()
+        module.train(train)
+        x = inputs(_gen(init_seed + 1))
+        x = tuple(t.double() if t.is_floating_point() else t for t in x) if isinstance(x, tuple) else x
+        if isinstance(x, Tensor) and x.is_floating_point():
+            x = x.double()
+        return ng.from_module(module, x, **options)
+
+    return build
+
+
+def _seq(n: int = 2, t: int = 3, width: int = 8):
+    return lambda g: torch.randn(n, t, width, generator=g)
+
+
+def _encoder_layer() -> nn.Module:
+    return nn.TransformerEncoderLayer(8, 2, 8, dropout=0.0, batch_first=True)
+
+
+def _shared_sequential() -> nn.Module:
+    shared = nn.Linear(4, 4)
+    return nn.Sequential(shared, nn.Tanh(), shared, nn.Tanh(), nn.Linear(4, 2))
+
+
+def _tied_by_assignment() -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    model[2].weight = model[0].weight
+    return model
+
+
+_BATCHNORM_REFUSAL = r"BatchNorm2d 'bn1' normalises with batch statistics .*call model.eval\(\)"
+
+ZOO = [
+    ZooCase("encoder-layer-fastpath", _zoo(lambda: Pooled(FastPath(_encoder_layer(), True), 8), _seq(), 40)),
+    ZooCase("encoder-layer-slowpath", _zoo(lambda: Pooled(FastPath(_encoder_layer(), False), 8), _seq(), 41)),
+    ZooCase(
+        "encoder-classifier",
+        _zoo(
+            lambda: nn.Sequential(
+                nn.Embedding(7, 8),
+                Pooled(nn.TransformerEncoder(_encoder_layer(), 2, enable_nested_tensor=False), 8),
+            ),
+            lambda g: torch.randint(0, 7, (2, 3), generator=g),
+            42,
+        ),
+    ),
+    ZooCase("mha-self-masked", _zoo(lambda: Attention(False), lambda g: (_seq()(g), _seq()(g)), 43)),
+    ZooCase("mha-cross", _zoo(lambda: Attention(True), lambda g: (_seq()(g), _seq(t=4)(g)), 44)),
+    ZooCase(
+        "mha-with-weights",
+        _zoo(lambda: nn.MultiheadAttention(8, 2, batch_first=True), lambda g: (_seq()(g),) * 3, 45, output=0),
+    ),
+    ZooCase("sdpa-block", _zoo(lambda: Pooled(SdpaBlock(), 8), _seq(), 46)),
+    ZooCase("gpt-tied", _zoo(TinyGPT, lambda g: torch.randint(0, 7, (2, 4), generator=g), 47)),
+    ZooCase("mha-decoder-tied", _zoo(MhaDecoder, lambda g: torch.randint(0, 7, (2, 3), generator=g), 48)),
+    ZooCase(
+        "lstm-stack",
+        _zoo(lambda: Recurrent(nn.LSTM(3, 4, num_layers=2, batch_first=True), 4), _seq(width=3), 49),
+    ),
+    ZooCase(
+        "gru-stack",
+        _zoo(lambda: Recurrent(nn.GRU(3, 4, num_layers=2, batch_first=True), 4), _seq(width=3), 50),
+    ),
+    ZooCase(
+        "rnn-bidirectional",
+        _zoo(lambda: Recurrent(nn.RNN(3, 3, batch_first=True, bidirectional=True), 6), _seq(width=3), 51),
+    ),
+    ZooCase(
+        "lstm-final-state",
+        _zoo(
+            FinalState,
+            lambda g: (
+                torch.randn(2, 3, 3, generator=g),
+                torch.randn(1, 2, 4, generator=g),
+                torch.randn(1, 2, 4, generator=g),
+            ),
+            61,
+        ),
+    ),
+    ZooCase(
+        "mha-sequence-first",
+        _zoo(lambda: SequenceFirst(nn.MultiheadAttention(4, 2)), _seq(width=4), 62),
+        r"module 'layer' \(MultiheadAttention\) returned shape \(3, 2, 4\), but the structured route needs the "
+        r"batch axis first .*use batch_first layouts",
+    ),
+    ZooCase(
+        "gru-sequence-first",
+        _zoo(lambda: SequenceFirst(nn.GRU(4, 4)), _seq(width=4), 63),
+        r"module 'layer' \(GRU\) returned shape \(3, 2, 4\), but the structured route needs the batch axis first",
+    ),
+    ZooCase("dict-output-layer", _zoo(DictModel, lambda g: torch.randn(3, 4, generator=g), 64)),
+    ZooCase("resblock-bn-eval", _zoo(ResBlock, lambda g: torch.randn(3, 3, 4, 4, generator=g), 52)),
+    ZooCase(
+        "resblock-bn-train",
+        _zoo(ResBlock, lambda g: torch.randn(3, 3, 4, 4, generator=g), 53, train=True),
+        _BATCHNORM_REFUSAL,
+    ),
+    ZooCase("shared-sequential", _zoo(_shared_sequential, lambda g: torch.randn(3, 4, generator=g), 54)),
+    ZooCase("tied-by-assignment", _zoo(_tied_by_assignment, lambda g: torch.randn(3, 4, generator=g), 55)),
+    ZooCase("parent-uses-child", _zoo(ParentUse, lambda g: torch.randn(3, 4, generator=g), 56)),
+    ZooCase(
+        "weight-norm",
+        _zoo(
+            lambda: nn.Sequential(
+                nn.utils.parametrizations.weight_norm(nn.Linear(3, 4)), nn.Tanh(), nn.Linear(4, 2)
+            ),
+            lambda g: torch.randn(3, 3, generator=g),
+            57,
+        ),
+    ),
+    ZooCase(
+        "orthogonal-parametrization",
+        _zoo(
+            lambda: nn.Sequential(
+                nn.utils.parametrizations.orthogonal(nn.Linear(4, 4)), nn.Tanh(), nn.Linear(4, 2)
+            ),
+            lambda g: torch.randn(3, 4, generator=g),
+            58,
+        ),
+    ),
+    ZooCase(
+        "conv-transpose-groupnorm-prelu",
+        _zoo(
+            lambda: nn.Sequential(
+                nn.ConvTranspose2d(2, 4, 2, stride=2),
+                nn.GroupNorm(2, 4),
+                nn.PReLU(4),
+                nn.Flatten(),
+                nn.Linear(4 * 4 * 4, 2),
+            ),
+            lambda g: torch.randn(2, 2, 2, 2, generator=g),
+            59,
+        ),
+    ),
+    ZooCase(
+        "dropout-fixed-seed",
+        _zoo(
+            lambda: nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 2)),
+            lambda g: torch.randn(3, 3, generator=g),
+            60,
+            train=True,
+            seed=0,
+        ),
+        r"phi replays a fixed random state \(from_module\(seed=\.\.\.\)\)",
+    ),
+]
+
+
+def zoo_loss(z: Tensor) -> Callable[[Tensor], Tensor]:
+    """A smooth loss with a non-trivial output gradient at z, for the zoo."""
+    return _smooth_loss(z)

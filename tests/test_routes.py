@@ -130,8 +130,8 @@ def test_from_module_records_the_module_for_the_structured_route():
     model = nn.Linear(3, 2)
     x = torch.randn(4, 3)
     phi, params = ng.from_module(model, x)
-    module, args, kwargs = phi.natgrad_module
-    assert module is model and args[0] is x and kwargs == {}
+    record = phi.natgrad_module
+    assert record.module is model and record.args[0] is x and record.kwargs == {}
     assert torch.equal(phi(params), model(x))
 
 

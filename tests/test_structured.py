@@ -394,7 +394,8 @@ def test_parameters_used_outside_their_modules_get_whole_model_rows():
     model, inputs = _build("outside-use")
     jac = reference_jacobian(model, inputs)
     kernel, context = structured_kernel(model, inputs)
-    assert context.routes["<outside modules>"] == "whole-model/vjp: enc.weight, dec.bias"
+    # dec is never called: its weight (unused, zero rows) and bias (used by the parent) are outside calls
+    assert context.routes["<outside modules>"] == "whole-model/vjp: enc.weight, dec.weight, dec.bias"
     assert context.routes["enc"] == "linear/pair"  # enc.bias alone still takes the layer formula
     assert _relative(kernel, jac @ jac.T) <= 1e-12
 

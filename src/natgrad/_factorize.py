@@ -264,7 +264,8 @@ class GramFactorization(Generic[ParamsT]):
         return result
 
     def _info(self, fac: Factorization, inverse: Inverse, consistent: bool) -> SolveInfo:
-        parts: list[dict[str, Any]] = [{"consistent": consistent}]
+        # how J t is formed and whether examples are coupled (models/_linearized.py), then the route's details
+        parts: list[dict[str, Any]] = [dict(self._problem.lin.info), {"consistent": consistent}]
         if fac.rank is not None and not isinstance(inverse, Damped):
             parts.append({"rtol": self._problem.rtol})
         parts.append(dict(fac.info()))

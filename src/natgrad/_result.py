@@ -26,6 +26,9 @@ class SolveInfo(TypedDict, total=False):
         kernel_solve: structured route, "cholesky" (certified full rank) or "eigh".
         fallback: the route that actually ran when it differs (structured + MinNorm runs "dual").
         structured_refused: ``method="auto"``: why the structured route was abandoned.
+        jvp: how products J t were formed: "forward" (forward-mode AD) or "reverse" (double VJP, for phi
+            with operations that lack forward-mode AD).
+        coupled_examples: phi from ``from_module`` with BatchNorm using batch statistics: which layers.
     """
 
     consistent: bool
@@ -37,6 +40,8 @@ class SolveInfo(TypedDict, total=False):
     kernel_solve: str
     fallback: str
     structured_refused: str
+    jvp: str
+    coupled_examples: str
 
 
 @dataclass(frozen=True)

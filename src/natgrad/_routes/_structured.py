@@ -27,6 +27,7 @@ from natgrad.metrics import LocalMetric
 from natgrad.metrics._base import DiagonalLocal
 from natgrad.metrics._categorical import _CategoricalLocal
 from natgrad.models import ModuleRecord
+from natgrad.models._module import structured_obstacle
 from natgrad.models.structured import StructuredContext, structured_kernel
 
 
@@ -51,6 +52,9 @@ def unsupported_reason(record: ModuleRecord | None, params: object, z: Tensor | 
     """
     if record is None:
         return "phi is a plain callable; the structured route needs phi from ng.from_module(module, inputs)"
+    obstacle = structured_obstacle(record)
+    if obstacle is not None:
+        return obstacle
     module = record.module
     trainable = {k: p for k, p in module.named_parameters() if p.requires_grad}
     if not isinstance(params, dict) or set(params) != set(trainable):
@@ -108,13 +112,14 @@ class StructuredFactorization(KernelFactorization):
         problem, z = self.problem, self.problem.lin.z
         # Only StructuredUnsupported means "this model is outside the layer formulas"; any other error is a
         # bug and propagates.
-        kernel, context = structured_kernel(
-            self.record.module,
-            self.record.args,
-            factor_for(problem.metric, z),
-            check_outside=check_outside,
-            kwargs=self.record.kwargs,
-        )
+        with self.record.calling():  # the output selection of from_module, as in phi
+            kernel, context = structured_kernel(
+                self.record.module,
+                self.record.args,
+                factor_for(problem.metric, z),
+                check_outside=check_outside,
+                kwargs=self.record.kwargs,
+            )
         if kernel.shape != (problem.r, problem.r):
             context.release()
             raise StructuredUnsupported(

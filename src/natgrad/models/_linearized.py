@@ -1,14 +1,43 @@
-"""The model linearised at ξ: outputs z, and products with J and Jᵀ (never J itself unless asked)."""
+"""The model linearised at ξ: outputs z, and products with J and Jᵀ (never J itself unless asked).
+
+Products J t use forward-mode AD when every operation of φ supports it. Some do not (fused attention
+kernels, ``torch._weight_norm``, ...): a probe product at construction detects this, before any solve, and
+J t then comes from reverse mode by the double-VJP identity. With u ↦ Jᵀu linear in u,
+
+    J t = ∂/∂u ⟨Jᵀu, t⟩,
+
+one backward pass through the graph of the backward pass Jᵀu, built once with u symbolic (its value does
+not matter). Graphs for products are built with the math attention kernel, whose backward is itself
+differentiable and batches under vmap.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
 from natgrad._checks import check_params
 from natgrad._tree import Parametrisation, Params, flatten_params, leaves
-from natgrad.exceptions import InvalidTypeError
+from natgrad.exceptions import InvalidInputError, InvalidTypeError
+from natgrad.models._module import module_record
+
+
+def _forward_mode_missing(error: BaseException) -> bool:
+    """True for torch's errors saying an operation has no forward-mode derivative."""
+    text = str(error)
+    return isinstance(error, NotImplementedError | RuntimeError) and (
+        "forward AD" in text or "forward-mode" in text or "jvp" in text.lower()
+    )
+
+
+def _math_attention() -> Any:
+    """Context selecting the math scaled-dot-product attention kernel (twice differentiable)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 class Linearization:
@@ -17,9 +46,19 @@ class Linearization:
     Args:
         phi: callable params -> Tensor.
         params: Tensor or dict of Tensors.
+        call: the public call, for messages.
+
+    Attributes:
+        info: facts for the result: ``"jvp"`` (``"forward"`` or ``"reverse"``, how J t is computed) and,
+            for φ from ``from_module`` with BatchNorm using batch statistics, ``"coupled_examples"``.
     """
 
     def __init__(self, phi: Parametrisation, params: Params, call: str = "natural_gradient") -> None:
+        if isinstance(phi, nn.Module):
+            raise InvalidTypeError(
+                f"{call}: phi is a torch.nn.Module ({type(phi).__name__}); phi must be a function of the "
+                "parameters: use phi, params = ng.from_module(model, inputs)"
+            )
         self.params = params
         self.flat = flatten_params(params).detach()
         self.d = self.flat.numel()
@@ -36,19 +75,125 @@ class Linearization:
             )
             out = phi(structured)
             if not isinstance(out, Tensor):
-                raise TypeError(f"{call}: phi(params) must return a Tensor, got {type(out).__name__}")
+                raise InvalidTypeError(f"{call}: phi(params) must return a Tensor, got {type(out).__name__}")
             self.out_shape = out.shape
             return out.reshape(-1)
 
         self._phi_leaves = phi_leaves
-        z_flat, self._vjp_fn = vjp(phi_leaves, *self._leaves)[:2]  # (output, vjp_fn): no aux
+        try:
+            # The math attention kernel: its backward has vmap batching rules (the fused kernels' do not,
+            # and batched VJPs through them fall back to a slow loop).
+            with _math_attention():
+                z_flat, self._vjp_fn = vjp(phi_leaves, *self._leaves)[:2]  # (output, vjp_fn): no aux
+        except RuntimeError as error:
+            if "doesn't have storage" not in str(error):
+                raise
+            raise RuntimeError(
+                f"{call}: phi cannot be differentiated with torch.func ({error}): an operation reads the raw "
+                "storage of a parameter-dependent tensor (e.g. an RNN fed a PackedSequence); pass padded "
+                "tensors instead"
+            ) from error
         self.z_flat = z_flat.detach()
         self.z = self.z_flat.reshape(self.out_shape)
         self.n = self.z_flat.numel()
+        self.info: dict[str, Any] = {}
+        record = module_record(phi)
+        if record is not None and record.coupled:
+            self.info["coupled_examples"] = "BatchNorm normalises with batch statistics in " + ", ".join(
+                repr(n) for n in record.coupled
+            )
+        self._reverse: tuple[Tensor, tuple[Tensor | None, ...]] | None = None
+        self.info["jvp"] = self._choose_mode()
+
+    def _choose_mode(self) -> str:
+        """Probe J t once: forward mode if it works, else build the reverse-mode graph (and probe it)."""
+        probe = torch.ones_like(self.flat)
+        try:
+            again = jvp(self._phi_leaves, self._leaves, self._split(probe))[0]
+        except (NotImplementedError, RuntimeError) as error:
+            if not _forward_mode_missing(error):
+                raise
+            try:
+                again = self._build_reverse()
+            except (NotImplementedError, RuntimeError) as reverse_error:
+                raise NotImplementedError(
+                    f"{self.call}: phi uses an operation without forward-mode AD ({error}) and the reverse-mode "
+                    f"replacement failed too ({reverse_error}); products J t cannot be formed for this phi (give custom autograd.Functions a jvp staticmethod or a differentiable backward)"
+                ) from reverse_error
+            mode = "reverse"
+        else:
+            mode = "forward"
+        self._check_deterministic(again.detach())
+        return mode
+
+    def _check_deterministic(self, again: Tensor) -> None:
+        """Two evaluations of φ at the same ξ must agree (dropout in training mode does not)."""
+        if again.numel() == 0 or again.shape != self.z_flat.shape:
+            return
+        gap = float(torch.linalg.vector_norm(again - self.z_flat, ord=float("inf")))
+        scale = float(torch.linalg.vector_norm(self.z_flat, ord=float("inf")))
+        if gap > torch.finfo(self.z_flat.dtype).eps ** 0.5 * max(scale, 1.0):
+            raise InvalidInputError(
+                f"{self.call}: phi is not deterministic: two evaluations at the same parameters differ by "
+                f"{gap:.3g} (max abs); the natural gradient needs one function. Call model.eval() to switch "
+                "off dropout, or fix the randomness (ng.from_module(model, inputs, seed=0) replays one random "
+                "state, i.e. one dropout mask, at every evaluation)"
+            )
+
+    def _build_reverse(self) -> Tensor:
+        """The graph of u ↦ Jᵀu (u symbolic) for J t = ∂⟨Jᵀu, t⟩/∂u; returns φ(ξ) from this evaluation."""
+        with torch.enable_grad(), _math_attention():
+            tensors = [t.detach().requires_grad_(True) for t in self._leaves]
+            out = self._phi_leaves(*tensors)
+            u = torch.zeros_like(out.detach(), requires_grad=True)
+            grads: tuple[Tensor | None, ...] = (None,) * len(tensors)  # φ does not depend on ξ
+            if out.requires_grad:
+                grads = torch.autograd.grad(out, tensors, u, create_graph=True, allow_unused=True)
+        self._reverse = (u, tuple(g if g is not None and g.requires_grad else None for g in grads))
+        self._check_adjoint()
+        return out.detach()
+
+    def _check_adjoint(self) -> None:
+        """⟨J t, w⟩ = ⟨t, Jᵀ w⟩ for fixed random t, w: fails here, before any solve, when the backward pass
+        is not differentiable (a custom Function marked once_differentiable cuts the graph silently)."""
+        gen = torch.Generator().manual_seed(0)
+        t = torch.randn(self.d, generator=gen, dtype=torch.float64).to(self.flat)
+        w = torch.randn(self.n, generator=gen, dtype=torch.float64).to(self.flat)
+        jt, jtw = self._reverse_jvp(t), self._vjp_flat(w)
+        left, right = torch.dot(jt, w), torch.dot(t, jtw)
+        scale = torch.linalg.vector_norm(jtw) * torch.linalg.vector_norm(t)
+        if abs(float(left - right)) > torch.finfo(self.flat.dtype).eps ** 0.5 * float(scale):
+            raise NotImplementedError(
+                f"products by the backward pass do not reproduce ⟨J t, w⟩ = ⟨t, Jᵀw⟩ ({float(left):.6g} vs "
+                f"{float(right):.6g}): phi's backward pass is not differentiable (e.g. once_differentiable)"
+            )
+
+    def _reverse_jvp(self, t: Tensor, batched: bool = False) -> Tensor:
+        u, grads = self._reverse  # type: ignore[misc]
+        parts = self._split(t) if not batched else self._split_rows(t)
+        used = [(g, p) for g, p in zip(grads, parts, strict=True) if g is not None]
+        shape = (t.shape[0], self.n) if batched else (self.n,)
+        if not used:
+            return t.new_zeros(shape)
+        (result,) = torch.autograd.grad(
+            [g for g, _ in used],
+            u,
+            [p for _, p in used],
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=batched,
+        )
+        return t.new_zeros(shape) if result is None else result.detach()
 
     def _split(self, t: Tensor) -> tuple[Tensor, ...]:
         return tuple(
             p.reshape(leaf.shape) for p, leaf in zip(t.split(self._sizes), self._leaves, strict=True)
+        )
+
+    def _split_rows(self, t: Tensor) -> tuple[Tensor, ...]:
+        return tuple(
+            p.reshape(t.shape[0], *leaf.shape)
+            for p, leaf in zip(t.split(self._sizes, dim=1), self._leaves, strict=True)
         )
 
     def _vjp_flat(self, u: Tensor) -> Tensor:
@@ -64,11 +209,15 @@ class Linearization:
 
     def jvp(self, t: Tensor) -> Tensor:
         """J t for t of shape (d,)."""
+        if self._reverse is not None:
+            return self._reverse_jvp(t)
         return jvp(self._phi_leaves, self._leaves, self._split(t))[1]
 
     def jvp_rows(self, t: Tensor) -> Tensor:
         """(J tᵢ)ᵢ for t of shape (k, d): returns (k, n)."""
-        return vmap(self.jvp)(t)
+        if self._reverse is not None:
+            return self._reverse_jvp(t, batched=True)
+        return vmap(self.jvp, randomness="same")(t)
 
     def jacobian(self, chunk: int | None = None) -> Tensor:
         """Dense J (n, d), built row- or column-wise, whichever needs fewer products."""

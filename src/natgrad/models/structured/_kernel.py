@@ -11,20 +11,28 @@ from torch import nn
 
 from natgrad.exceptions import StructuredUnsupported
 
-from ._capture import ModuleCall, check_unchanged, output_signals, recording
+from ._capture import ModuleCall, check_unchanged, output_signals, recording, unowned_parameters
 from ._factors import BlockFactor, Factor, normalise_factor
 from ._layers import add_rows, add_shared_linear
 from ._modules import (
+    attention_blocks,
     conv_blocks,
     embedding_blocks,
     generic_rows,
     linear_blocks,
     norm_rows,
+    recurrent_blocks,
     structure_of,
 )
 
 _CALL = "structured_kernel"
-_BLOCKS = {"linear": linear_blocks, "conv": conv_blocks, "embedding": embedding_blocks}
+_BLOCKS = {
+    "linear": linear_blocks,
+    "conv": conv_blocks,
+    "embedding": embedding_blocks,
+    "attention": attention_blocks,
+    "recurrent": recurrent_blocks,
+}
 
 
 @dataclass
@@ -186,6 +194,7 @@ def structured_kernel(
 
     params = {name: p for name, p in module.named_parameters() if p.requires_grad}
     outside = _outside_parameters(output, calls, params, pause) if check_outside else set()
+    outside |= unowned_parameters(params, calls)  # e.g. MultiheadAttention.out_proj, LSTM weights
     if outside:
         # Parameters (partly) used outside the modules that register them: their rows come from batched
         # VJPs of the whole output, so the layer formulas must not count them again.
@@ -265,8 +274,8 @@ def _outside_parameters(
     if calls:
         signals = output_signals(output, calls, u.reshape(1, output.shape[0], -1))
         for call, s in zip(calls, signals, strict=True):
-            with torch.enable_grad(), pause():
-                out = call.module(*call.args, **call.kwargs)
+            with pause():
+                out = call.rerun()
             owned = list(call.params.values())
             for p, g in zip(owned, torch.autograd.grad(out, owned, s[0], allow_unused=True), strict=True):
                 if g is not None:

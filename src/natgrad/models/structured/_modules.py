@@ -1,6 +1,9 @@
 """Module-specific structure: which layer types have a closed-form kernel contribution, and how.
 
-Supported with structure (forward not overridden): ``nn.Linear`` (any number of leading axes, summed as
+Supported with structure (forward not overridden): ``nn.MultiheadAttention`` (batch first, packed
+in-projection, without bias_k/bias_v or zero attention: the in- and out-projections are linear maps shared
+over positions, attention itself has no parameters), ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (batch first, without
+proj_size: input and hidden weights are linear maps shared over time steps), ``nn.Linear`` (any number of leading axes, summed as
 shared positions), ``nn.Conv1d``/``nn.Conv2d`` (stride, padding incl. 'same' and non-zero padding modes,
 dilation, groups), ``nn.Embedding`` (without max_norm, scale_grad_by_freq or sparse gradients), affine
 ``nn.LayerNorm``, ``nn.GroupNorm``, and ``nn.BatchNorm1d/2d/3d`` in eval mode with running statistics.
@@ -11,6 +14,7 @@ inputs so that only this call's use of the parameters counts.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, cast
 
 import torch
@@ -19,7 +23,7 @@ from torch import nn
 
 from natgrad.exceptions import StructuredUnsupported
 
-from ._capture import ModuleCall
+from ._capture import ModuleCall, own_trainable_parameters, plain_attention, plain_recurrent
 
 SharedLinearBlock = tuple[torch.Tensor, torch.Tensor]  # x (N, T, P), s (N, k, T, O)
 
@@ -31,6 +35,20 @@ def _plain(module: nn.Module, cls: type[nn.Module]) -> bool:
 
 def structure_of(module: nn.Module) -> str:
     """Name of the structured formula used for ``module``, or ``"generic"``."""
+    if plain_recurrent(module):
+        simple = module.batch_first and getattr(module, "proj_size", 0) == 0
+        deterministic = not module.training or module.dropout == 0 or module.num_layers == 1
+        return "recurrent" if simple and deterministic and not module._forward_pre_hooks else "generic"
+    if plain_attention(module):
+        packed = module._qkv_same_embed_dim and module.bias_k is None and not module.add_zero_attn
+        deterministic = not module.training or module.dropout == 0
+        return (
+            "attention"
+            if packed and module.batch_first and deterministic and not module._forward_pre_hooks
+            else "generic"
+        )
+    if module._forward_pre_hooks or not set(own_trainable_parameters(module)) <= {"weight", "bias"}:
+        return "generic"  # e.g. nn.utils.weight_norm: weight recomputed from weight_g, weight_v by a hook
     if _plain(module, nn.Linear):
         return "linear"
     if _plain(module, nn.Conv1d) or _plain(module, nn.Conv2d):
@@ -169,8 +187,8 @@ def generic_rows(
     Returns:
         local parameter name -> rows (N·k, *param.shape).
     """
-    with torch.enable_grad(), pause():
-        output = call.module(*call.args, **call.kwargs)
+    with pause():
+        output = call.rerun()
     width, n = s.shape[:2]
     names = list(call.params)
     step = n if not examples_per_chunk else max(1, examples_per_chunk)
@@ -203,3 +221,154 @@ def generic_rows(
         ]
         rows[name] = torch.cat(parts, dim=0)
     return rows
+
+
+def _attention_arguments(call: ModuleCall) -> dict:
+    bound = inspect.signature(nn.MultiheadAttention.forward).bind(call.module, *call.args, **call.kwargs)
+    bound.apply_defaults()
+    return bound.arguments
+
+
+def attention_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
+    """MultiheadAttention as four linear maps shared over positions.
+
+    With q = x_q W_qᵀ + b_q, k = x_k W_kᵀ + b_k, v = x_v W_vᵀ + b_v (row blocks of ``in_proj_weight``),
+    a = attention(q, k, v) and y = a W_oᵀ + b_o, the signals at q, k, v are the signal at y pulled back
+    through W_o and the (parameter-free) attention, per example; the blocks partition the parameters.
+    """
+    from natgrad.models._linearized import _math_attention
+
+    module: Any = call.module
+    params = call.params
+    args = _attention_arguments(call)
+    query, key, value = args["query"], args["key"], args["value"]
+    if query.dim() != 3:
+        raise StructuredUnsupported.at(
+            "structured_kernel",
+            f"MultiheadAttention {call.name!r} needs batched (N, L, E) inputs, got shape {tuple(query.shape)}",
+        )
+    e = module.embed_dim
+    weight, bias = module.in_proj_weight.detach(), module.in_proj_bias
+    bias = None if bias is None else bias.detach()
+    eye = torch.eye(e, dtype=query.dtype, device=query.device)
+    width = s.shape[0]
+    with torch.enable_grad(), _math_attention():
+        projected = [
+            F.linear(x, weight[i * e : (i + 1) * e], None if bias is None else bias[i * e : (i + 1) * e])
+            .detach()
+            .requires_grad_(True)
+            for i, x in enumerate((query, key, value))
+        ]
+        q, k, v = (t.transpose(0, 1) for t in projected)
+        attended, _ = F.multi_head_attention_forward(
+            q, k, v, e, module.num_heads, None, None, None, None, False, 0.0, eye, None,
+            training=False, key_padding_mask=args["key_padding_mask"], need_weights=False,
+            attn_mask=args["attn_mask"], use_separate_proj_weight=True, q_proj_weight=eye, k_proj_weight=eye,
+            v_proj_weight=eye, is_causal=args["is_causal"],
+        )  # fmt: skip
+        attended = attended.transpose(0, 1)  # (N, L, E): the attention output before the out-projection
+        pulled = s @ module.out_proj.weight.detach()  # signal at the attention output, (k, N, L, E)
+        signals = torch.autograd.grad(attended, projected, pulled, is_grads_batched=True, allow_unused=True)
+    blocks = []
+    names = [("in_proj_weight", "in_proj_bias")] * 3
+    for x, signal, (w_name, b_name) in zip((query, key, value), signals, names, strict=True):
+        if (w_name in params or b_name in params) and signal is not None:
+            n = x.shape[0]
+            blocks.append(
+                (_with_bias(x, params, w_name, b_name), signal.transpose(0, 1).reshape(n, width, -1, e))
+            )
+    if "out_proj.weight" in params or "out_proj.bias" in params:
+        x = _with_bias(attended.detach(), params, "out_proj.weight", "out_proj.bias")
+        blocks.append((x, s.transpose(0, 1)))
+    return blocks
+
+
+def _cell(
+    kind: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: torch.Tensor, relu: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of torch's RNN/LSTM/GRU cell from the input part gi and the hidden part gh of the gates
+    (the cell state c is carried through unchanged except by the LSTM)."""
+    if kind == "LSTM":
+        i, f, g, o = (gi + gh).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    if kind == "GRU":
+        ir, iz, in_ = gi.chunk(3, dim=-1)
+        hr, hz, hn = gh.chunk(3, dim=-1)
+        r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+        return (1 - z) * torch.tanh(in_ + r * hn) + z * h, c
+    return (torch.relu if relu else torch.tanh)(gi + gh), c
+
+
+def recurrent_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBlock]:
+    """RNN/LSTM/GRU: per layer and direction, W_ih acts on the inputs x_t and W_hh on the previous state h_{t−1},
+    both shared over time steps t. The signals at the gate parts gi_t = W_ih x_t + b_ih and gh_t = W_hh h_{t−1}
+    + b_hh are the signal at the output sequence pulled back through a re-run of the recurrence (the weights
+    held fixed), per example.
+    """
+    module: Any = call.module
+    params = call.params
+    kind = "LSTM" if isinstance(module, nn.LSTM) else "GRU" if isinstance(module, nn.GRU) else "RNN"
+    x = call.args[0]
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise StructuredUnsupported.at(
+            "structured_kernel",
+            f"{type(module).__name__} {call.name!r} needs a batched (N, T, features) tensor input, got {got}",
+        )
+    hx = call.args[1] if len(call.args) > 1 else call.kwargs.get("hx")
+    n, steps, hidden = x.shape[0], x.shape[1], module.hidden_size
+    directions = 2 if module.bidirectional else 1
+    h0 = x.new_zeros(module.num_layers * directions, n, hidden)
+    c0 = h0
+    if hx is not None:
+        h0, c0 = hx if kind == "LSTM" else (hx, h0)
+    relu = getattr(module, "nonlinearity", "tanh") == "relu"
+    # Inputs and initial states require grad so that every gate part is a node of the re-run's graph.
+    x, h0, c0 = (t.detach().requires_grad_(True) for t in (x, h0, c0))
+    records = []  # (layer inputs, previous states, gi list, gh list, parameter suffix, steps in visiting order)
+    with torch.enable_grad():
+        layer_in = x
+        for layer in range(module.num_layers):
+            outputs = []
+            for direction in range(directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                w_ih, w_hh = (getattr(module, f"weight_{p}{suffix}").detach() for p in ("ih", "hh"))
+                b_ih, b_hh = (
+                    getattr(module, f"bias_{p}{suffix}").detach() if module.bias else None
+                    for p in ("ih", "hh")
+                )
+                h, c = h0[layer * directions + direction], c0[layer * directions + direction]
+                order = range(steps - 1, -1, -1) if direction else range(steps)
+                gis: list[torch.Tensor] = []
+                ghs: list[torch.Tensor] = []
+                states: list[torch.Tensor] = []
+                hs: list[torch.Tensor] = [x] * steps  # every entry is overwritten below
+                for t in order:
+                    gi, gh = F.linear(layer_in[:, t], w_ih, b_ih), F.linear(h, w_hh, b_hh)
+                    states.append(h)
+                    gis.append(gi)
+                    ghs.append(gh)
+                    h, c = _cell(kind, gi, gh, h, c, relu)
+                    hs[t] = h
+                outputs.append(torch.stack(hs, dim=1))
+                records.append((layer_in, torch.stack(states, dim=1), gis, ghs, suffix, list(order)))
+            layer_in = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
+        gates = [g for rec in records for g in (*rec[2], *rec[3])]
+        signals = torch.autograd.grad(layer_in, gates, s, is_grads_batched=True, allow_unused=True)
+    blocks: list[SharedLinearBlock] = []
+    position = 0
+    for inputs_seen, previous, gis, ghs, suffix, visited in records:
+        gi_s = signals[position : position + len(gis)]
+        gh_s = signals[position + len(gis) : position + len(gis) + len(ghs)]
+        position += len(gis) + len(ghs)
+        inputs = inputs_seen.detach()[:, visited]
+        for part, source, sig in (("ih", inputs, gi_s), ("hh", previous.detach(), gh_s)):
+            w_name, b_name = f"weight_{part}{suffix}", f"bias_{part}{suffix}"
+            if w_name not in params and b_name not in params:
+                continue
+            stacked = torch.stack(
+                [torch.zeros_like(g) if z is None else z for z, g in zip(sig, gis, strict=True)], 2
+            )
+            blocks.append((_with_bias(source, params, w_name, b_name), stacked.transpose(0, 1)))
+    return blocks
