@@ -49,7 +49,7 @@ def test_step_equals_reference_natural_gradient(lr: float) -> None:
     loss = CrossEntropy(y, reduction="sum")  # scale s = 1: the metric is the categorical Fisher itself
     v = _reference_direction(model, x, loss, ng.metrics.Categorical())
     before = _flat(model)
-    opt = NGD(model.parameters(), lr=lr)
+    opt = NGD(model.parameters(), lr=lr, safeguard=False)
     f = opt.functional(model)
     opt.step(lambda p: f(p, x), loss)
     torch.testing.assert_close(_flat(model), before - lr * v, rtol=0, atol=1e-10)
@@ -60,7 +60,7 @@ def test_mean_reduction_uses_the_loss_curvature() -> None:
     model, x, y = _classifier()
     v = _reference_direction(model, x, CrossEntropy(y, reduction="mean"), ng.metrics.Categorical())
     before = _flat(model)
-    opt = NGD(model.parameters(), lr=1.0)
+    opt = NGD(model.parameters(), lr=1.0, safeguard=False)
     f = opt.functional(model)
     opt.step(lambda p: f(p, x), CrossEntropy(y))
     torch.testing.assert_close(_flat(model), before - x.shape[0] * v, rtol=0, atol=1e-9)
@@ -78,7 +78,7 @@ def test_metric_from_loss_matches_reference(make_loss, metric) -> None:
     loss = make_loss(y)
     v = _reference_direction(model, x, loss, metric)
     before = _flat(model)
-    opt = NGD(model.parameters())
+    opt = NGD(model.parameters(), safeguard=False)
     f = opt.functional(model)
     opt.step(lambda p: f(p, x), loss)
     torch.testing.assert_close(_flat(model), before - v, rtol=0, atol=1e-10)
@@ -102,7 +102,7 @@ def test_given_metric_and_damping_match_dense_formula() -> None:
     gram = jac.T @ metric.matrix(z.detach()) @ jac
     v = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=DT), jac.T @ grad_z.reshape(-1))
     before = _flat(model)
-    opt = NGD(model.parameters(), metric=metric, damping=lam)
+    opt = NGD(model.parameters(), metric=metric, damping=lam, safeguard=False)
     f = opt.functional(model)
     opt.step(lambda p: f(p, x), loss)
     torch.testing.assert_close(_flat(model), before - v, rtol=0, atol=1e-10)
@@ -113,7 +113,7 @@ def test_dual_form_momentum_matches_formula() -> None:
     model, x, y = _classifier()
     loss = CrossEntropy(y, reduction="sum")
     mu, lam = 0.7, 0.05
-    opt = NGD(model.parameters(), momentum=mu, damping=lam)
+    opt = NGD(model.parameters(), momentum=mu, damping=lam, safeguard=False)
     f = opt.functional(model)
     opt.step(lambda p: f(p, x), loss)
     v_prev = torch.cat([opt.state[p]["momentum_buffer"].reshape(-1) for p in model.parameters()])
@@ -182,7 +182,9 @@ def test_param_groups_scale_the_joint_direction() -> None:
     loss = CrossEntropy(y, reduction="sum")
     v = _reference_direction(model, x, loss, ng.metrics.Categorical())
     first, second = model[0], model[2]
-    opt = NGD([{"params": first.parameters()}, {"params": second.parameters(), "lr": 0.5}], lr=1.0)
+    opt = NGD(
+        [{"params": first.parameters()}, {"params": second.parameters(), "lr": 0.5}], lr=1.0, safeguard=False
+    )
     before = _flat(model)
     f = opt.functional(model)
     opt.step(lambda p: f(p, x), loss)
@@ -196,7 +198,7 @@ def test_named_parameters_work_with_functional_call() -> None:
     loss = CrossEntropy(y, reduction="sum")
     v = _reference_direction(model, x, loss, ng.metrics.Categorical())
     before = _flat(model)
-    opt = NGD(model.named_parameters())
+    opt = NGD(model.named_parameters(), safeguard=False)
     opt.step(lambda p: torch.func.functional_call(model, p, (x,)), loss)
     torch.testing.assert_close(_flat(model), before - v, rtol=0, atol=1e-10)
 
@@ -334,7 +336,7 @@ def test_monte_carlo_step_uses_the_sampled_factor() -> None:
     factor = monte_carlo_factor(loss.sample_scores(z, 3, torch.Generator().manual_seed(5)))
     v = _reference_direction(model, x, loss, ng.metrics.Factor(factor))
     before = _flat(model)
-    opt = NGD(model.parameters(), mc_samples=3, seed=5)
+    opt = NGD(model.parameters(), mc_samples=3, seed=5, safeguard=False)
     f = opt.functional(model)
     opt.step(lambda p: f(p, x), loss)
     torch.testing.assert_close(_flat(model), before - v, rtol=0, atol=1e-9)

@@ -54,3 +54,31 @@ def test_training_clock_charges_only_the_time_between_resume_and_pause() -> None
     total = clock.pause()
     assert 0.04 <= total < 0.09, total
     assert total - first >= 0.02
+
+
+def test_pinn_results_are_deterministic_apart_from_timing() -> None:
+    """Same seed, same step budgets ⇒ the same errors and losses, whatever the load (times are reported only)."""
+    import dataclasses
+
+    quick = pinn_poisson.config(True, 0)
+    training = dataclasses.replace(quick.training, steps=(("ngd", 3), ("adam", 100), ("lbfgs", 3)))
+    cfg = dataclasses.replace(quick, training=training)
+    before = torch.get_num_threads()
+    first, second = (pinn_poisson.run(cfg, no_progress) for _ in range(2))
+    assert torch.get_num_threads() == before  # the run's thread count is restored
+    assert first["torch_threads"] == cfg.training.threads
+
+    def untimed(results):
+        methods = {
+            name: {
+                k: v
+                for k, v in history.items()
+                if k
+                not in ("time", "cpu_time", "training_time_s", "training_cpu_s", "time_to", "cpu_time_to")
+            }
+            for name, history in results["methods"].items()
+        }
+        return {**results, "methods": methods}
+
+    assert untimed(first) == untimed(second)
+    assert {name: m["steps_taken"] for name, m in first["methods"].items()} == dict(training.steps)

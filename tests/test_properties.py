@@ -78,3 +78,32 @@ def test_damped_any_shape(problem, lam, route):
     ref = ng.reference.natural_gradient(phi, xi, loss, metric, ng.Damped(lam))
     res = ng.natural_gradient(phi, xi, loss, metric, ng.Damped(lam), method=route)
     assert relative_error(res.direction, ref.direction) <= 1e-9  # λ ≥ 1e-3 bounds the conditioning
+
+
+def test_reference_ignores_negative_rounding_eigenvalues():
+    """A rank-one G whose computed spectrum holds −5.5e-16 (|λ|/λ_max above the cutoff): rank 1, as the routes say.
+
+    Found by ``test_moore_penrose_any_shape_and_rank`` (n = 7, d = 9, k = r = 1, seed 1924): the reference's
+    hermitian pinv cut on |λ| and inverted the rounding eigenvalue, 60 % away from every route.
+    """
+    g = torch.Generator().manual_seed(1924)
+    M = torch.randn(7, 1, generator=g, dtype=torch.float64) @ torch.randn(
+        1, 9, generator=g, dtype=torch.float64
+    )
+    B = torch.randn(7, 1, generator=g, dtype=torch.float64)
+    xi = 0.3 * torch.randn(9, generator=g, dtype=torch.float64)
+    y = torch.randn(7, generator=g, dtype=torch.float64)
+
+    def phi(p):
+        return torch.tanh(M @ p)
+
+    def loss(z):
+        return 0.5 * ((z - y) ** 2).sum()
+
+    metric = ng.metrics.Factor(B)
+    assert float(torch.linalg.eigvalsh(ng.reference.gram(phi, xi, metric)["G"]).min()) < 0
+    ref = ng.reference.natural_gradient(phi, xi, loss, metric)
+    assert ref.rank == 1
+    for route in ("primal", "dual", "lstsq", "krylov"):
+        res = ng.natural_gradient(phi, xi, loss, metric, method=route)
+        assert relative_error(res.direction, ref.direction) <= 1e-9

@@ -50,8 +50,25 @@ def pinv_rtol(inverse: MoorePenrose | GInverse | MinNorm, n: int, d: int) -> flo
     return mp.resolve_rtol(torch.float64, n, d)
 
 
+def psd_pinv(G: Tensor, rtol: float) -> tuple[Tensor, int]:
+    """(G⁺, rank) for a PSD G: eigh as ``torch.linalg.pinv(hermitian=True)`` does, cutting on signed eigenvalues.
+
+    A Gram matrix JᵀgJ is PSD, but the one computed in floating point can carry eigenvalues of about
+    −eps·λ_max. ``torch.linalg.pinv(hermitian=True)`` cuts on |λ| > rtol·max|λ|, so such an eigenvalue would be
+    inverted as a direction (1/λ of the wrong sign and size); its exact value is zero. Kept: λ > rtol·λ_max.
+    """
+    evals = torch.linalg.eigvalsh(G)
+    if not bool(evals.min() < -rtol * evals.max()):  # nothing to mis-cut: torch's pinv, bit for bit
+        pinv = torch.linalg.pinv(G, rtol=rtol, hermitian=True)
+        return pinv, int(torch.linalg.matrix_rank(G, rtol=rtol, hermitian=True))
+    evals, evecs = torch.linalg.eigh(G)
+    keep = evals > rtol * evals.max().clamp_min(0)
+    kept = evecs[:, keep]
+    return (kept / evals[keep]) @ kept.T, int(keep.sum())
+
+
 def apply_inverse(G: Tensor, grad: Tensor, inverse: Inverse, rows: int) -> tuple[Tensor, int]:
-    """v = G⁻ grad for the inverse, literally from ``torch.linalg.pinv``; returns (v, rank of the pinv)."""
+    """v = G⁻ grad for the inverse, literally from the pseudo-inverse of G (:func:`psd_pinv`); returns (v, rank)."""
     d = G.shape[0]
     if isinstance(inverse, Damped):
         eye = torch.eye(d, dtype=G.dtype, device=G.device)
@@ -65,12 +82,9 @@ def apply_inverse(G: Tensor, grad: Tensor, inverse: Inverse, rows: int) -> tuple
         h = torch.diag(h) if h.ndim == 1 else h
         evals, evecs = torch.linalg.eigh(h)
         h_is = (evecs * evals.rsqrt()) @ evecs.T
-        inner = h_is @ G @ h_is
-        pinv = torch.linalg.pinv(inner, rtol=rtol, hermitian=True)
-        rank = int(torch.linalg.matrix_rank(inner, rtol=rtol, hermitian=True))
+        pinv, rank = psd_pinv(h_is @ G @ h_is, rtol)
         return h_is @ pinv @ h_is @ grad, rank
-    pinv = torch.linalg.pinv(G, rtol=rtol, hermitian=True)
-    rank = int(torch.linalg.matrix_rank(G, rtol=rtol, hermitian=True))
+    pinv, rank = psd_pinv(G, rtol)
     if isinstance(inverse, GInverse):
         eye = torch.eye(d, dtype=G.dtype, device=G.device)
         U = torch.zeros_like(G) if inverse.U is None else inverse.U.to(torch.float64)

@@ -7,35 +7,45 @@ One step at parameters θ (all groups together, since the metric couples them):
 
 with g the metric (from the loss, given, or Monte-Carlo), G⁻ the engine's generalized inverse (Moore–Penrose
 by default), p = μ v_prev the dual-form momentum (zero without momentum), and α ∈ (0, 1] from the line search
-(1 without one). The direction comes from ``natgrad.natural_gradient(..., method=...)``.
+(1 without one). G is factorised once per step (``natgrad.factorize(..., method=...)``); by default a step
+that would increase the loss is rejected and solved again with Levenberg–Marquardt damping on the same
+factorisation (the safeguard; see docs/optim.md for the rule and the precision floor of λ).
 
-Closure protocol: ``step(forward, loss)``. ``forward(params)`` maps a dict ``{name: tensor}`` of the
-optimizer's parameters to the model outputs z on the batch (build it with `NGD.functional`, or with
-``torch.func.functional_call`` when the optimizer was given ``model.named_parameters()``); ``loss(z)``
-returns a scalar. ``step(residual_fn)`` alone minimises ½‖r‖² with the Euclidean metric (Gauss–Newton).
-The natural gradient needs the outputs, not only the loss, which is why the closure is split in two.
+Two ways to call a step:
+
+* ``step(forward, loss)``: ``forward(params)`` maps a dict ``{name: tensor}`` of the optimizer's parameters to
+  the model outputs z on the batch (build it with `NGD.functional`, or with ``torch.func.functional_call``
+  when the optimizer was given ``model.named_parameters()``); ``loss(z)`` returns a scalar.
+  ``step(residual_fn)`` alone minimises ½‖r‖² with the Euclidean metric (Gauss–Newton). A ``forward`` with a
+  ``linearize(params)`` method (``natgrad.pde.Problem``) is differentiated through the linear map it returns,
+  which has the same value and Jacobian at θ; trial points of the line search still evaluate ``forward``.
+* ``step(closure)``, torch-style (``closure()`` zeroes the grads, computes the loss, calls ``backward()`` and
+  returns the loss), for an optimizer built with `NGD.from_module` and an explicit ``metric``: a forward hook
+  captures the module's one call inside the closure (inputs, outputs z₀) and a tensor hook ∇_z L(z₀); the
+  step is v = (JᵀgJ)⁻ Jᵀ∇_z L with J from that call (the closure's own ``backward()`` sets ``p.grad``).
+
+The step itself is computed by the functional core (`natgrad.optim._core.ngd_step`); this class holds the
+state and applies the update.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
-from torch.func import functional_call, jvp
+from torch.func import functional_call
 
-import natgrad as ng
-from natgrad._loss import output_gradient
-
-from ._curvature import Curvature, resolve_curvature
-from ._damping import LevenbergMarquardt, reduction_ratio
-from ._line_search import backtracking, default_grid, grid_search
+from ._checkpoint import check_state_dict
+from ._closure import OutputGradientLoss, is_closure, run_closure
+from ._core import Factorize, StepProblem, StepSettings, StepState, engine_factorize, ngd_step
+from ._damping import LevenbergMarquardt
+from ._line_search import LineSearch, default_grid, resolve_line_search
 from ._losses import LeastSquares
-from ._momentum import add_prior, shifted_loss
 
 _GROUP_KEYS = {"params", "param_names", "lr", "momentum"}
-_LINE_SEARCHES = (None, "grid", "backtracking")
 
 
 class NGD(torch.optim.Optimizer):
@@ -47,10 +57,18 @@ class NGD(torch.optim.Optimizer):
         lr: step length multiplying the natural gradient (1 = full Gauss–Newton step).
         damping: λ ≥ 0; λ > 0 uses (G + λI)⁻¹ instead of a generalized inverse.
         adaptive_damping: adapt λ by the Levenberg–Marquardt rule (needs λ > 0); a step that increases
-            the loss is then rejected (parameters unchanged, λ grows).
+            the loss is then rejected (parameters unchanged, λ grows). λ never falls below
+            max(rule minimum, eps·tr(sG)), eps of the model's dtype (the precision floor).
         damping_schedule: the `LevenbergMarquardt` rule (default boost 1.5, thresholds 1/4 and 3/4).
-        line_search: None (α = 1), ``"grid"`` (best α on ``line_search_grid``) or ``"backtracking"`` (Armijo).
-            Both never accept a point with a larger loss (α = 0 then).
+        safeguard: when λ is not adaptive and there is no line search (the default), run the
+            Levenberg–Marquardt rule anyway but with
+            λ = ``damping`` as its resting value: a step that increases the loss (or a non-finite one) is
+            rejected (parameters unchanged) and λ grows — from 0 straight to the curvature along the gradient
+            ∇ᵀ(sG)∇/‖∇‖² —, and after good steps λ shrinks back to ``damping`` (0: the generalized inverse
+            again). Never in (0, eps·tr(sG)). False: plain steps, exactly as computed.
+        line_search: None (α = 1), ``"grid"`` (best α on ``line_search_grid``), ``"backtracking"`` (Armijo),
+            or a strategy object (`FullStep`, `GridSearch`, `Backtracking`). Both searches never accept a
+            point with a larger loss (α = 0 then).
         line_search_grid: the grid factors (default 1, 1/2, …, 2⁻²⁹).
         momentum: μ ∈ [0, 1) for the dual-form momentum v = μ v_prev + G⁻(∇ − μ G v_prev).
         metric: ``"auto"`` (from the loss; Euclidean for residuals) or a natgrad metric object.
@@ -58,6 +76,9 @@ class NGD(torch.optim.Optimizer):
         mc_samples: k ≥ 1 for a Monte-Carlo Fisher from k sampled labels per example; None for the exact one.
         method: engine route (``"auto"``, ``"primal"``, ``"dual"``, ``"lstsq"``, ``"krylov"``, ...).
         seed: seed of the generator that draws Monte-Carlo labels (saved in ``state_dict``).
+        factorize: the function that factorises G = JᵀgJ at θ for the step's solves (default
+            `natgrad.optim.engine_factorize`, i.e. `natgrad.factorize`); its result needs
+            ``solve(loss, inverse=...)``.
     """
 
     def __init__(
@@ -68,7 +89,8 @@ class NGD(torch.optim.Optimizer):
         damping: float = 0.0,
         adaptive_damping: bool = False,
         damping_schedule: LevenbergMarquardt | None = None,
-        line_search: str | None = None,
+        safeguard: bool = True,
+        line_search: str | LineSearch | None = None,
         line_search_grid: tuple[float, ...] | None = None,
         momentum: float = 0.0,
         metric: Any = "auto",
@@ -76,6 +98,7 @@ class NGD(torch.optim.Optimizer):
         mc_samples: int | None = None,
         method: str = "auto",
         seed: int = 0,
+        factorize: Factorize | None = None,
     ) -> None:
         _check_step_settings(lr, momentum)
         if not (isinstance(damping, (int, float)) and damping >= 0 and math.isfinite(damping)):
@@ -86,15 +109,19 @@ class NGD(torch.optim.Optimizer):
             )
         if damping > 0 and inverse is not None:
             raise ValueError("NGD: pass either damping > 0 or a generalized inverse, not both")
-        if line_search not in _LINE_SEARCHES:
-            raise ValueError(f"NGD: line_search must be one of {_LINE_SEARCHES}, got {line_search!r}")
+        strategy = resolve_line_search(line_search, line_search_grid)
         if mc_samples is not None and not (isinstance(mc_samples, int) and mc_samples >= 1):
             raise ValueError(f"NGD: mc_samples must be None or an integer >= 1, got {mc_samples!r}")
         if isinstance(metric, str) and metric != "auto":
             raise ValueError(f"NGD: metric must be 'auto', None or a natgrad metric object, got {metric!r}")
         super().__init__(params, {"lr": lr, "momentum": momentum})
         self.damping = float(damping)
+        self.resting_damping = float(damping)
         self.adaptive_damping = bool(adaptive_damping)
+        self.safeguard = bool(safeguard)
+        self.factorize: Factorize = engine_factorize if factorize is None else factorize
+        self._line_search = strategy
+        self._module: torch.nn.Module | None = None
         self.damping_schedule = damping_schedule or LevenbergMarquardt()
         self.line_search = line_search
         self.line_search_grid = tuple(line_search_grid) if line_search_grid else default_grid()
@@ -107,6 +134,24 @@ class NGD(torch.optim.Optimizer):
         self.last_step: dict[str, Any] = {}
         self._generator: torch.Generator | None = None
         self._generator_state: torch.Tensor | None = None
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module, lr: float = 1.0, **settings: Any) -> NGD:
+        """An `NGD` over ``module.named_parameters()`` that also knows the module.
+
+        Knowing the module enables the torch-style ``step(closure)`` (the step captures the module's call
+        inside the closure with a forward hook); ``step(forward, loss)`` works as for any `NGD`, and
+        parameter names are the module's, so ``torch.func.functional_call(module, p, (x,))`` is a forward.
+        Frozen parameters (``requires_grad=False``) are left out.
+        """
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"NGD.from_module: expected a torch.nn.Module, got {type(module).__name__}")
+        named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("NGD.from_module: the module has no trainable parameters (requires_grad=True)")
+        optimizer = cls(named, lr, **settings)
+        optimizer._module = module
+        return optimizer
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         unknown = set(param_group) - _GROUP_KEYS
@@ -155,141 +200,157 @@ class NGD(torch.optim.Optimizer):
     # ------------------------------------------------------------------ the step
     def step(  # type: ignore[override]
         self,
-        forward: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+        forward: Callable[..., Any] | None = None,
         loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        closure: Callable[[], Any] | None = None,
     ) -> torch.Tensor:
         """One natural gradient step; returns the loss before the step.
 
         Args:
-            forward: ``params -> z`` (outputs on the batch, or the residual vector when ``loss`` is None).
+            forward: ``params -> z`` (outputs on the batch, or the residual vector when ``loss`` is None);
+                or a torch-style ``closure()`` (no arguments: zero the grads, compute the loss, call
+                ``backward()``, return the loss) for an optimizer built with `NGD.from_module` and a given
+                ``metric`` — see the module docstring for what that route computes.
             loss: ``z -> scalar``; None means ½‖z‖² with the Euclidean metric (Gauss–Newton on residuals).
+            closure: the torch-style closure by keyword, as ``optimizer.step(closure=closure)`` (PyTorch
+                Lightning's call).
 
         Raises:
-            ValueError: the loss or the direction is not finite (the parameters are left unchanged).
+            ValueError: the loss is not finite (the parameters are left unchanged).
+            NGDStepError: the step cannot be computed or would make a parameter non-finite (parameters and
+                optimizer state unchanged).
         """
+        if closure is not None:
+            if forward is not None or loss is not None:
+                raise TypeError("NGD.step: pass either closure=... or forward (and loss), not both")
+            forward = closure
         if not callable(forward):
             raise TypeError(
-                f"NGD.step: forward must be callable params -> outputs, got {type(forward).__name__}"
+                "NGD.step: expected forward, a callable params -> outputs (with a loss z -> scalar), or a "
+                f"torch-style closure (); got {type(forward).__name__}"
             )
+        if is_closure(forward):
+            if loss is not None:
+                raise TypeError(
+                    "NGD.step: forward takes no arguments, so it looks like a torch-style closure, but a loss "
+                    "was given too; pass step(closure) alone, or forward as params -> outputs with the loss"
+                )
+            return self._closure_step(forward)
         loss = LeastSquares() if loss is None else loss
         named = self.named_parameters()
-        theta = {name: p.detach() for name, p in named.items()}
-        z0 = forward(theta).detach()
-        loss0 = _scalar_loss(loss, z0)
-        curvature = resolve_curvature(self.metric, loss, z0, self.mc_samples, self._mc_generator(z0))
+        self._take_step(named, forward, loss, self._settings())
+        return torch.tensor(self.last_step["loss"], dtype=self._dtype(named), device=self._device(named))
 
-        prior = self._momentum_prior(named)
-        engine_loss = _scaled(loss, curvature.scale)
-        if prior is not None:
-            jp = jvp(forward, (theta,), (prior,))[1]
-            engine_loss = shifted_loss(engine_loss, curvature.matvec(jp))
-        result = ng.natural_gradient(
-            forward,
-            theta,
-            engine_loss,
-            metric=curvature.metric,
-            inverse=self._inverse(curvature),
+    def _settings(self) -> StepSettings:
+        return StepSettings(
+            resting_damping=self.resting_damping,
+            adaptive_damping=self.adaptive_damping,
+            safeguard=self.safeguard,
+            damping_rule=self.damping_schedule,
+            line_search=self._line_search,
+            metric=self.metric,
+            inverse=self.inverse,
+            mc_samples=self.mc_samples,
             method=self.method,
         )
-        direction = add_prior(dict(result.direction), prior)
-        if not all(bool(torch.isfinite(v).all()) for v in direction.values()):
-            raise ValueError(
-                f"NGD.step: the natural gradient is not finite at loss {loss0:.6g}; the step was not "
-                "taken and "
-                "the parameters are unchanged (try damping > 0 or a smaller learning rate)"
-            )
-        lr_of = self._group_settings(named, "lr")
-        step_vec = {name: lr_of[name] * v for name, v in direction.items()}
 
-        alpha, loss_new, ratio = self._step_size(forward, loss, theta, step_vec, z0, loss0, curvature)
-        mu = self._group_settings(named, "momentum")
-        with torch.no_grad():
-            for name, p in named.items():
-                if alpha != 0.0:
-                    p.sub_(alpha * step_vec[name].to(p.dtype))
-                if mu[name] > 0:
-                    self.state[p]["momentum_buffer"] = direction[name].detach().clone()
-        self.steps_taken += 1
-        self.last_step = {
-            "loss": loss0,
-            "loss_after": loss_new,
-            "step_size": alpha,
-            "damping": self.damping,
-            "ratio": ratio,
-            "rank": result.rank,
-            "method": result.method,
-        }
-        if self.adaptive_damping and ratio is not None:
-            self.damping = self.damping_schedule.update(self.damping, ratio)
-        return torch.tensor(loss0, dtype=z0.dtype, device=z0.device)
-
-    def _step_size(
+    def _take_step(
         self,
+        named: dict[str, torch.Tensor],
         forward: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         loss: Callable[[torch.Tensor], torch.Tensor],
-        theta: dict[str, torch.Tensor],
-        step_vec: dict[str, torch.Tensor],
-        z0: torch.Tensor,
-        loss0: float,
-        curvature: Curvature,
-    ) -> tuple[float, float | None, float | None]:
-        """α, the loss after the step (None: not evaluated) and the LM reduction ratio (None: not used)."""
+        settings: StepSettings,
+    ) -> None:
+        """Run the functional core, then apply its update and store its state (nothing before it returns)."""
+        for index, group in enumerate(self.param_groups):  # a scheduler or a user may have changed them
+            try:
+                _check_step_settings(group["lr"], group["momentum"])
+            except ValueError as error:
+                raise ValueError(f"NGD.step: parameter group {index}: {error}; nothing was changed") from None
+        theta = {name: p.detach() for name, p in named.items()}
+        state = StepState(self.damping, self._momentum_buffers(named))
+        problem = StepProblem(
+            forward,
+            theta,
+            loss,
+            self._group_settings(named, "lr"),
+            self._group_settings(named, "momentum"),
+            self._mc_generator(next(iter(theta.values()))),
+        )
+        outcome = ngd_step(state, problem, settings, self.factorize)
+        with torch.no_grad():
+            for name, p in named.items():
+                if outcome.update is not None:
+                    p.sub_(outcome.update[name].to(p.dtype))
+                if name in outcome.state.momentum:
+                    self.state[p]["momentum_buffer"] = outcome.state.momentum[name]
+        self.damping = outcome.state.damping
+        self.steps_taken += 1
+        self.last_step = outcome.info
 
-        def loss_at(alpha: float) -> float:
-            trial = {name: t - alpha * step_vec[name] for name, t in theta.items()}
-            return float(loss(forward(trial)).detach())
+    def _closure_step(self, closure: Callable[[], Any]) -> torch.Tensor:
+        module = self._module
+        if module is None:
+            raise TypeError(
+                "NGD.step(closure): a torch-style closure gives only the loss, and the natural gradient needs "
+                "the model's outputs; build the optimizer with NGD.from_module(model, ...) so the step can "
+                "capture the model's call, or call step(forward, loss) with forward = lambda p: "
+                "torch.func.functional_call(model, p, (x,)) and a natgrad.optim loss"
+            )
+        if isinstance(self.metric, str) or self.adaptive_damping or self.line_search is not None:
+            raise ValueError(
+                "NGD.step(closure): a closure gives the loss only through its gradient at the outputs, so the "
+                "step needs metric=<a natgrad metric> (e.g. natgrad.metrics.Categorical() for cross-entropy, "
+                "Euclidean() for squared error) and cannot evaluate trial points (no line_search, no "
+                "adaptive_damping); got "
+                f"metric={self.metric!r}, line_search={self.line_search!r}, "
+                f"adaptive_damping={self.adaptive_damping}; or call step(forward, loss) for those"
+            )
+        captured = run_closure(module, closure)
+        named = self.named_parameters()
 
-        needs_model = self.line_search == "backtracking" or self.adaptive_damping
-        slope = curvature_term = math.nan
-        if needs_model:
-            jd = jvp(forward, (theta,), (step_vec,))[1]
-            grad_z = output_gradient("NGD.step", loss, z0)[1]
-            slope = float((grad_z * jd).sum())  # ⟨∇L, d⟩ = ⟨∇_z L, J d⟩
-            curvature_term = curvature.scale * float((jd * curvature.matvec(jd)).sum())  # dᵀ G d
-        loss_new: float | None
-        if self.line_search == "grid":
-            alpha, loss_new = grid_search(loss_at, loss0, self.line_search_grid)
-        elif self.line_search == "backtracking":
-            alpha, loss_new = backtracking(loss_at, loss0, slope)
-        else:
-            alpha, loss_new = 1.0, (loss_at(1.0) if self.adaptive_damping else None)
-        if not self.adaptive_damping:
-            return alpha, loss_new, None
-        assert loss_new is not None  # every branch evaluates the loss when the damping adapts
-        predicted = alpha * slope - 0.5 * alpha**2 * curvature_term
-        ratio = reduction_ratio(loss0 - loss_new, predicted) if alpha > 0 else -math.inf
-        if not (loss_new is not None and math.isfinite(loss_new) and loss_new <= loss0):
-            return 0.0, loss0, ratio  # LM rejects a step that increases the loss
-        return alpha, loss_new, ratio
+        def forward(params: dict[str, torch.Tensor]) -> torch.Tensor:
+            return functional_call(module, params, captured.args, captured.kwargs)
+
+        with torch.no_grad():
+            replay = forward({name: p.detach() for name, p in named.items()})
+        if replay.shape != captured.output.shape or not torch.allclose(replay, captured.output):
+            raise ValueError(
+                "NGD.step(closure): re-evaluating the model's call gives other outputs than inside the "
+                "closure (a train-mode Dropout or other randomness?); call model.eval() or fix the randomness"
+            )
+        settings = replace(self._settings(), safeguard=False)  # trial points would need the closure again
+        loss = OutputGradientLoss(captured.loss, captured.output, captured.output_grad)
+        self._take_step(named, forward, loss, settings)
+        return captured.loss
 
     # ------------------------------------------------------------------ pieces of the step
-    def _inverse(self, curvature: Curvature) -> Any:
-        # damping λ acts on the loss's own curvature s·G: (sG + λI)⁻¹ ∇ = (G + λ/s I)⁻¹ ∇/s
-        if self.damping > 0:
-            return ng.Damped(self.damping / curvature.scale)
-        return self.inverse if self.inverse is not None else ng.MoorePenrose()
-
     def _group_settings(self, named: dict[str, torch.Tensor], key: str) -> dict[str, float]:
         """The group setting ``key`` (``"lr"`` or ``"momentum"``) of every parameter, by name."""
         by_id = {id(p): float(group[key]) for group in self.param_groups for p in group["params"]}
         return {name: by_id[id(p)] for name, p in named.items()}
 
-    def _momentum_prior(self, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-        """p = μ_group · v_prev for every parameter, or None when no group uses momentum yet."""
-        mu = self._group_settings(named, "momentum")
-        prior = {}
-        for name, p in named.items():
-            buffer = self.state[p].get("momentum_buffer") if p in self.state else None
-            prior[name] = mu[name] * buffer if (mu[name] > 0 and buffer is not None) else torch.zeros_like(p)
-        if not any(bool(v.any()) for v in prior.values()):
-            return None
-        return prior
+    def _momentum_buffers(self, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            name: self.state[p]["momentum_buffer"]
+            for name, p in named.items()
+            if p in self.state and "momentum_buffer" in self.state[p]
+        }
 
-    def _mc_generator(self, z: torch.Tensor) -> torch.Generator | None:
+    @staticmethod
+    def _dtype(named: dict[str, torch.Tensor]) -> torch.dtype:
+        return next(iter(named.values())).dtype
+
+    @staticmethod
+    def _device(named: dict[str, torch.Tensor]) -> torch.device:
+        return next(iter(named.values())).device
+
+    def _mc_generator(self, like: torch.Tensor) -> torch.Generator | None:
         if self.mc_samples is None:
             return None
         if self._generator is None:
-            self._generator = torch.Generator(device=z.device)
+            self._generator = torch.Generator(device=like.device)
             self._generator.manual_seed(self.seed)
             if self._generator_state is not None:
                 self._generator.set_state(self._generator_state)
@@ -297,48 +358,37 @@ class NGD(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """torch's state dict plus the global state: current damping, step count, Monte-Carlo generator."""
+        """torch's state dict plus the global state: damping, step count, generator, parameter shapes."""
         state = super().state_dict()
         generator = self._generator.get_state() if self._generator is not None else self._generator_state
-        state["ngd"] = {"damping": self.damping, "steps_taken": self.steps_taken, "generator": generator}
+        shapes = [list(p.shape) for group in self.param_groups for p in group["params"]]
+        state["ngd"] = {
+            "damping": self.damping,
+            "steps_taken": self.steps_taken,
+            "generator": generator,
+            "shapes": shapes,
+        }
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state from `state_dict`, after checking that it is an NGD state for these parameters.
+
+        Raises:
+            ValueError: the state of another optimizer (no ``"ngd"`` entry), of another model (other group
+                sizes or parameter shapes) or malformed; nothing is loaded then.
+        """
+        check_state_dict(state_dict, [[p.shape for p in group["params"]] for group in self.param_groups])
         state_dict = dict(state_dict)
-        extra = state_dict.pop("ngd", None)
+        extra = state_dict.pop("ngd")
         super().load_state_dict(state_dict)
-        if extra is not None:
-            self.damping = float(extra["damping"])
-            self.steps_taken = int(extra["steps_taken"])
-            self._generator_state = extra["generator"]
-            self._generator = None
+        self.damping = float(extra["damping"])
+        self.steps_taken = int(extra["steps_taken"])
+        self._generator_state = extra["generator"]
+        self._generator = None
 
 
 def _check_step_settings(lr: Any, momentum: Any) -> None:
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"NGD: lr must be a finite number > 0, got {lr!r}")
     if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
         raise ValueError(f"NGD: momentum must be in [0, 1), got {momentum!r}")
-
-
-def _scalar_loss(loss: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> float:
-    value = loss(z)
-    if not isinstance(value, torch.Tensor) or value.numel() != 1:
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"NGD.step: loss(z) must return a scalar tensor, got {shape}")
-    number = float(value.detach())
-    if not math.isfinite(number):
-        raise ValueError(
-            f"NGD.step: the loss is not finite ({number}) at the current parameters; the step was not "
-            "taken and "
-            "the parameters are unchanged (check the data and the model outputs, or lower the learning rate)"
-        )
-    return number
-
-
-def _scaled(
-    loss: Callable[[torch.Tensor], torch.Tensor], scale: float
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    if scale == 1.0:
-        return loss
-    return lambda z: loss(z) / scale

@@ -1,0 +1,163 @@
+"""The residual Jacobian of a Poisson PINN: natgrad.pde's forward Laplacian against plain torch.func.
+
+Residual r_i = Δu_θ(x_i) + f(x_i) on N interior points of (0, 1)^D for tanh MLPs; J = ∂r/∂θ is N × d. Ways
+of building J, each timed (process CPU time with one torch thread, medians; wall-clock medians recorded too)
+as a multiple of one gradient of the loss ½‖r‖² (through the forward Laplacian) measured in the same run:
+
+* ``forward-laplacian``: ``pde.Problem.jacobian`` — (u, ∂u, Δu) propagated through the layers, per-point
+  parameter gradients by ``vmap(jacrev(...))`` over points;
+* ``vmap-jacrev-hessian``: the plain torch.func way, ``vmap(jacrev(θ ↦ tr hessian_x u(θ, x)))`` over points;
+* ``generic-rows``: ``ng.jacobian`` of the batched residual map (one vector-Jacobian product per row, each
+  through the whole batch: what the engine does with a residual map that cannot linearise itself); run only
+  where it takes under a minute.
+
+Every J is checked against the forward-Laplacian one (max abs difference recorded).
+
+Usage:
+    python benchmarks/pde_jacobian.py [--quick] [--threads 1] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.func import functional_call, hessian, jacrev, vmap
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from _env import environment, time_call, write_json_atomic  # noqa: E402
+
+import natgrad as ng  # noqa: E402
+from natgrad import pde  # noqa: E402
+
+FULL = [((2, 64, 1), 1020), ((2, 64, 64, 48, 48, 1), 1020), ((5, 64, 64, 48, 48, 1), 500)]
+QUICK = [((2, 32, 1), 200), ((2, 16, 16, 12, 12, 1), 200), ((5, 16, 16, 1), 200)]
+GENERIC_LIMIT_S = 60.0
+
+
+def cpu_seconds(fn, repeats: int) -> float:
+    """Median process CPU time of ``fn()`` after one warm-up call (one torch thread: the work done, which
+    other jobs on a shared machine do not inflate, unlike the wall-clock median from ``time_call``)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
+
+
+def _source(x: torch.Tensor) -> torch.Tensor:
+    return math.pi**2 * torch.cos(math.pi * x).sum(-1)
+
+
+def _case(widths: tuple[int, ...], n: int):
+    dim = widths[0]
+    net = pde.Network(pde.mlp(list(widths), generator=torch.Generator().manual_seed(0)))
+    points = pde.uniform(n, [(0.0, 1.0)] * dim, torch.Generator().manual_seed(1))
+    problem = pde.Problem(net, [pde.interior(points, lambda jet, x: jet.laplacian() + _source(x))])
+    return net, problem, points
+
+
+def _torch_func_jacobian(net: pde.Network, params, points: torch.Tensor) -> torch.Tensor:
+    module = net.module
+
+    def u(p, x):
+        return functional_call(module, p, (x.unsqueeze(0),)).reshape(())
+
+    def residual(p, x):
+        return torch.diagonal(hessian(u, argnums=1)(p, x)).sum() + _source(x)
+
+    rows = vmap(jacrev(residual), in_dims=(None, 0))(params, points)
+    scale = 1.0 / math.sqrt(points.shape[0])
+    return torch.cat([rows[k].reshape(points.shape[0], -1) for k in params], 1) * scale
+
+
+def measure(widths: tuple[int, ...], n: int, repeats: int) -> dict:
+    net, problem, points = _case(widths, n)
+    params = net.params()
+    d = ng.num_params(params)
+    grad_params = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+
+    def one_gradient():
+        return torch.autograd.grad(problem.loss(grad_params), list(grad_params.values()), allow_unused=True)
+
+    gradient = time_call(one_gradient, repeats=max(repeats, 5), warmup=2)
+    gradient_cpu = cpu_seconds(one_gradient, max(repeats, 5))
+    reference = problem.jacobian(params)
+    ways = {
+        "forward-laplacian": lambda: problem.jacobian(params),
+        "vmap-jacrev-hessian": lambda: _torch_func_jacobian(net, params, points),
+    }
+    out = {
+        "widths": list(widths),
+        "input_dim": widths[0],
+        "num_points": n,
+        "num_params": d,
+        "one_gradient_s": gradient["median"],
+        "one_gradient_cpu_s": gradient_cpu,
+        "ways": {},
+    }
+    for name, fn in ways.items():
+        timing = time_call(fn, repeats=repeats, warmup=1)
+        cpu = cpu_seconds(fn, repeats)
+        diff = float((fn() - reference).abs().max())
+        out["ways"][name] = {
+            "seconds": timing["median"],
+            "cpu_seconds": cpu,
+            "gradients": cpu / gradient_cpu,
+            "max_abs_difference": diff,
+        }
+    start, start_cpu = time.perf_counter(), time.process_time()
+    estimate = out["ways"]["forward-laplacian"]["seconds"] * n  # generic rows cost about N× more
+    if estimate < GENERIC_LIMIT_S:
+        generic = ng.jacobian(problem.residuals, params)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        out["ways"]["generic-rows"] = {
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "gradients": cpu / gradient_cpu,
+            "max_abs_difference": float((generic - reference).abs().max()),
+        }
+    else:
+        out["ways"]["generic-rows"] = {"skipped": f"estimated over {GENERIC_LIMIT_S:g} s"}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small networks and point sets")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cases = QUICK if args.quick else FULL
+    results = []
+    for widths, n in cases:
+        row = measure(widths, n, args.repeats)
+        results.append(row)
+        cells = ", ".join(
+            f"{k} {v['cpu_seconds']:.3f} s CPU ({v['gradients']:.1f} grads, diff {v['max_abs_difference']:.1e})"
+            if "seconds" in v
+            else f"{k} {v['skipped']}"
+            for k, v in row["ways"].items()
+        )
+        print(
+            f"{'-'.join(map(str, widths))} N={n} d={row['num_params']}: grad {row['one_gradient_cpu_s']:.4f} s CPU; {cells}"
+        )
+    default = (
+        Path(__file__).parent / "results" / ("pde_jacobian_quick.json" if args.quick else "pde_jacobian.json")
+    )
+    path = write_json_atomic(args.out or default, {"environment": environment(), "cases": results})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

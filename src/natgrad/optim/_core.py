@@ -1,0 +1,457 @@
+"""The functional core of one NGD step: (state, problem, settings, factorize) → (update, new state, info).
+
+Nothing here mutates parameters or optimizer state; `NGD` (the torch.optim facade) applies the update and
+stores the new state. The invariants of a step live here, once:
+
+* the loss enters the engine once, as L/s (+ the momentum shift): s is the scale of the loss's curvature
+  s·JᵀgJ, so (sG + λI)⁻¹∇ = (G + (λ/s)I)⁻¹ ∇/s and lr = 1 is a Gauss–Newton step for the loss as written;
+* the step is d = lr · v with v = p + G⁻(∇ − G p), p = μ v_prev; J d comes from the solve's pushforward
+  (J G⁻(∇ − Gp)) plus J p, so the line search and the damping rule need no extra Jacobian product;
+* a step that cannot be computed (solver failure, non-finite direction, zero Jacobian, zero curvature) or
+  whose update would make a parameter non-finite raises `NGDStepError` before anything changes.
+
+``factorize`` is injected: any function with the signature of `engine_factorize` returning an object with
+``solve(loss, inverse=...)`` (a distributed solve, a cached factorisation) can replace `natgrad.factorize`.
+One factorisation serves the step's first solve and every retry with more damping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from torch.func import jvp
+
+import natgrad as ng
+from natgrad._loss import output_gradient
+
+from ._curvature import Curvature, resolve_curvature
+from ._damping import LevenbergMarquardt, reduction_ratio
+from ._errors import NGDStepError
+from ._line_search import FullStep, LineProblem, LineSearch
+from ._momentum import add_prior, shifted_loss
+
+Forward = Callable[[dict[str, Tensor]], Tensor]
+Loss = Callable[[Tensor], Tensor]
+
+_TRACE_PROBES = 2  # Hutchinson probes for the precision floor; an order of magnitude is all it needs
+
+
+@dataclass(frozen=True)
+class StepState:
+    """What one step carries to the next.
+
+    Attributes:
+        damping: the current λ (acts on the loss's curvature sG).
+        momentum: v_prev by parameter name, for the parameters whose group uses momentum.
+    """
+
+    damping: float
+    momentum: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """The optimizer's settings that shape a step (everything except lr and μ, which are per group).
+
+    Attributes:
+        resting_damping: the configured λ the safeguard returns to (0: the generalized inverse).
+        adaptive_damping: adapt λ by the Levenberg–Marquardt ratio rule and reject loss increases.
+        safeguard: without adaptive damping and without a line search, reject a step that increases the loss
+            and adapt λ by `LevenbergMarquardt.update_from_zero` between ``resting_damping`` and the rule's
+            maximum.
+        damping_rule: the `LevenbergMarquardt` rule.
+        line_search: the step-size strategy.
+        metric: ``"auto"`` or a natgrad metric.
+        inverse: generalized inverse used when λ = 0 (None: Moore–Penrose).
+        mc_samples: Monte-Carlo Fisher sample count, or None.
+        method: engine route.
+        max_attempts: solves per step when rejected steps are retried with more damping (≥ 1).
+    """
+
+    resting_damping: float = 0.0
+    adaptive_damping: bool = False
+    safeguard: bool = True
+    damping_rule: LevenbergMarquardt = field(default_factory=LevenbergMarquardt)
+    line_search: LineSearch | None = None
+    metric: Any = "auto"
+    inverse: Any = None
+    mc_samples: int | None = None
+    method: str = "auto"
+    max_attempts: int = 8
+
+
+@dataclass(frozen=True)
+class StepProblem:
+    """One step's data: the model at θ and the loss.
+
+    Attributes:
+        forward: ``params -> z`` (dict of tensors by name).
+        theta: the current parameters by name (detached).
+        loss: ``z -> scalar``.
+        lr: learning rate of every parameter (its group's).
+        momentum: μ of every parameter (its group's).
+        generator: generator of the Monte-Carlo labels (None without Monte Carlo).
+    """
+
+    forward: Forward
+    theta: dict[str, Tensor]
+    loss: Loss
+    lr: Mapping[str, float]
+    momentum: Mapping[str, float]
+    generator: torch.Generator | None = None
+
+
+@dataclass(frozen=True)
+class Solved:
+    """What a solve returns: v = G⁻∇ (by name), J v, the gradient, rank and route."""
+
+    direction: dict[str, Tensor]
+    pushforward: Tensor
+    gradient: dict[str, Tensor]
+    rank: int | None
+    method: str
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """The result of `ngd_step`: θ ← θ − update (None: no move), the next state, and what happened."""
+
+    update: dict[str, Tensor] | None
+    state: StepState
+    info: dict[str, Any]
+
+
+class Factorized(Protocol):
+    """What a factorisation offers the step: ``solve(loss, inverse=...)`` (like `natgrad.GramFactorization`)."""
+
+    def solve(self, loss: Loss, *, inverse: Any = None) -> Any:
+        """The natural gradient of ``loss`` (direction, pushforward, gradient, rank, method)."""
+        ...
+
+
+Factorize = Callable[[Forward, dict[str, Tensor], Any, Any, str], Factorized]
+
+
+def engine_factorize(
+    forward: Forward, theta: dict[str, Tensor], metric: Any, inverse: Any, method: str
+) -> Factorized:
+    """The default: `natgrad.factorize` of G = JᵀgJ at θ, reused by every solve of the step."""
+    return ng.factorize(forward, theta, metric, inverse, method)
+
+
+def ngd_step(
+    state: StepState,
+    problem: StepProblem,
+    settings: StepSettings,
+    factorize: Factorize = engine_factorize,
+) -> StepOutcome:
+    """One natural gradient step, computed without changing anything.
+
+    G is factorised once. When the damping rule rejects a step (the loss went up) and λ grows, the step is
+    solved again on the same factorisation with the new λ (Damped inverses of any λ reuse it), up to
+    ``settings.max_attempts`` solves, so a rejection costs a solve and a forward, not a step.
+
+    Raises:
+        ValueError: the loss is not finite at θ or not a scalar.
+        NGDStepError: the step cannot be computed or would make a parameter non-finite.
+    """
+    forward, theta, loss = problem.forward, problem.theta, problem.loss
+    z0 = _outputs(forward, theta)
+    loss0 = scalar_loss(loss, z0)
+    curvature = resolve_curvature(settings.metric, loss, z0, settings.mc_samples, problem.generator)
+
+    # a residual map that can linearise itself (natgrad.pde.Problem) gives a cheaper model with the same value
+    # and Jacobian at θ for every Jacobian product and the factorisation; trial points still use forward
+    linearize = getattr(forward, "linearize", None)
+    model: Forward = linearize(theta) if callable(linearize) else forward
+
+    prior = _momentum_prior(state, problem)
+    engine_loss = _scaled(loss, curvature.scale)
+    jp = None
+    if prior is not None:
+        jp = jvp(model, (theta,), (prior,))[1]
+        engine_loss = shifted_loss(engine_loss, curvature.matvec(jp))
+    line_search = settings.line_search or FullStep()
+    # a line search guards the step by itself (it never accepts a larger loss); the safeguard guards α = 1
+    safeguarded = settings.safeguard and isinstance(line_search, FullStep)
+    adapts = settings.adaptive_damping or safeguarded
+    needs_model = adapts or line_search.needs_model
+    grad_z = output_gradient("NGD.step", loss, z0)[1] if needs_model else None
+    cached: dict[str, float] = {}
+
+    def floor() -> float:  # eps·tr(sG): two JVPs, computed once per step and only when the rule needs it
+        if "floor" not in cached:
+            cached["floor"] = precision_floor(model, theta, curvature, z0.dtype)
+        return cached["floor"]
+
+    with _solver_errors(loss0):
+        fac = factorize(
+            model,
+            theta,
+            curvature.metric,
+            _inverse(state.damping, curvature, settings.inverse),
+            settings.method,
+        )
+    damping, attempts = state.damping, 0
+    while True:
+        attempts += 1
+        with _solver_errors(loss0):
+            solved = _solve(fac, engine_loss, damping, curvature, attempts == 1)
+        direction = add_prior(solved.direction, prior)
+        _check_direction(direction, solved, model, theta, loss0)
+        _check_update(theta, direction, problem.lr)
+        step_vec = {name: problem.lr[name] * v for name, v in direction.items()}
+        slope = curvature_term = math.nan
+        if grad_z is not None:
+            jd = _step_pushforward(model, theta, step_vec, solved, jp, problem.lr, z0)
+            slope = float((grad_z * jd).sum())  # ⟨∇L, d⟩ = ⟨∇_z L, J d⟩
+            curvature_term = curvature.scale * float((jd * curvature.matvec(jd)).sum())  # dᵀ (sG) d
+
+        def loss_at(alpha: float, step_vec: dict[str, Tensor] = step_vec) -> float:
+            trial = {name: t - alpha * step_vec[name] for name, t in theta.items()}
+            return float(loss(forward(trial)).detach())
+
+        alpha, loss_new = line_search.search(LineProblem(loss_at, loss0, slope, curvature_term))
+        if not adapts:
+            next_damping, ratio, trial_loss = damping, None, loss_new
+            break
+        trial_loss = loss_new = _finite_or_inf(loss_at(alpha)) if loss_new is None else loss_new
+        predicted = alpha * slope - 0.5 * alpha**2 * curvature_term
+        ratio = reduction_ratio(loss0 - loss_new, predicted) if alpha > 0 else -math.inf
+        poor = not math.isfinite(ratio) or ratio < settings.damping_rule.lower
+        lowest = floor() if (settings.adaptive_damping or damping > 0 or poor) else 0.0
+        next_damping = _next_damping(settings, damping, ratio, lowest, model, theta, curvature, solved)
+        accepted = math.isfinite(loss_new) and loss_new <= loss0
+        retry = (
+            attempts < settings.max_attempts
+            and next_damping > damping
+            and _reuses(fac, next_damping, curvature)
+        )
+        if accepted or not retry:
+            if not accepted:
+                alpha, loss_new = 0.0, loss0  # a step that increases the loss is rejected
+            break
+        damping = next_damping  # rejected: solve again with more damping on the same factorisation
+
+    momentum = {name: direction[name].detach().clone() for name in direction if problem.momentum[name] > 0}
+    update = None if alpha == 0.0 else {name: alpha * s for name, s in step_vec.items()}
+    info = {
+        "loss": loss0,
+        "loss_after": loss_new,
+        "trial_loss": trial_loss,
+        "step_size": alpha,
+        "damping": damping,
+        "next_damping": next_damping,
+        "attempts": attempts,
+        "ratio": ratio,
+        "rank": solved.rank,
+        "method": solved.method,
+    }
+    return StepOutcome(update, StepState(next_damping, momentum), info)
+
+
+def _next_damping(
+    settings: StepSettings,
+    damping: float,
+    ratio: float,
+    floor: float,
+    forward: Forward,
+    theta: dict[str, Tensor],
+    curvature: Curvature,
+    solved: Solved,
+) -> float:
+    rule = settings.damping_rule
+    if settings.adaptive_damping:
+        return rule.update(damping, ratio, floor)
+    return rule.update_from_zero(
+        damping,
+        ratio,
+        floor,
+        lambda: gradient_curvature(forward, theta, curvature, solved),
+        settings.resting_damping,
+    )
+
+
+def _reuses(fac: Factorized, damping: float, curvature: Curvature) -> bool:
+    """Whether a retry with damping λ can reuse ``fac`` (a MinNorm factorisation factors another matrix)."""
+    refuses = getattr(fac, "refuses", None)  # natgrad.GramFactorization says why not; others are trusted
+    return refuses is None or refuses(ng.Damped(damping / curvature.scale)) is None
+
+
+def _solve(fac: Factorized, loss: Loss, damping: float, curvature: Curvature, first: bool) -> Solved:
+    # the first solve uses the inverse the factorisation was made for; retries override the damping
+    result = fac.solve(loss) if first else fac.solve(loss, inverse=ng.Damped(damping / curvature.scale))
+    return Solved(
+        dict(result.direction), result.pushforward, dict(result.gradient), result.rank, result.method
+    )
+
+
+@contextmanager
+def _solver_errors(loss0: float) -> Iterator[None]:
+    """Solver failures (an eigh that does not converge, a non-finite solve) as `NGDStepError`."""
+    try:
+        yield
+    except (ValueError, torch.linalg.LinAlgError) as error:
+        kind = (
+            "torch.linalg.LinAlgError"
+            if isinstance(error, torch.linalg.LinAlgError)
+            else type(error).__name__
+        )
+        raise NGDStepError(
+            f"NGD.step: the natural gradient could not be computed at loss {loss0:.6g} "
+            f"({kind}: {error}); the step was not taken and the parameters and optimizer "
+            "state are unchanged (try damping > 0, adaptive_damping=True, or float64)"
+        ) from error
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def scalar_loss(loss: Loss, z: Tensor) -> float:
+    """L(z) as a float; ValueError when it is not a scalar tensor or not finite."""
+    value = loss(z)
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"NGD.step: loss(z) must return a scalar tensor, got {shape}")
+    number = float(value.detach())
+    if not math.isfinite(number):
+        raise ValueError(
+            f"NGD.step: the loss is not finite ({number}) at the current parameters; the step was not "
+            "taken and the parameters are unchanged (check the data and the model outputs, or lower the "
+            "learning rate)"
+        )
+    return number
+
+
+def precision_floor(
+    forward: Forward, theta: dict[str, Tensor], curvature: Curvature, dtype: torch.dtype
+) -> float:
+    """eps(dtype) · tr(sG), tr by Hutchinson: E_u[(Ju)ᵀ s g (Ju)] over Rademacher u (fixed seed)."""
+    first = next(iter(theta.values()))
+    generator = torch.Generator(device=first.device).manual_seed(0)
+    total = 0.0
+    for _ in range(_TRACE_PROBES):
+        probe = {
+            name: torch.randint(0, 2, t.shape, generator=generator, device=t.device).to(t.dtype) * 2 - 1
+            for name, t in theta.items()
+        }
+        ju = jvp(forward, (theta,), (probe,))[1]
+        total += float((ju * curvature.matvec(ju)).sum())
+    trace = curvature.scale * total / _TRACE_PROBES
+    return torch.finfo(dtype).eps * max(trace, 0.0)
+
+
+def gradient_curvature(
+    forward: Forward, theta: dict[str, Tensor], curvature: Curvature, solved: Solved
+) -> float:
+    """q = ∇ᵀ(sG)∇ / ‖∇‖²: the loss's curvature along its gradient (near the top of G's spectrum)."""
+    grad = {name: g.to(theta[name].dtype) for name, g in solved.gradient.items()}
+    norm2 = sum(float(g.pow(2).sum()) for g in grad.values())
+    if not norm2 > 0:
+        return 0.0
+    jg = jvp(forward, (theta,), (grad,))[1]
+    return curvature.scale * float((jg * curvature.matvec(jg)).sum()) / norm2
+
+
+def _outputs(forward: Forward, theta: dict[str, Tensor]) -> Tensor:
+    z0 = forward(theta)
+    if not isinstance(z0, Tensor):
+        raise TypeError(
+            f"NGD.step: forward(params) must return a Tensor of model outputs, got {type(z0).__name__}"
+        )
+    return z0.detach()
+
+
+def _finite_or_inf(value: float) -> float:
+    return value if math.isfinite(value) else math.inf
+
+
+def _scaled(loss: Loss, scale: float) -> Loss:
+    if scale == 1.0:
+        return loss
+    return lambda z: loss(z) / scale
+
+
+def _inverse(damping: float, curvature: Curvature, inverse: Any) -> Any:
+    # damping λ acts on the loss's own curvature s·G: (sG + λI)⁻¹ ∇ = (G + λ/s I)⁻¹ ∇/s
+    if damping > 0:
+        return ng.Damped(damping / curvature.scale)
+    return inverse if inverse is not None else ng.MoorePenrose()
+
+
+def _momentum_prior(state: StepState, problem: StepProblem) -> dict[str, Tensor] | None:
+    """p = μ_group · v_prev for every parameter, or None when no group uses momentum yet."""
+    prior = {}
+    for name, t in problem.theta.items():
+        mu, buffer = problem.momentum[name], state.momentum.get(name)
+        prior[name] = mu * buffer if (mu > 0 and buffer is not None) else torch.zeros_like(t)
+    if not any(bool(v.any()) for v in prior.values()):
+        return None
+    return prior
+
+
+def _check_direction(
+    direction: dict[str, Tensor], solved: Solved, forward: Forward, theta: dict[str, Tensor], loss0: float
+) -> None:
+    bad = sum(int((~torch.isfinite(v)).sum()) for v in direction.values())
+    if bad:
+        raise NGDStepError(
+            f"NGD.step: the natural gradient contains {bad} non-finite value(s) at loss {loss0:.6g}; the step "
+            "was not taken and the parameters and optimizer state are unchanged (try damping > 0, "
+            "adaptive_damping=True, or float64)"
+        )
+    if any(bool(v.any()) for v in direction.values()):
+        return
+    # v = 0: a stationary point, or a step that silently does nothing — tell them apart
+    generator = torch.Generator(device=next(iter(theta.values())).device).manual_seed(0)
+    probe = {
+        name: torch.randn(t.shape, generator=generator, device=t.device).to(t.dtype)
+        for name, t in theta.items()
+    }
+    ju = jvp(forward, (theta,), (probe,))[1]
+    if not bool(ju.any()):
+        raise NGDStepError(
+            "NGD.step: forward(params) does not depend on the parameters (its Jacobian is zero), so no step "
+            "can change the outputs; the parameters are unchanged (check that forward uses the params dict "
+            "it is given, e.g. torch.func.functional_call(model, params, (x,)) or NGD.functional(model))"
+        )
+    if any(bool(g.any()) for g in solved.gradient.values()):
+        raise NGDStepError(
+            f"NGD.step: the curvature JᵀgJ is numerically zero (rank {solved.rank}) while the gradient is not, "
+            f"at loss {loss0:.6g}: the metric vanishes at the outputs (e.g. a saturated softmax); the "
+            "parameters are unchanged (try damping > 0 or a smaller learning rate)"
+        )
+
+
+def _check_update(theta: dict[str, Tensor], direction: dict[str, Tensor], lr: Mapping[str, float]) -> None:
+    for name, t in theta.items():
+        if not bool(torch.isfinite(t - lr[name] * direction[name]).all()):
+            raise NGDStepError(
+                f"NGD.step: the update lr·v would make parameter {name!r} non-finite (lr={lr[name]:g}, "
+                f"max |v| = {float(direction[name].abs().max()):.3g}); the step was not taken and the "
+                "parameters and optimizer state are unchanged; lower the learning rate"
+            )
+
+
+def _step_pushforward(
+    forward: Forward,
+    theta: dict[str, Tensor],
+    step_vec: dict[str, Tensor],
+    solved: Solved,
+    jp: Tensor | None,
+    lr: Mapping[str, float],
+    z0: Tensor,
+) -> Tensor:
+    """J d: from the solve's pushforward when one lr scales every parameter, else one JVP."""
+    rates = set(lr.values())
+    if len(rates) == 1:
+        jv = solved.pushforward.reshape(z0.shape)
+        if jp is not None:
+            jv = jv + jp
+        return rates.pop() * jv
+    jd = jvp(forward, (theta,), (step_vec,))[1]
+    return jd

@@ -1,0 +1,139 @@
+"""Collocation points in a box Π_i [lo_i, hi_i]: uniform draws, fixed grids, boundary points, resampling.
+
+Every random sampler takes an explicit ``torch.Generator``, so a seed fixes the points.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+Box = Sequence[tuple[float, float]]
+
+
+def _box(call: str, box: Box) -> tuple[Tensor, Tensor]:
+    try:
+        pairs = [(float(lo), float(hi)) for lo, hi in box]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{call}: box must be a sequence of (lo, hi) pairs, one per coordinate, got {box!r}"
+        ) from None
+    if not pairs or any(not (math.isfinite(lo) and math.isfinite(hi) and lo < hi) for lo, hi in pairs):
+        raise ValueError(f"{call}: box must be non-empty finite (lo, hi) pairs with lo < hi, got {pairs}")
+    lo, hi = zip(*pairs, strict=True)
+    return torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
+
+
+def _count(call: str, what: str, n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{call}: {what} must be a positive integer, got {n!r}")
+    return n
+
+
+def uniform(n: int, box: Box, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
+    """n points drawn uniformly from the box: (n, D)."""
+    lo, hi = _box("pde.uniform", box)
+    _count("pde.uniform", "n", n)
+    u = torch.rand(n, lo.numel(), generator=generator, dtype=torch.float64)
+    return (lo + (hi - lo) * u).to(dtype)
+
+
+def grid(
+    points_per_dim: int, box: Box, dtype: torch.dtype = torch.float64, cell_centres: bool = True
+) -> Tensor:
+    """Tensor-product grid, points_per_dim^D points: (points_per_dim^D, D).
+
+    Args:
+        cell_centres: True: centres of a uniform partition (all strictly inside, for interior points);
+            False: equispaced including both ends.
+    """
+    lo, hi = _box("pde.grid", box)
+    k = _count("pde.grid", "points_per_dim", points_per_dim)
+    if cell_centres:
+        t = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+    else:
+        t = torch.linspace(0.0, 1.0, k, dtype=torch.float64)
+    axes = [lo[i] + (hi[i] - lo[i]) * t for i in range(lo.numel())]
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([m.reshape(-1) for m in mesh], dim=1).to(dtype)
+
+
+def box_boundary_grid(points_per_edge: int, box: Box, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Equispaced points on the boundary of a 2-D box: points_per_edge per edge, corners once, (4k, 2)."""
+    lo, hi = _box("pde.box_boundary_grid", box)
+    if lo.numel() != 2:
+        raise ValueError(
+            f"pde.box_boundary_grid: needs a 2-D box, got {lo.numel()} coordinates; use uniform_boundary"
+        )
+    k = _count("pde.box_boundary_grid", "points_per_edge", points_per_edge)
+    t = torch.arange(k, dtype=torch.float64) / k
+    x = lo[0] + (hi[0] - lo[0]) * t
+    y = lo[1] + (hi[1] - lo[1]) * t
+    edges = [
+        torch.stack([x, torch.full_like(t, float(lo[1]))], 1),
+        torch.stack([torch.full_like(t, float(hi[0])), y], 1),
+        torch.stack([hi[0] + lo[0] - x, torch.full_like(t, float(hi[1]))], 1),
+        torch.stack([torch.full_like(t, float(lo[0])), hi[1] + lo[1] - y], 1),
+    ]
+    return torch.cat(edges, 0).to(dtype)
+
+
+def uniform_boundary(
+    n: int,
+    box: Box,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+    dims: Sequence[int] | None = None,
+) -> Tensor:
+    """n points uniform on the faces x_i ∈ {lo_i, hi_i} (i in ``dims``, default all) of the box: (n, D).
+
+    A face is chosen with probability proportional to its (D−1)-volume, then the point is uniform on it.
+    For a time-dependent problem pass the spatial ``dims`` only (the lateral boundary).
+    """
+    lo, hi = _box("pde.uniform_boundary", box)
+    _count("pde.uniform_boundary", "n", n)
+    dim = lo.numel()
+    dims = list(range(dim)) if dims is None else [int(i) % dim for i in dims]
+    widths = hi - lo
+    areas = torch.stack([widths.prod() / widths[i] for i in dims]).repeat_interleave(2)
+    faces = torch.multinomial(areas / areas.sum(), n, replacement=True, generator=generator)
+    points = lo + widths * torch.rand(n, dim, generator=generator, dtype=torch.float64)
+    for j, i in enumerate(dims):
+        points[faces == 2 * j, i] = lo[i]
+        points[faces == 2 * j + 1, i] = hi[i]
+    return points.to(dtype)
+
+
+class Resampler:
+    """Fresh collocation points every ``every`` steps from ``sampler(generator)``, seeded once.
+
+    ``resampler(step)`` returns the current points: new ones at steps 0, every, 2·every, …, the same
+    tensor in between. Same seed ⇒ same sequence of point sets.
+
+    Args:
+        sampler: ``generator -> (N, D)`` points, e.g. ``lambda g: pde.uniform(900, box, g)``.
+        every: steps between draws (≥ 1).
+        seed: seed of the generator.
+    """
+
+    def __init__(self, sampler: Callable[[torch.Generator], Tensor], every: int, seed: int = 0) -> None:
+        if not callable(sampler):
+            raise TypeError(
+                f"pde.Resampler: sampler must be callable generator -> points, got {type(sampler).__name__}"
+            )
+        self.sampler = sampler
+        self.every = _count("pde.Resampler", "every", every)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self._points: Tensor | None = None
+        self._drawn_at: int | None = None
+
+    def __call__(self, step: int) -> Tensor:
+        """The points to use at ``step`` (≥ 0)."""
+        block = int(step) // self.every
+        if self._points is None or block != self._drawn_at:
+            self._points = self.sampler(self.generator)
+            self._drawn_at = block
+        return self._points
