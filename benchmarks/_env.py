@@ -9,6 +9,7 @@ and commit that produced it.
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,14 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO / "src") not in sys.path:
+    sys.path.append(str(REPO / "src"))  # an uninstalled checkout: the library's helpers below
+
+from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
+
+# The older names, for benchmarks written before the helpers moved into the library: the same functions.
+environment = collect_environment
+write_json_atomic = atomic_write_json
 
 
 def synchronize(device: torch.device) -> None:
