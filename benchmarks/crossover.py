@@ -24,9 +24,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from _env import environment, time_call, write_json_atomic  # noqa: E402
+from _env import time_call  # noqa: E402
 
 import natgrad as ng  # noqa: E402
+from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
 ROUTES = ("structured", "dual", "primal", "lstsq", "krylov")
 INPUTS, CLASSES = 32, 10
@@ -115,10 +116,9 @@ def summary(rows: list[dict]) -> dict:
 
 
 def figure(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from natgrad.experiments import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for route, marker in zip(ROUTES, "osd^v", strict=True):
@@ -157,8 +157,8 @@ def main() -> None:
             print(
                 f"N={batch:4d} w={width:4d} d/r={row['d_over_r']:8.2f} auto->{row['auto_pick']:10s} {times}"
             )
-    result = {"environment": environment(), "rows": rows, "summary": summary(rows)}
-    write_json_atomic(args.out, result)
+    result = {"environment": collect_environment(), "rows": rows, "summary": summary(rows)}
+    atomic_write_json(args.out, result)
     figure(rows, args.out.with_suffix(".png"))
     print(result["summary"])
     print(f"wrote {args.out}")

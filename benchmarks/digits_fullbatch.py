@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _env import REPO, environment, synchronize, write_json_atomic  # noqa: E402
+from _env import REPO, synchronize  # noqa: E402
 
 try:
     import natgrad as ng
@@ -34,6 +34,7 @@ except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(REPO / "src"))
     import natgrad as ng
 from natgrad.optim import NGD, CrossEntropy, NGDStepError  # noqa: E402
+from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
 TRAIN_EXAMPLES = 1257  # 70 % of the 1,797 digits
 
@@ -222,9 +223,9 @@ def main() -> None:
         },
         "summary": summary,
         "results": {name: thinned(r) for name, r in results.items()},
-        "environment": environment(device),
+        "environment": collect_environment(device),
     }
-    write_json_atomic(args.out, record)
+    atomic_write_json(args.out, record)
     print(f"wrote {args.out}")
 
 

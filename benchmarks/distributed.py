@@ -39,10 +39,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from _env import environment, time_call, write_json_atomic  # noqa: E402
+from _env import time_call  # noqa: E402
 
 import natgrad as ng  # noqa: E402
 import natgrad.distributed as ngd  # noqa: E402
+from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
 INPUTS, CLASSES = 32, 10
 STRATEGIES = ("kernel", "matrix-free")
@@ -177,10 +178,9 @@ def run_world(world_size: int, config: dict) -> list[dict]:
 
 
 def figure(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from natgrad.experiments import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for scaling, ax in zip(("strong", "weak"), axes[:2], strict=True):
@@ -242,14 +242,14 @@ def main() -> None:
         else "a GPU is available; run with the NCCL backend to measure it"
     )
     results = {
-        "environment": environment(),
+        "environment": collect_environment(),
         "config": {**config, "quick": args.quick, "dtype": "float64", "backend": "gloo"},
         "note": NOTE,
         "gpu": gpu,
         "nccl_model": NCCL_MODEL,
         "rows": rows,
     }
-    write_json_atomic(args.out, results)
+    atomic_write_json(args.out, results)
     figure(rows, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 

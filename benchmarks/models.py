@@ -25,10 +25,11 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from _env import environment, time_call, write_json_atomic  # noqa: E402
+from _env import time_call  # noqa: E402
 
 import natgrad as ng  # noqa: E402
 from natgrad.models.structured import categorical_fisher_factor  # noqa: E402
+from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
 REFERENCE_MAX_D = 3000
 ROUTES = ["structured", "dual", "krylov"]  # d > r here: primal (d×d) is never the route to take
@@ -188,11 +189,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {
-        "environment": environment(),
+        "environment": collect_environment(),
         "settings": {"quick": args.quick, "repeats": args.repeats, "metric": "categorical Fisher"},
         "cases": {name: measure(name, *case, args.repeats) for name, case in cases(args.quick).items()},
     }
-    path = write_json_atomic(args.out / ("models_quick.json" if args.quick else "models.json"), results)
+    path = atomic_write_json(args.out / ("models_quick.json" if args.quick else "models.json"), results)
     print(f"wrote {path}")
 
 

@@ -31,10 +31,11 @@ from torch.func import functional_call, hessian, jacrev, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from _env import environment, time_call, write_json_atomic  # noqa: E402
+from _env import time_call  # noqa: E402
 
 import natgrad as ng  # noqa: E402
 from natgrad import pde  # noqa: E402
+from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
 FULL = [((2, 64, 1), 1020), ((2, 64, 64, 48, 48, 1), 1020), ((5, 64, 64, 48, 48, 1), 500)]
 QUICK = [((2, 32, 1), 200), ((2, 16, 16, 12, 12, 1), 200), ((5, 16, 16, 1), 200)]
@@ -155,7 +156,7 @@ def main() -> None:
     default = (
         Path(__file__).parent / "results" / ("pde_jacobian_quick.json" if args.quick else "pde_jacobian.json")
     )
-    path = write_json_atomic(args.out or default, {"environment": environment(), "cases": results})
+    path = atomic_write_json(args.out or default, {"environment": collect_environment(), "cases": results})
     print(f"wrote {path}")
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _env import REPO, environment, time_call, write_json_atomic  # noqa: E402
+from _env import REPO, time_call  # noqa: E402
 
 try:
     import natgrad as ng
@@ -32,6 +32,7 @@ except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(REPO / "src"))
     import natgrad as ng
 from natgrad.diagnostics import projector_matrix  # noqa: E402
+from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
 DECOMPOSITIONS = ("eigh", "svd", "cholesky", "cholesky_ex")
 
@@ -133,8 +134,13 @@ def main(argv: list[str] | None = None) -> dict:
         row["relative_difference"] = float(diff / torch.linalg.matrix_norm(matrices["per_column"]))
         rows.append(row)
         print(row)
-    result = {"benchmark": "projector_reuse", "quick": args.quick, "rows": rows, "environment": environment()}
-    write_json_atomic(args.out, result)
+    result = {
+        "benchmark": "projector_reuse",
+        "quick": args.quick,
+        "rows": rows,
+        "environment": collect_environment(),
+    }
+    atomic_write_json(args.out, result)
     return result
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.functional import cross_entropy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _env import REPO, environment, synchronize, time_call, write_json_atomic  # noqa: E402
+from _env import REPO, synchronize, time_call  # noqa: E402
 
 try:
     import natgrad as ng
@@ -39,6 +39,7 @@ except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(REPO / "src"))
     import natgrad as ng
 from natgrad.natural_gradient import DEFAULT_MEMORY_BUDGET, route_memory  # noqa: E402
+from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
 ROUTES = ("primal", "dual", "lstsq", "krylov", "structured")
 WARMUP_BATCH = (
@@ -241,10 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         "description": "seconds of natgrad.natural_gradient per method, and as a multiple of one gradient "
         "(torch.func.grad of cross-entropy through the same model) measured in the same run",
         "settings": asdict(s) | {"quick": args.quick, "threads": args.threads, "warmup_batch": WARMUP_BATCH},
-        "environment": environment(device),
+        "environment": collect_environment(device),
         "cases": cases,
     }
-    path = write_json_atomic(args.out, data)
+    path = atomic_write_json(args.out, data)
     print(f"\nwrote {path}")
     return 0 if all(math.isfinite(c["gradient_seconds"]["median"]) for c in cases) else 1
 

@@ -27,10 +27,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from _env import environment, time_call, write_json_atomic  # noqa: E402
+from _env import time_call  # noqa: E402
 
 import natgrad as ng  # noqa: E402
 from natgrad.models.structured import categorical_fisher_factor, structured_kernel  # noqa: E402
+from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
 
 def peak_memory(fn: Callable[[], object]) -> tuple[object, float]:
@@ -320,7 +321,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 7
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results: dict = {"environment": environment(device) | {"dtype": "float32", "peers": peer_versions()}}
+    results: dict = {
+        "environment": collect_environment(device) | {"dtype": "float32", "peers": peer_versions()}
+    }
 
     print("MLP 784-512-512-10, N=64, categorical Fisher", flush=True)
     mlp_case = make_mlp_case(512, 64)
@@ -361,16 +364,15 @@ def main() -> None:
     path = args.out / (
         "structured_vs_peers_memory.json" if args.exact_peak_memory else "structured_vs_peers.json"
     )
-    write_json_atomic(path, results)
+    atomic_write_json(path, results)
     figure(results, path.with_suffix(".png"))
     print(f"wrote {path}")
 
 
 def figure(results: dict, path: Path) -> None:
-    import matplotlib
+    from natgrad.experiments import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     for col, (key, xkey) in enumerate((("scaling_width", "d"), ("scaling_batch", "N"))):

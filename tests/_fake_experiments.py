@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -41,10 +42,14 @@ def make_experiment(
     title: str | None = None,
     interrupt_first: bool = False,
     fail_run: bool = False,
+    step_seconds: float = 0.0,
+    figure_seconds: float = 0.0,
 ) -> Experiment:
     """A fake experiment whose single claim is ``value < threshold``; ``calls[name]`` counts runs.
 
     ``interrupt_first``: the first run raises KeyboardInterrupt (a Ctrl-C); ``fail_run``: every run raises.
+    ``step_seconds``: sleep per run step; ``figure_seconds``: with it, a second figure is written after that
+    sleep (so a kill can land while figures are half built).
     """
 
     def config(quick: bool, seed: int) -> FakeConfig:
@@ -56,7 +61,10 @@ def make_experiment(
             raise KeyboardInterrupt
         if fail_run:
             raise RuntimeError(f"{name} exploded on purpose")
-        trace = [float(i) for i in progress(range(cfg.steps), description=f"{name} steps")]
+        trace = []
+        for i in progress(range(cfg.steps), description=f"{name} steps"):
+            time.sleep(step_seconds)
+            trace.append(float(i))
         return {"value": value, "trace": trace, "seed": cfg.seed, "sizes": cfg.sizes}
 
     def claims(results: dict[str, Any]) -> list[Claim]:
@@ -65,7 +73,12 @@ def make_experiment(
     def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
         path = out_dir / "trace.png"
         path.write_bytes(tiny_png(int(results["value"]) % 256))
-        return [path]
+        if not figure_seconds:
+            return [path]
+        time.sleep(figure_seconds)
+        second = out_dir / "trace-again.png"
+        second.write_bytes(tiny_png(255 - int(results["value"]) % 256))
+        return [path, second]
 
     return Experiment(
         name=name,

@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+import natgrad.experiments as experiments_api
 from _fake_experiments import make_experiment
 from natgrad.cli import app
 from natgrad.experiments import _registry
@@ -31,7 +32,7 @@ def register(monkeypatch):
     """Replace the registry by the given fake experiments."""
 
     def _register(*experiments):
-        monkeypatch.setattr(_registry, "all_experiments", lambda: {e.name: e for e in experiments})
+        monkeypatch.setattr(experiments_api, "all_experiments", lambda: {e.name: e for e in experiments})
 
     return _register
 
@@ -146,7 +147,7 @@ def test_interrupt_then_resume(register, calls, tmp_path):
     out = tmp_path / "run"
     result = invoke("reproduce", "--out", out)
     assert result.exit_code == 130
-    assert f"Resume with: --out {out}" in result.output
+    assert f"Resume: rerun the same command with --out {out}" in result.output
     assert (out / "report.html").is_file()
     result = invoke("reproduce", "--out", out)
     assert result.exit_code == 0, result.output
@@ -229,7 +230,7 @@ def test_broken_experiment_module_exits_one_naming_it(monkeypatch):
             "discover: experiment module 'natgrad.experiments.oops' failed to import: SyntaxError: x"
         )
 
-    monkeypatch.setattr(_registry, "all_experiments", broken)
+    monkeypatch.setattr(experiments_api, "all_experiments", broken)
     result = invoke("list")
     assert result.exit_code == 1
     assert (

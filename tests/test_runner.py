@@ -26,7 +26,8 @@ def test_interrupted_run_resumes_without_redoing_finished_experiments(tmp_path):
     assert calls == Counter({"a": 1, "b": 1})
     assert folder.read_results_file("a") is not None
     assert folder.read_results_file("b") is None and folder.read_results_file("c") is None
-    assert [o.status for o in read_outcomes(folder)] == ["done", "missing"]
+    # every requested experiment is listed, those never reached included
+    assert [o.status for o in read_outcomes(folder)] == ["done", "missing", "missing"]
 
     outcomes = reproduce(RunFolder.create(tmp_path / "run"), experiments, quick=True, seed=1)
     assert calls == Counter({"a": 1, "b": 2, "c": 1})

@@ -1,14 +1,16 @@
 """The ``natgrad`` command: list experiments, reproduce them into a run folder, rebuild a report.
 
 Exit codes: 0 every selected experiment finished and all its claims hold; 1 a claim fails or an
-experiment raised; 2 bad usage (unknown experiment, bad option, unusable --out, conflicting stored
-settings); 130 interrupted (rerun the same command to resume).
+experiment raised; 2 bad usage (unknown experiment, bad option, unusable --out, a run folder in use by another
+process, a corrupt run folder file, conflicting stored settings); 130 interrupted by SIGINT or SIGTERM (rerun
+the same command to resume).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -18,8 +20,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from natgrad.experiments import _registry
-from natgrad.experiments._base import Experiment, Progress
+import natgrad.experiments as experiments_api
+from natgrad.experiments import Experiment, Progress
 from natgrad.report import (
     ConfigConflictError,
     Hooks,
@@ -38,6 +40,7 @@ from natgrad.report.progress import make_progress
 from natgrad.report.summary import format_number
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_SEED = 2**32 - 1  # experiments derive further seeds as seed + k; this keeps them in every RNG's range
 
 app = typer.Typer(
     name="natgrad",
@@ -60,7 +63,7 @@ def _fail(console: Console, message: str, code: int) -> typer.Exit:
 
 def _registry_or_exit(console: Console) -> dict[str, Experiment]:
     try:
-        return _registry.all_experiments()
+        return experiments_api.all_experiments()
     except (ImportError, TypeError, ValueError) as exc:
         raise _fail(console, f"natgrad: cannot load the experiments: {exc}", EXIT_FAILED) from exc
 
@@ -100,7 +103,7 @@ class _ConsoleHooks(Hooks):
             self.console.print(Text(f"    error: {outcome.error_summary}", style="red"))
             return
         held = len(outcome.claims) - len(outcome.failed_claims)
-        took = "" if reused or outcome.elapsed_s is None else f" in {outcome.elapsed_s:.1f} s"
+        took = "" if reused or outcome.run_seconds is None else f" in {outcome.run_seconds:.1f} s"
         style = "green" if outcome.ok else "red"
         self.console.print(Text(f"    done{took}: {held}/{len(outcome.claims)} claims hold", style=style))
 
@@ -151,11 +154,54 @@ def _finish(console: Console, folder: RunFolder, registry: dict[str, Experiment]
             )
         )
     for outcome in broken:
-        detail = outcome.error_summary or "not finished"
-        where = folder.experiment_dir(outcome.name) / "error.txt"
-        console.print(Text(f"ERROR {outcome.name}: {detail} (traceback: {where})", style="red"))
+        console.print(Text(_unfinished_line(folder, outcome), style="red"))
     console.print(Text(f"report: {report}"))
     return EXIT_FAILED if failing or broken else EXIT_OK
+
+
+def _unfinished_line(folder: RunFolder, outcome: Outcome) -> str:
+    """Why an experiment did not finish, naming only files that exist."""
+    if outcome.status == "error":
+        where = folder.experiment_dir(outcome.name) / "error.txt"
+        traceback_at = f" (traceback: {where})" if where.is_file() else ""
+        return f"ERROR {outcome.name}: {outcome.error_summary}{traceback_at}"
+    if outcome.status == "incomplete":
+        return (
+            f"INCOMPLETE {outcome.name}: results are stored but claims and figures were not built to the end; "
+            "rerun the same command to finish them"
+        )
+    return f"MISSING {outcome.name}: no results yet (not run to the end); rerun the same command to run it"
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM during a command: raise ``KeyboardInterrupt`` while armed, only note them after.
+
+    Armed while experiments run, so Ctrl-C or a scheduler's SIGTERM stops the work in progress; disarmed
+    for the final summary, so a signal can never cut claims.json or report.html short or skip them. A signal
+    that arrives once everything has finished does not turn a complete run into an interrupted one.
+    """
+
+    def __init__(self) -> None:
+        self.armed = True
+        self.received: str | None = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signal.Signals(signum).name
+        if self.armed:
+            raise KeyboardInterrupt(self.received)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_StopSignals]:
+        try:
+            previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: signals cannot be handled here
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 @app.command("list")
@@ -183,7 +229,12 @@ def reproduce_command(
     out: Annotated[
         Path | None, typer.Option("--out", help="Run folder (default: runs/<timestamp>). Reuse it to resume.")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed handed to every experiment's config.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed", min=0, max=MAX_SEED, help=f"Seed handed to every experiment (0 to {MAX_SEED})."
+        ),
+    ] = 0,
     device: Annotated[
         str | None, typer.Option("--device", help=f"Torch default device: {VALID_DEVICES}.")
     ] = None,
@@ -194,7 +245,8 @@ def reproduce_command(
     """Run experiments, store results, claims and figures in a run folder, and write report.html.
 
     Rerunning with the same --out skips experiments whose stored results have the same settings; if the
-    stored settings differ the command stops, unless --force is given (then they are recomputed).
+    stored settings differ the command stops, unless --force is given (then they are recomputed). One process
+    at a time writes a run folder: a second one on the same --out exits 2 naming the first.
     """
     console = _console()
     registry = _registry_or_exit(console)
@@ -208,28 +260,44 @@ def reproduce_command(
         except ValueError as exc:
             raise _fail(console, f"natgrad reproduce: {exc}", EXIT_USAGE) from exc
     out = out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    names_selected = [e.name for e in selected]
+    stop = _StopSignals()
     try:
-        folder = RunFolder.create(out)
+        with stop.installed(), RunFolder.locked(out) as folder:
+            try:
+                folder.write_environment(collect_environment(device))
+                console.print(
+                    Text(
+                        f"run folder: {folder.path}  (quick={quick}, seed={seed}, device={device or 'default'})"
+                    )
+                )
+                hooks = _ConsoleHooks(console)
+                reproduce(folder, selected, quick=quick, seed=seed, force=force, device=device, hooks=hooks)
+                stop.armed = False
+            except KeyboardInterrupt:
+                stop.armed = False
+                stop.received = stop.received or "KeyboardInterrupt"
+            code = _finish(console, folder, registry, names_selected)
+            cut_short = stop.received is not None and not _all_finished(folder, registry, names_selected)
     except RunFolderError as exc:
         raise _fail(console, f"natgrad reproduce: {exc}", EXIT_USAGE) from exc
-    folder.write_environment(collect_environment(device))
-    console.print(
-        Text(f"run folder: {folder.path}  (quick={quick}, seed={seed}, device={device or 'default'})")
-    )
-    try:
-        reproduce(
-            folder, selected, quick=quick, seed=seed, force=force, device=device, hooks=_ConsoleHooks(console)
-        )
-    except (ConfigConflictError, RunFolderError) as exc:
+    except ConfigConflictError as exc:
         raise _fail(console, str(exc), EXIT_USAGE) from exc
-    except KeyboardInterrupt:
-        _finish(console, folder, registry, [e.name for e in selected])
+    except KeyboardInterrupt:  # before the folder was ready: nothing was run
+        raise _fail(console, f"interrupted before any experiment ran ({out})", EXIT_INTERRUPTED) from None
+    if cut_short:
         raise _fail(
             console,
-            f"interrupted; finished experiments are stored. Resume with: --out {folder.path}",
+            f"interrupted ({stop.received}); finished experiments are stored in {folder.path}. "
+            f"Resume: rerun the same command with --out {folder.path}",
             EXIT_INTERRUPTED,
-        ) from None
-    raise typer.Exit(_finish(console, folder, registry, [e.name for e in selected]))
+        )
+    raise typer.Exit(code)
+
+
+def _all_finished(folder: RunFolder, registry: dict[str, Experiment], names: list[str]) -> bool:
+    outcomes = read_outcomes(folder, registry)
+    return all(o.status in ("done", "error") for o in outcomes if o.name in names)
 
 
 @app.command("report")
@@ -238,18 +306,33 @@ def report_command(
 ) -> None:
     """Rebuild claims, figures and report.html of a run folder from its stored results (no rerun)."""
     console = _console()
+    registry = _registry_or_exit(console)
+    stop = _StopSignals()
     try:
         folder = RunFolder.open(run_dir)
+        with stop.installed(), folder.lock():
+            try:
+                outcomes = rebuild(folder, registry)
+                stop.armed = False
+            except KeyboardInterrupt:
+                stop.armed = False
+                stop.received = stop.received or "KeyboardInterrupt"
+                outcomes = read_outcomes(folder, registry)
+            code = _finish(console, folder, registry, [o.name for o in outcomes])
+            cut_short = stop.received is not None and not _all_finished(
+                folder, registry, [o.name for o in outcomes]
+            )
     except RunFolderError as exc:
         raise _fail(console, f"natgrad report: {exc}", EXIT_USAGE) from exc
-    registry = _registry_or_exit(console)
-    try:
-        outcomes = rebuild(folder, registry)
-    except RunFolderError as exc:
-        raise _fail(console, f"natgrad report: {exc}", EXIT_USAGE) from exc
-    raise typer.Exit(_finish(console, folder, registry, [o.name for o in outcomes]))
+    except KeyboardInterrupt:  # before the folder was opened
+        raise _fail(console, "interrupted; nothing was rebuilt", EXIT_INTERRUPTED) from None
+    if cut_short:
+        raise _fail(
+            console, f"interrupted; rerun `natgrad report {run_dir}` to rebuild the rest", EXIT_INTERRUPTED
+        )
+    raise typer.Exit(code)
 
 
 def main() -> None:
-    """Entry point of the ``natgrad`` console script."""
+    """Run the command (the console script enters through ``natgrad.__main__.main``, which checks the extra)."""
     app()

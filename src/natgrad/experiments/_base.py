@@ -83,6 +83,9 @@ class Experiment:
         claims: ``claims(results) -> list[Claim]``, computed from the stored results only.
         figures: ``figures(results, out_dir) -> list[Path]``, PNG files rebuilt from the stored results only.
         paper: which paper the result belongs to.
+        threads: the CPU threads (torch and BLAS) the runner gives ``run``. The default 1 suits problems whose
+            single operations are too small to gain from parallel kernels: on a shared machine extra threads
+            only wait for cores. Results must not depend on it beyond rounding.
     """
 
     name: str
@@ -93,6 +96,33 @@ class Experiment:
     figures: Callable[[dict[str, Any], Path], list[Path]]
     paper: str = ""
     tags: tuple[str, ...] = field(default=())
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.threads, int) and not isinstance(self.threads, bool) and self.threads >= 1):
+            raise ValueError(
+                f"Experiment({self.name!r}): threads must be an integer >= 1, got {self.threads!r}"
+            )
+
+
+TIMING_SUFFIXES = ("_seconds", "_at")
+
+
+def is_timing_key(key: str) -> bool:
+    """Whether a results key holds a wall-clock measurement or a timestamp (by name: ``*_seconds``, ``*_at``).
+
+    Such values differ between two runs with the same seed; everything else in results must not.
+    """
+    return key.endswith(TIMING_SUFFIXES)
+
+
+def without_timing(value: Any) -> Any:
+    """``value`` (nested dicts and lists) with every timing key removed (see :func:`is_timing_key`)."""
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if not is_timing_key(str(k))}
+    if isinstance(value, list | tuple):
+        return [without_timing(v) for v in value]
+    return value
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

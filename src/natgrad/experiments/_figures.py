@@ -8,10 +8,22 @@ from typing import Any
 DPI = 120
 
 
-def save_figure(fig: Any, path: Path, *, tight: bool = True) -> Path:
-    """Lay out ``fig`` (unless ``tight=False``), write it as PNG at ``path`` (parents created), close it."""
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend: figures are files, never windows.
+
+    The one place that selects the backend, for every experiment (and the benchmarks' plots).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig: Any, path: Path, *, tight: bool = True) -> Path:
+    """Lay out ``fig`` (unless ``tight=False``), write it as PNG at ``path`` (parents created), close it."""
+    plt = pyplot()
     if tight:
         fig.tight_layout()
     path = Path(path)

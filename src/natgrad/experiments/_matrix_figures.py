@@ -5,15 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from natgrad.experiments._figures import save_figure
+from natgrad.experiments._figures import pyplot, save_figure
 
 
 def _test_error_vs_observed(results: dict[str, Any], path: Path) -> Path:
+    plt = pyplot()
     counts = sorted(int(k) for k in results["gd"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for depth in sorted({d for runs in results["gd"].values() for d in runs}, key=int):
@@ -37,6 +33,7 @@ def _test_error_vs_observed(results: dict[str, Any], path: Path) -> Path:
 
 
 def _singular_values(results: dict[str, Any], path: Path) -> Path:
+    plt = pyplot()
     key = str(results["claim_observed"])
     runs = [("GD depth 3", results["gd"][key].get("3"))]
     for fisher in ("full", "observed"):
@@ -59,6 +56,7 @@ def _singular_values(results: dict[str, Any], path: Path) -> Path:
 
 
 def _drift(results: dict[str, Any], path: Path) -> Path:
+    plt = pyplot()
     key = str(results["claim_observed"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     for depth, flow in sorted(results["flow"].items()):

@@ -5,18 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from natgrad.experiments._figures import save_figure
+from natgrad.experiments._figures import pyplot, save_figure
 
 _STYLES = ("-", "--", ":", "-.")
 
 
 def _outputs_over_time(results: dict[str, Any], path: Path) -> Path:
+    plt = pyplot()
     panels = (
         ("ngd-squared", "NGD, squared loss", results["ngd_lr"]),
         ("gd-squared", "GD, squared loss", results["gd_lr"]),
@@ -45,6 +42,7 @@ def _outputs_over_time(results: dict[str, Any], path: Path) -> Path:
 
 
 def _grid_predictions(results: dict[str, Any], path: Path) -> Path:
+    plt = pyplot()
     size = results["grid_size"]
     grid = np.asarray(results["grid"])
     extent = (grid[:, 1].min(), grid[:, 1].max(), grid[:, 0].min(), grid[:, 0].max())

@@ -30,7 +30,7 @@ import torch
 import natgrad as ng
 from natgrad import pde
 from natgrad.experiments._base import Claim, Progress
-from natgrad.experiments._figures import save_figure
+from natgrad.experiments._figures import pyplot, save_figure
 from natgrad.experiments._timing import TrainingClock, fixed_threads
 from natgrad.optim import NGD, grid_search
 
@@ -283,10 +283,7 @@ def standard_claims(
 
 def error_figure(results: dict[str, Any], out_dir: Path, filename: str, title: str) -> Path:
     """Relative L2 error against training time and against steps, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, history in results["methods"].items():

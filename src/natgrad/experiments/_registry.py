@@ -40,8 +40,14 @@ def discover(package: str = PACKAGE) -> dict[str, Experiment]:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
+            hint = (
+                "; the experiments need the 'experiments' extra: pip install 'natgrad[experiments]'"
+                if isinstance(exc, ModuleNotFoundError)
+                else ""
+            )
             raise ExperimentImportError(
-                f"discover: experiment module {module_name!r} failed to import: {type(exc).__name__}: {exc}"
+                f"discover: experiment module {module_name!r} failed to import: "
+                f"{type(exc).__name__}: {exc}{hint}"
             ) from exc
         experiment = getattr(module, "EXPERIMENT", None)
         if not isinstance(experiment, Experiment):

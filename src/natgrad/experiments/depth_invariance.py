@@ -18,7 +18,7 @@ import torch
 
 import natgrad.linear as nl
 from natgrad.experiments._base import Claim, Experiment, Progress
-from natgrad.experiments._figures import save_figure
+from natgrad.experiments._figures import pyplot, save_figure
 
 ARCHITECTURES = ("linear", "signed-diagonal-2", "signed-diagonal-3", "fully-connected-3", "fully-connected-4")
 
@@ -170,10 +170,7 @@ def claims(results: dict[str, Any]) -> list[Claim]:
 
 
 def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import torch
 
 import natgrad as ng
 from natgrad.experiments._base import Claim, Experiment, Progress
-from natgrad.experiments._figures import save_figure
+from natgrad.experiments._figures import pyplot, save_figure
 from natgrad.experiments._invariance_common import (
     F64,
     PAPER,
@@ -26,7 +26,6 @@ from natgrad.experiments._invariance_common import (
     generator,
     kl_loss,
     loglog_fit,
-    pyplot,
     randn,
     random_distribution,
     random_spd,

@@ -17,7 +17,7 @@ import torch
 
 import natgrad as ng
 from natgrad.experiments._base import Claim, Experiment, Progress
-from natgrad.experiments._figures import save_figure
+from natgrad.experiments._figures import pyplot, save_figure
 from natgrad.experiments._invariance_common import (
     F64,
     PAPER,
@@ -25,7 +25,6 @@ from natgrad.experiments._invariance_common import (
     floor_for_log,
     generator,
     kl_loss,
-    pyplot,
     random_distribution,
     random_spd,
     softmax,

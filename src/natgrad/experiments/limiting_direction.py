@@ -34,7 +34,7 @@ import torch
 
 import natgrad.linear as nl
 from natgrad.experiments._base import Claim, Experiment, Progress
-from natgrad.experiments._figures import save_figure
+from natgrad.experiments._figures import pyplot, save_figure
 
 
 @dataclass(frozen=True)
@@ -287,10 +287,7 @@ def _listing(values) -> str:
 
 
 def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

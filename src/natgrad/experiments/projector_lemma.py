@@ -18,7 +18,7 @@ import torch
 import natgrad as ng
 from natgrad.diagnostics import ginverse_independence, projector_check, projector_matrix
 from natgrad.experiments._base import Claim, Experiment, Progress
-from natgrad.experiments._figures import save_figure
+from natgrad.experiments._figures import pyplot, save_figure
 from natgrad.experiments._invariance_common import (
     F64,
     FAILURE_MIN,
@@ -28,7 +28,6 @@ from natgrad.experiments._invariance_common import (
     floor_for_log,
     generator,
     loglog_fit,
-    pyplot,
     randn,
     random_spd,
     rel,

@@ -23,7 +23,7 @@ import torch
 import natgrad as ng
 from natgrad.diagnostics import cutoff_sensitivity
 from natgrad.experiments._base import Claim, Experiment, Progress
-from natgrad.experiments._figures import save_figure
+from natgrad.experiments._figures import pyplot, save_figure
 from natgrad.experiments._invariance_common import (
     F64,
     FAILURE_MIN,
@@ -31,7 +31,6 @@ from natgrad.experiments._invariance_common import (
     PAPER,
     figure_path,
     floor_for_log,
-    pyplot,
     rel,
 )
 

@@ -15,7 +15,7 @@ import torch
 
 import natgrad as ng
 from natgrad.experiments._base import Claim, Experiment, Progress
-from natgrad.experiments._figures import save_figure
+from natgrad.experiments._figures import pyplot, save_figure
 from natgrad.experiments._invariance_common import (
     IDENTITY_TOL,
     PAPER,
@@ -123,7 +123,6 @@ def claims(results: dict[str, Any]) -> list[Claim]:
 
 
 def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    from natgrad.experiments._invariance_common import pyplot
 
     plt = pyplot()
     flow = results["flow"]

@@ -44,6 +44,7 @@ class MoorePenrose:
             )
 
     def resolve_rtol(self, dtype: torch.dtype, rows: int, cols: int) -> float:
+        """The cutoff to apply for an (rows × cols) problem in ``dtype``: ``rtol``, or :func:`default_rtol`."""
         return default_rtol(dtype, rows, cols) if self.rtol is None else float(self.rtol)
 
 
@@ -62,6 +63,7 @@ class GInverse:
     rtol: float | None = None
 
     def check(self, call: str, d: int, like: Tensor) -> None:
+        """Raise if U or V is not a finite (d, d) matrix of the parameters' dtype and device."""
         for name in ("U", "V"):
             m = getattr(self, name)
             if m is not None:
@@ -69,6 +71,7 @@ class GInverse:
 
     @property
     def moore_penrose(self) -> MoorePenrose:
+        """The Moore–Penrose inverse with the same cutoff, which this inverse builds on."""
         return MoorePenrose(self.rtol)
 
 
@@ -88,6 +91,7 @@ class MinNorm:
     rtol: float | None = None
 
     def check(self, call: str, d: int, like: Tensor) -> None:
+        """Raise if h is not a finite (d,) or (d, d) tensor of the parameters' dtype and device."""
         check_tensor(call, "MinNorm h", self.h)
         shape = (d,) if self.h.ndim == 1 else (d, d)
         check_like(call, "MinNorm h", self.h, shape, like)
@@ -115,6 +119,7 @@ class MinNorm:
 
     @property
     def moore_penrose(self) -> MoorePenrose:
+        """The Moore–Penrose inverse with the same cutoff, which this inverse builds on."""
         return MoorePenrose(self.rtol)
 
 
@@ -136,3 +141,4 @@ class Damped:
 
 
 Inverse = MoorePenrose | GInverse | MinNorm | Damped
+"""Any inverse the engine accepts: a generalized inverse (MoorePenrose, GInverse, MinNorm) or Damped."""

@@ -26,6 +26,7 @@ from .fisher import FisherSite
 from .parametrisations import LinearParametrisation
 
 METHODS = ("gd", "ngd")
+"""The ``method`` names: gradient descent and natural gradient descent."""
 
 
 def _phi(model: LinearParametrisation, site: FisherSite):
@@ -137,7 +138,8 @@ def flow(
     Args:
         times: increasing checkpoint times, the first being the start.
         log_time: integrate in ``s = log t`` beyond the first positive checkpoint (``dθ/ds = −t·direction``).
-        rtol, atol: torchdiffeq tolerances.
+        rtol: torchdiffeq's relative tolerance.
+        atol: torchdiffeq's absolute tolerance.
     """
     _check_method("flow", method)
     try:

@@ -178,10 +178,11 @@ def population_fisher(
     """Population Fisher of n samples with ``x ~ N(0, I)``: ``z = w`` and ``g(w) = n·E_x[σ′(xᵀw) x xᵀ]``.
 
     Args:
-        X, y: training data; the loss is the training loss written as a function of ``w``.
+        X: training inputs (n, d); the loss is the training loss written as a function of ``w``.
+        y: training labels (n,).
         loss: ``"logistic"`` (closed form :func:`logistic_population_fisher`) or ``"squared"`` (``g = n·I``).
         sample: optional fixed ``(N, d)`` sample standing in for the population: ``g = (n/N) Σ_k σ′(x_kᵀw)
-          x_k x_kᵀ`` (logistic) or ``(n/N) Σ_k x_k x_kᵀ`` (squared).
+            x_k x_kᵀ`` (logistic) or ``(n/N) Σ_k x_k x_kᵀ`` (squared).
     """
     _check_data("population_fisher", X, y, loss)
     n, d = X.shape

@@ -52,6 +52,7 @@ class LinearParametrisation(nn.Module):
 
     @property
     def depth(self) -> int:
+        """The number of layers L (1 for the depth-1 predictor)."""
         return getattr(self, "_depth", 1)
 
 
@@ -60,7 +61,8 @@ class DepthOne(LinearParametrisation):
 
     Args:
         d: input dimension.
-        dtype, device: of the parameter (zeros).
+        dtype: of the parameter (zeros).
+        device: of the parameter.
     """
 
     def __init__(self, d: int, *, dtype: torch.dtype | None = None, device: torch.device | None = None):

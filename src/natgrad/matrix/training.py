@@ -19,6 +19,7 @@ from natgrad.matrix.completion import CompletionProblem, completion_errors
 from natgrad.matrix.factorization import end_to_end, layer_gradients, observed_entries
 
 FISHERS = ("full", "observed")
+"""Where the Fisher is taken: on all n² entries (``"full"``) or on the observed ones only."""
 
 
 def natural_direction(

@@ -67,13 +67,16 @@ class CrossEntropy(_FisherLoss):
         return torch.nn.functional.cross_entropy(z, self.targets, reduction=self.reduction)
 
     def metric(self, z: torch.Tensor) -> object:
+        """The natgrad metric of this loss's Fisher: categorical."""
         return ng.metrics.Categorical()
 
     def metric_matvec(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """g(z) u for the outputs z, computed row by row without forming g."""
         p = torch.softmax(z, dim=-1)
         return p * u - p * (p * u).sum(-1, keepdim=True)
 
     def sample_scores(self, z: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
+        """k Monte-Carlo scores per output row, from labels drawn from the model at z (for ``mc_samples``)."""
         return ng.metrics.categorical_scores(z, k, generator)  # (k, N, C)
 
 
@@ -97,12 +100,15 @@ class BinaryCrossEntropy(_FisherLoss):
         return self._reduce(_rows(per).sum(-1))
 
     def metric(self, z: torch.Tensor) -> object:
+        """The natgrad metric of this loss's Fisher: Bernoulli."""
         return ng.metrics.Bernoulli()
 
     def metric_matvec(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """g(z) u for the outputs z, computed row by row without forming g."""
         return torch.sigmoid(z) * torch.sigmoid(-z) * u
 
     def sample_scores(self, z: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
+        """k Monte-Carlo scores per output row, from labels drawn from the model at z (for ``mc_samples``)."""
         prob = torch.sigmoid(z.detach()).expand(k, *z.shape)
         y = torch.bernoulli(prob, generator=generator)
         return prob - y
@@ -130,12 +136,15 @@ class GaussianNLL(_FisherLoss):
         return self._reduce(_rows(per).sum(-1))
 
     def metric(self, z: torch.Tensor) -> object:
+        """The natgrad metric of this loss's Fisher: Gaussian with this variance."""
         return ng.metrics.Gaussian(self.variance)
 
     def metric_matvec(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """g(z) u for the outputs z, computed row by row without forming g."""
         return u / self.variance
 
     def sample_scores(self, z: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
+        """k Monte-Carlo scores per output row, from labels drawn from the model at z (for ``mc_samples``)."""
         noise = torch.randn((k, *z.shape), generator=generator, dtype=z.dtype, device=z.device)
         return noise / self.variance**0.5  # (z − y)/σ² with y = z + σ ε
 
@@ -155,12 +164,15 @@ class LeastSquares(_FisherLoss):
         return 1.0
 
     def metric(self, z: torch.Tensor) -> object:
+        """The natgrad metric of least squares: Euclidean (Gauss–Newton)."""
         return ng.metrics.Euclidean()
 
     def metric_matvec(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """g(z) u for the outputs z, computed row by row without forming g."""
         return u
 
     def sample_scores(self, z: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
+        """k Monte-Carlo scores per output row, from labels drawn from the model at z (for ``mc_samples``)."""
         return torch.randn((k, *z.shape), generator=generator, dtype=z.dtype, device=z.device)
 
 

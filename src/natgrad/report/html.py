@@ -11,7 +11,7 @@ from typing import Any
 
 from natgrad.report._atomic import atomic_write_text
 from natgrad.report.run_folder import RunFolder
-from natgrad.report.summary import Outcome, format_number
+from natgrad.report.summary import Outcome, claims_summary, format_number
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 
@@ -87,17 +87,24 @@ def _figure(path: Path) -> str:
 
 def _status_banner(outcome: Outcome) -> str:
     if outcome.status == "missing":
-        return '<div class="banner fail">Not finished (interrupted or not run yet).</div>'
+        return '<div class="banner fail">Missing: no results yet (interrupted or not run yet).</div>'
+    if outcome.status == "incomplete":
+        return (
+            '<div class="banner fail">Incomplete: results are stored, but claims and figures were not built '
+            "to the end (interrupted); rerun to finish.</div>"
+        )
     if outcome.status == "error":
         return f'<div class="banner fail">Error</div><pre>{escape(outcome.error or "")}</pre>'
     if outcome.failed_claims:
         failed, total = len(outcome.failed_claims), len(outcome.claims)
         return f'<div class="banner fail">{failed} of {total} claims fail.</div>'
+    if not outcome.claims:  # a finished experiment always has claims (the runner refuses none)
+        return '<div class="banner fail">No claims were evaluated.</div>'
     return f'<div class="banner pass">All {len(outcome.claims)} claims hold.</div>'
 
 
 def _section(outcome: Outcome) -> str:
-    elapsed = f"run time {outcome.elapsed_s:.1f} s" if outcome.elapsed_s is not None else ""
+    elapsed = f"run time {outcome.run_seconds:.1f} s" if outcome.run_seconds is not None else ""
     paper = f"paper: {escape(outcome.paper)}" if outcome.paper else ""
     meta = " · ".join(part for part in (f"<code>{escape(outcome.name)}</code>", paper, elapsed) if part)
     config = escape(json.dumps(outcome.record, indent=2, default=str))
@@ -111,18 +118,29 @@ def _section(outcome: Outcome) -> str:
     )
 
 
+def _summary_line(summary: dict[str, Any]) -> str:
+    """The report's headline, from the run-wide claims summary (the same facts as claims.json)."""
+    total = summary["passed"] + summary["failed"]
+    if not summary["experiments"]:
+        return "No experiments in this run folder yet."
+    if summary["all_hold"]:
+        line = f"All {total} claims hold"
+    else:
+        line = f"{summary['passed']} of {total} evaluated claims hold"
+    for key, label in (("missing", "missing"), ("incomplete", "incomplete"), ("errors", "errors")):
+        if summary[key]:
+            line += f"; {label}: {', '.join(summary[key])}"
+    return line + "."
+
+
 def render_report(outcomes: list[Outcome], environment: dict[str, Any], run_name: str) -> str:
     """The HTML page for a run: environment, a table of all claims, one section per experiment.
 
     Every piece of text from results, configs or the environment is HTML-escaped.
     """
-    claims = [claim for outcome in outcomes for claim in outcome.claims]
-    passed = sum(1 for claim in claims if claim.get("holds", False))
-    unfinished = [o.name for o in outcomes if o.status != "done"]
-    ok = all(o.ok for o in outcomes)
-    summary = f"{passed} of {len(claims)} claims hold"
-    if unfinished:
-        summary += f"; not finished or failed: {', '.join(unfinished)}"
+    summary_record = claims_summary(outcomes)
+    ok = summary_record["all_hold"]
+    summary = _summary_line(summary_record)
     generated = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     body = (
         f"<h1>natgrad reproduction report</h1>"

@@ -6,36 +6,70 @@ Layout of a run folder::
     environment.json     machine and software of the latest invocation
     claims.json          all experiments' claims, plus counts and the experiments that errored
     report.html          self-contained report
-    <name>/results.json  {"name", "record", "elapsed_s", "finished", "device", "results": {...}}
-    <name>/claims.json   [{"id", "statement", "value", "relation", "threshold", "holds"}, ...]
+    .natgrad-lock.json   the process writing the folder (only while it runs)
+    <name>/results.json  {"name", "record", "device", "threads", "run_seconds", "finished_at", "results"}
+    <name>/claims.json   [{"id", "statement", ...}]; written last, so it exists only when claims and
+                         figures were both built
     <name>/error.txt     traceback of the stage that failed (only while it fails)
     <name>/*.png         figures rebuilt from results.json
 
 A *record* is ``{"quick": bool, "seed": int, "config": {...}}``: everything that decides an experiment's
 results. ``results.json`` embeds the record it was computed with, so whether stored results can be reused
 is decided from that file alone. Every file is written atomically.
+
+Writers hold the folder's lock (:mod:`natgrad.report.lock`) for as long as they write, so two commands never
+mix their outputs in one folder. A process killed mid-write can leave temporary files (``.<file>.<hex>.tmp``)
+and figure staging folders (``.figures-*``); the next writer removes them once it holds the lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from natgrad.experiments._base import Experiment, config_to_dict
+from natgrad.experiments import Experiment, config_to_dict
 from natgrad.report._atomic import atomic_write_json, atomic_write_text, read_json
+from natgrad.report.errors import RunFolderError
+from natgrad.report.lock import HOLDER_FILE, folder_lock
 
 RUN_FORMAT = "natgrad-run"
 RUN_FORMAT_VERSION = 1
 FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg")
+FIGURE_STAGING_PREFIX = ".figures-"
+_TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # see natgrad.report._atomic
 
 
-class RunFolderError(ValueError):
-    """A directory is not a usable run folder."""
+def _is_leftover(path: Path) -> bool:
+    """A temporary file or figure staging folder that a killed writer left behind."""
+    if path.is_dir():
+        return path.name.startswith(FIGURE_STAGING_PREFIX)
+    return bool(_TEMP_FILE.match(path.name))
+
+
+def _foreign_entries(directory: Path) -> list[Path]:
+    """What in ``directory`` was not written by natgrad (its lock holder file and leftovers are)."""
+    return [p for p in directory.iterdir() if p.name != HOLDER_FILE and not _is_leftover(p)]
+
+
+def _check_creatable(path: Path) -> None:
+    """Refuse, before anything is created, a path that is a regular file or lies below one."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise RunFolderError(
+                f"RunFolder.create: cannot create {path}: {parent} is a file, not a directory; "
+                "pass a directory path to --out"
+            )
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(
+            f"RunFolder.create: {path} exists and is not a directory; pass a directory to --out"
+        )
 
 
 def experiment_record(experiment: Experiment, config: Any, quick: bool, seed: int) -> dict[str, Any]:
@@ -56,29 +90,81 @@ class RunFolder:
 
     # -- opening ---------------------------------------------------------------------------------------
     @classmethod
+    @contextlib.contextmanager
+    def locked(cls, path: str | os.PathLike[str]) -> Iterator[RunFolder]:
+        """Open ``path`` for writing (see :meth:`create`) and hold its lock for the duration of the block.
+
+        Raises:
+            RunFolderError: as :meth:`create`.
+            FolderLockedError: another process is writing the folder (the message names it).
+        """
+        folder = cls(path)
+        _check_creatable(folder.path)
+        # a foreign directory is refused before anything, the lock holder file included, is written into it
+        if folder.path.is_dir() and not folder.config_path.exists():
+            folder._refuse_foreign()
+        try:
+            folder.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(
+                f"RunFolder.create: cannot create {folder.path}: {exc.strerror or exc}; "
+                "pass a writable directory to --out"
+            ) from exc
+        with folder.lock():
+            if folder.config_path.exists():
+                folder.read_config()  # validates
+            else:
+                folder._refuse_foreign()
+                atomic_write_json(
+                    folder.config_path,
+                    {"format": RUN_FORMAT, "version": RUN_FORMAT_VERSION, "experiments": {}},
+                )
+            folder.remove_leftovers()
+            yield folder
+
+    @classmethod
     def create(cls, path: str | os.PathLike[str]) -> RunFolder:
         """Open ``path`` as a run folder for writing, creating it when it does not exist.
 
         Raises:
-            RunFolderError: ``path`` is a file, or a non-empty directory that is not a run folder
-                (so a mistyped ``--out`` never writes into unrelated data).
+            RunFolderError: ``path`` is a file or lies below one, cannot be created, or is a non-empty
+                directory that is not a run folder (so a mistyped ``--out`` never writes into unrelated
+                data).
+            FolderLockedError: another process is writing the folder.
         """
-        folder = cls(path)
-        if folder.path.exists() and not folder.path.is_dir():
-            raise RunFolderError(f"RunFolder.create: {folder.path} exists and is not a directory")
-        if folder.config_path.exists():
-            folder.read_config()  # validates
+        with cls.locked(path) as folder:
             return folder
-        if folder.path.is_dir() and any(folder.path.iterdir()):
+
+    def _refuse_foreign(self) -> None:
+        foreign = _foreign_entries(self.path)
+        if foreign:
             raise RunFolderError(
-                f"RunFolder.create: {folder.path} is a non-empty directory without a natgrad config.json; "
-                "pass a new or empty directory to --out"
+                f"RunFolder.create: {self.path} is a non-empty directory without a natgrad config.json "
+                f"(it holds {foreign[0].name!r}); pass a new or empty directory to --out"
             )
-        folder.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            folder.config_path, {"format": RUN_FORMAT, "version": RUN_FORMAT_VERSION, "experiments": {}}
-        )
-        return folder
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The folder's exclusive lock (reentrant within a process); see :mod:`natgrad.report.lock`."""
+        return folder_lock(self.path)
+
+    def remove_leftovers(self) -> list[Path]:
+        """Remove the temporary files and figure staging folders of killed writers; call with the lock held.
+
+        Returns:
+            The paths removed.
+        """
+        directories = [self.path, *(p for p in self.path.iterdir() if p.is_dir() and not _is_leftover(p))]
+        removed = []
+        for directory in directories:
+            for path in directory.iterdir():
+                if not _is_leftover(path):
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> RunFolder:
@@ -91,6 +177,7 @@ class RunFolder:
         if not folder.path.is_dir():
             raise RunFolderError(f"RunFolder.open: {folder.path} is not a directory")
         folder.read_config()
+        folder.read_environment()  # validates
         return folder
 
     # -- paths -----------------------------------------------------------------------------------------
@@ -140,15 +227,38 @@ class RunFolder:
 
     def set_record(self, name: str, record: dict[str, Any]) -> None:
         """Store the record an experiment is about to be run with (read-modify-write of config.json)."""
+        self.set_records({name: record})
+
+    def set_records(self, records: dict[str, dict[str, Any]]) -> None:
+        """Store the requested record of several experiments in one write of config.json."""
         config = self.read_config()
-        config["experiments"][name] = record
+        config["experiments"].update(records)
         atomic_write_json(self.config_path, config)
 
     def write_environment(self, environment: dict[str, Any]) -> None:
         atomic_write_json(self.environment_path, environment)
 
     def read_environment(self) -> dict[str, Any]:
-        return read_json(self.environment_path) if self.environment_path.is_file() else {}
+        """The stored environment record ({} when there is none).
+
+        Raises:
+            RunFolderError: environment.json exists but is not a JSON object.
+        """
+        if not self.environment_path.is_file():
+            return {}
+        try:
+            environment = read_json(self.environment_path)
+        except (OSError, ValueError) as exc:
+            raise RunFolderError(
+                f"RunFolder: cannot read {self.environment_path} ({exc}); delete it (the next "
+                "`natgrad reproduce` writes a new one) or restore it"
+            ) from exc
+        if not isinstance(environment, dict):
+            raise RunFolderError(
+                f"RunFolder: {self.environment_path} is not an environment record (expected a JSON "
+                f"object, got {type(environment).__name__}); delete it or restore it"
+            )
+        return environment
 
     # -- per experiment --------------------------------------------------------------------------------
     def read_results_file(self, name: str) -> dict[str, Any] | None:
@@ -174,9 +284,30 @@ class RunFolder:
     def write_claims(self, name: str, claims: list[dict[str, Any]]) -> None:
         atomic_write_json(self.experiment_dir(name) / "claims.json", claims)
 
-    def read_claims(self, name: str) -> list[dict[str, Any]]:
+    def read_claims(self, name: str) -> list[dict[str, Any]] | None:
+        """The stored claims of ``name``, or None when they were never evaluated (or not to the end).
+
+        Raises:
+            RunFolderError: the file exists but is not a JSON list.
+        """
         path = self.experiment_dir(name) / "claims.json"
-        return read_json(path) if path.is_file() else []
+        if not path.is_file():
+            return None
+        try:
+            claims = read_json(path)
+        except (OSError, ValueError) as exc:
+            raise RunFolderError(
+                f"RunFolder: {path} is not valid JSON ({exc}); run `natgrad report {self.path}` to rebuild it"
+            ) from exc
+        if not isinstance(claims, list):
+            raise RunFolderError(
+                f"RunFolder: {path} is not a claims list; run `natgrad report {self.path}` to rebuild it"
+            )
+        return claims
+
+    def discard_claims(self, name: str) -> None:
+        """Remove the stored claims of ``name`` (before they are re-derived, so none are ever stale)."""
+        (self.experiment_dir(name) / "claims.json").unlink(missing_ok=True)
 
     def write_error(self, name: str, text: str) -> None:
         atomic_write_text(self.experiment_dir(name) / "error.txt", text)
@@ -208,7 +339,7 @@ class RunFolder:
         """
         directory = self.experiment_dir(name)
         directory.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".figures-", dir=directory))
+        staging = Path(tempfile.mkdtemp(prefix=FIGURE_STAGING_PREFIX, dir=directory))
         try:
             build(staging)
             new = sorted(p for p in staging.iterdir() if p.is_file() and p.suffix.lower() in FIGURE_SUFFIXES)

@@ -5,6 +5,11 @@ Resume rule: an experiment is skipped when its ``results.json`` exists and the r
 and :class:`ConfigConflictError` names the experiments and the differing settings; ``force=True`` instead
 recomputes the selected experiments, replacing what was stored. Results are written only after ``run``
 returns, so an interruption loses at most the experiment in progress.
+
+Every requested record is written to config.json before anything runs, so an interrupted run's claims.json
+names the experiments it never reached. Each ``run`` executes under the experiment's thread policy
+(:mod:`natgrad.report.threads`), recorded in ``results.json`` as ``threads``. The folder's lock is held
+throughout (:meth:`RunFolder.lock`).
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from natgrad.experiments._base import Claim, Experiment, Progress, no_progress
+from natgrad.experiments import Claim, Experiment, Progress, no_progress
 from natgrad.report.device import default_device
 from natgrad.report.run_folder import RunFolder, experiment_record
 from natgrad.report.summary import Outcome, read_outcome
+from natgrad.report.threads import thread_policy
 
 
 class ConfigConflictError(ValueError):
@@ -121,6 +127,8 @@ def seed_everything(seed: int) -> None:
 def _validated_claims(experiment: Experiment, claims: Any) -> list[dict[str, Any]]:
     if not isinstance(claims, list) or not all(isinstance(c, Claim) for c in claims):
         raise TypeError(f"{experiment.name}.claims: expected list[Claim], got {type(claims).__name__}")
+    if not claims:
+        raise ValueError(f"{experiment.name}.claims: expected at least one Claim, got an empty list")
     ids = [claim.id for claim in claims]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -132,15 +140,17 @@ def derive(folder: RunFolder, experiment: Experiment, envelope: dict[str, Any]) 
     """Recompute claims and figures of ``experiment`` from its stored results envelope and store them.
 
     A failure in either stage is stored as ``<name>/error.txt``; a success clears an earlier error.
+    ``claims.json`` is removed first and written last, so an interruption in between leaves the experiment
+    ``incomplete`` (never with claims of older results, never "done" without its figures).
     """
     name, results = experiment.name, envelope["results"]
+    folder.discard_claims(name)
     failures = []
     try:
         claims = _validated_claims(experiment, experiment.claims(results))
     except Exception:
-        claims = []  # never leave claims from older results in place
+        claims = []
         failures.append(f"claims failed:\n{traceback.format_exc()}")
-    folder.write_claims(name, claims)
     try:
         folder.replace_figures(name, lambda out_dir: experiment.figures(results, out_dir))
     except Exception:
@@ -149,20 +159,24 @@ def derive(folder: RunFolder, experiment: Experiment, envelope: dict[str, Any]) 
         folder.write_error(name, "\n".join(failures))
     else:
         folder.clear_error(name)
+    folder.write_claims(name, claims)
     return read_outcome(folder, name, experiment)
 
 
 def _run_one(folder: RunFolder, item: _Planned, seed: int, device: str | None, hooks: Hooks) -> Outcome:
     experiment, name = item.experiment, item.experiment.name
     folder.discard(name)
-    folder.set_record(name, item.record)
     if item.config_error is not None:
         folder.write_error(name, f"config failed:\n{item.config_error}")
         return read_outcome(folder, name, experiment)
     seed_everything(seed)
     start = time.perf_counter()
     try:
-        with default_device(device), hooks.progress_scope(experiment) as progress:
+        with (
+            default_device(device),
+            thread_policy(experiment.threads) as threads,
+            hooks.progress_scope(experiment) as progress,
+        ):
             results = experiment.run(item.config, progress)
         if not isinstance(results, dict):
             raise TypeError(f"{name}.run: expected a dict of results, got {type(results).__name__}")
@@ -172,8 +186,9 @@ def _run_one(folder: RunFolder, item: _Planned, seed: int, device: str | None, h
             "paper": experiment.paper,
             "record": item.record,
             "device": device or "cpu",
-            "elapsed_s": time.perf_counter() - start,
-            "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "threads": threads,
+            "run_seconds": time.perf_counter() - start,
+            "finished_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "results": results,
         }
         stored = folder.write_results(name, envelope)
@@ -202,17 +217,19 @@ def reproduce(
         The outcome of each selected experiment, in order.
     """
     hooks = hooks or Hooks()
-    planned = plan(folder, experiments, quick, seed, force)
-    outcomes = []
-    for index, item in enumerate(planned):
-        hooks.started(item.experiment, index, len(planned), item.reuse)
-        if item.reuse:
-            folder.set_record(item.experiment.name, item.record)
-            outcome = derive(folder, item.experiment, item.stored)
-        else:
-            outcome = _run_one(folder, item, seed, device, hooks)
-        hooks.finished(outcome, item.reuse)
-        outcomes.append(outcome)
+    with folder.lock():
+        folder.remove_leftovers()
+        planned = plan(folder, experiments, quick, seed, force)
+        folder.set_records({item.experiment.name: item.record for item in planned})
+        outcomes = []
+        for index, item in enumerate(planned):
+            hooks.started(item.experiment, index, len(planned), item.reuse)
+            if item.reuse:
+                outcome = derive(folder, item.experiment, item.stored)
+            else:
+                outcome = _run_one(folder, item, seed, device, hooks)
+            hooks.finished(outcome, item.reuse)
+            outcomes.append(outcome)
     return outcomes
 
 
@@ -222,18 +239,26 @@ def rebuild(folder: RunFolder, registry: dict[str, Experiment]) -> list[Outcome]
     Nothing is rerun. Experiments that never finished keep their stored error; experiments that are no
     longer registered keep their stored claims and figures and are marked as errors.
     """
-    outcomes = []
-    for name in folder.records():
-        envelope = folder.read_results_file(name)
-        experiment = registry.get(name)
-        if envelope is not None and experiment is not None:
-            outcomes.append(derive(folder, experiment, envelope))
-            continue
-        if envelope is not None:
-            folder.write_error(
-                name,
-                f"rebuild: experiment {name!r} is not registered in this version of natgrad; "
-                "claims and figures are shown as stored, not recomputed",
-            )
-        outcomes.append(read_outcome(folder, name, experiment))
-    return outcomes
+    with folder.lock():
+        folder.remove_leftovers()
+        return [
+            _rebuild_one(folder, name, record, registry.get(name))
+            for name, record in folder.records().items()
+        ]
+
+
+def _rebuild_one(
+    folder: RunFolder, name: str, record: dict[str, Any], experiment: Experiment | None
+) -> Outcome:
+    envelope = folder.read_results_file(name)
+    if envelope is not None and envelope["record"] != record:
+        envelope = None  # computed with other settings than the requested ones: shown as missing
+    if envelope is not None and experiment is not None:
+        return derive(folder, experiment, envelope)
+    if envelope is not None:
+        folder.write_error(
+            name,
+            f"rebuild: experiment {name!r} is not registered in this version of natgrad; "
+            "claims and figures are shown as stored, not recomputed",
+        )
+    return read_outcome(folder, name, experiment)
