@@ -204,7 +204,7 @@ class StructuredKrylovFactorization(Factorization):
             "preconditioner_rank": kernel.partial.rank,
             "complete_factorisation": kernel.partial.complete,
         }
-        return {  # type: ignore[typeddict-unknown-key]
+        return {
             "kernel_routes": dict(self.factors.routes),
             "rtol": self.rtol,
             "certificate": certificate,
