@@ -59,6 +59,7 @@ class Problem:
     max_iter: int
     budget: int
     scaling: Scaling | None = None
+    factor_bytes: int | None = None  # the structured routes' per-layer factors, once estimated
 
     @property
     def r(self) -> int:

@@ -47,6 +47,17 @@ def fits(route: Route, r: int, d: int, itemsize: int, budget: int) -> bool:
     return not route.bounded or route.memory(r, d, itemsize) <= budget
 
 
+def need(route: Route, problem: Problem) -> int:
+    """Bytes the route allocates on this problem: its workspace and what it holds (per-layer factors)."""
+    held = getattr(route, "held_memory", None)  # optional: data sized by the model, not by (r, d)
+    return route.memory(problem.r, problem.d, problem.itemsize) + (0 if held is None else held(problem))
+
+
+def fits_problem(route: Route, problem: Problem) -> bool:
+    """Whether the route's allocation on this problem fits the budget (matrix-free routes always do)."""
+    return not route.bounded or need(route, problem) <= problem.budget
+
+
 def choose(r: int, d: int, itemsize: int, budget: int, usable: tuple[Route, ...] | None = None) -> Route:
     """``auto``: among ``usable`` routes that fit, the one of lowest ``auto_rank`` at (r, d)."""
     ranked = [
@@ -60,23 +71,28 @@ def choose(r: int, d: int, itemsize: int, budget: int, usable: tuple[Route, ...]
 
 
 def usable_routes(problem: Problem) -> tuple[Route, ...]:
-    """The routes auto may pick for this problem: those that support it and factorise it themselves."""
+    """The routes auto may pick for this problem: those that support it, factorise it themselves and fit."""
     return tuple(
-        route for route in ROUTES if route.supports(problem) is None and route.delegate(problem) is route
+        route
+        for route in ROUTES
+        if route.supports(problem) is None
+        and route.delegate(problem) is route
+        and fits_problem(route, problem)
     )
 
 
 def check_memory(call: str, requested: Route, problem: Problem) -> None:
     """Refuse a route whose factorisation (its own or its delegate's) would exceed the budget."""
-    r, d, itemsize, budget = problem.r, problem.d, problem.itemsize, problem.budget
+    r, d, budget = problem.r, problem.d, problem.budget
     actual = requested.delegate(problem)
-    if fits(actual, r, d, itemsize, budget):
+    if fits_problem(actual, problem):
         return
-    need = actual.memory(r, d, itemsize)
     candidates = sorted(usable_routes(problem), key=lambda route: not route.bounded)
-    suggestion = next(route for route in candidates if fits(route, r, d, itemsize, budget))
+    suggestion = next(route for route in candidates if fits_problem(route, problem))
+    held = need(actual, problem) - actual.memory(r, d, problem.itemsize)
+    layers = f" (of which {format_bytes(held)} per-layer factors)" if held else ""
     raise MemoryBudgetError(
-        f"{call}: method={requested.name!r} needs about {format_bytes(need)} for r={r} weighted outputs and "
+        f"{call}: method={requested.name!r} needs about {format_bytes(need(actual, problem))}{layers} for r={r} weighted outputs and "
         f"d={d} parameters, over the memory budget of {format_bytes(budget)}; use method={suggestion.name!r} "
         "or raise memory_budget"
     )

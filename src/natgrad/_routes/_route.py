@@ -26,7 +26,11 @@ class Route(Protocol):
         ...
 
     def memory(self, r: int, d: int, itemsize: int) -> int:
-        """Bytes it allocates for r weighted outputs and d parameters, ``itemsize`` bytes per entry."""
+        """Bytes it allocates for r weighted outputs and d parameters, ``itemsize`` bytes per entry.
+
+        A route that also holds data sized by the model rather than by (r, d) adds an optional
+        ``held_memory(problem) -> int`` (the structured routes' per-layer factors); the registry adds it.
+        """
         ...
 
     def auto_rank(self, r: int, d: int) -> int | None:

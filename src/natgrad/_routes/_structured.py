@@ -29,7 +29,7 @@ from natgrad.metrics._base import DiagonalLocal
 from natgrad.metrics._categorical import _CategoricalLocal
 from natgrad.models import ModuleRecord
 from natgrad.models._module import structured_obstacle
-from natgrad.models.structured import StructuredContext, structured_kernel
+from natgrad.models.structured import StructuredContext, factor_bytes, structured_kernel
 
 
 def factor_for(local: LocalMetric, output: Tensor) -> Tensor:
@@ -77,6 +77,23 @@ def unsupported_reason(record: ModuleRecord | None, params: object, z: Tensor | 
     if z is not None and z.dim() == 0:
         return "the model output must have a leading batch axis (N, ...), got a scalar"
     return None
+
+
+def layer_factor_bytes(problem: Problem) -> int:
+    """Bytes the per-layer factors of ``emit_factors`` will hold on this problem (estimated once, from shapes).
+
+    The kernel rows are r for a per-example block factor and n (the identity kernel, then a dense n × r
+    factor, also counted) otherwise.
+    """
+    if problem.factor_bytes is None:
+        record, z = problem.record, problem.lin.z
+        assert record is not None
+        n, r, itemsize = z.numel(), problem.r, problem.itemsize
+        blocks = factor_for(problem.metric, z).dim() == 3  # else a dense (n, r) factor
+        with record.calling():
+            held = factor_bytes(record.module, record.args, record.kwargs, r if blocks else n, itemsize)
+        problem.factor_bytes = held + (0 if blocks else itemsize * n * r)
+    return problem.factor_bytes
 
 
 class _KernelMismatch(Exception):
@@ -210,9 +227,11 @@ class StructuredRoute:
     bounded: bool = True
 
     def memory(self, r: int, d: int, itemsize: int) -> int:
-        """K (r×r, float64) and its eigenvectors, never A; the per-layer signals it keeps (r × the activations
-        of one example, summed over layers) are not counted."""
+        """K (r×r, float64) and its eigenvectors, never A; the per-layer factors are ``held_memory``."""
         return 8 * 3 * r * r + itemsize * 8 * (r + d)  # K is held in float64
+
+    def held_memory(self, problem: Problem) -> int:
+        return layer_factor_bytes(problem)
 
     def auto_rank(self, r: int, d: int) -> int | None:
         return 0 if r < d else None  # K without A: preferred whenever it applies

@@ -31,7 +31,7 @@ from natgrad._routes._factorization import Factorization, SolveInfo
 from natgrad._routes._krylov import KRYLOV
 from natgrad._routes._problem import Problem
 from natgrad._routes._route import Route, RouteName
-from natgrad._routes._structured import factor_for, unsupported_reason
+from natgrad._routes._structured import factor_for, layer_factor_bytes, unsupported_reason
 from natgrad._tree import Params
 from natgrad.exceptions import StructuredUnsupported
 from natgrad.linalg._matrix_free_kernel import KernelSolveError, MatrixFreeKernel
@@ -224,8 +224,11 @@ class StructuredKrylovRoute:
 
     def memory(self, r: int, d: int, itemsize: int) -> int:
         """r-vectors and the first float64 preconditioner (r × 256, three copies), one d-vector set; the
-        per-layer signals are not counted. The preconditioner grows only within the budget."""
+        per-layer factors are ``held_memory``. The preconditioner grows only within the budget."""
         return 8 * r * (16 + 3 * DEFAULT_RANK) + itemsize * 8 * d
+
+    def held_memory(self, problem: Problem) -> int:
+        return layer_factor_bytes(problem)
 
     def auto_rank(self, r: int, d: int) -> int | None:
         return 5 if r < d else None  # after the dense routes, before the plain krylov route

@@ -1,0 +1,74 @@
+"""What the per-layer factors of :func:`emit_factors` will hold, from layer shapes alone (nothing emitted).
+
+A forward pass without autograd records the input and output shape of every parametrised call; the factors
+then hold, per call, the backpropagated signals (``rows`` × one example's output) and the layer inputs (N ×
+one example's input, as unfolded patches for a convolution), or explicit Jacobian rows (``rows`` × its
+parameter count) for the layers without a closed form. Contraction copies one block at a time into float64.
+"""
+
+from __future__ import annotations
+
+from math import prod
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._capture import call_parameters
+from ._modules import structure_of
+
+
+def _entries(module: nn.Module, kind: str, args: tuple, output: Any, rows: int) -> tuple[int, int]:
+    """(entries held by the call's factors, of which the largest single block) for ``rows`` kernel rows."""
+    params = call_parameters(module)
+    bias = int("bias" in params)
+    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    if not isinstance(output, torch.Tensor) or x is None or output.dim() == 0:
+        held = rows * sum(p.numel() for p in params.values())
+        return held, held
+    n = output.shape[0]
+    out_per = output[0].numel()
+    signals = rows * out_per
+    m: Any = module
+    if kind == "linear":
+        positions = out_per // m.out_features
+        held = signals + n * positions * (m.in_features + bias)
+        return held, held
+    if kind == "conv":
+        positions = out_per // m.out_channels
+        patch = m.in_channels * prod(m.kernel_size) + bias * m.groups
+        held = signals + n * positions * patch
+        return held, held
+    # Other layers: explicit rows, or blocks no larger than rows over parameters plus the inputs.
+    held = signals + rows * sum(p.numel() for p in params.values()) + x.numel()
+    return held, held
+
+
+def factor_bytes(module: nn.Module, args: tuple, kwargs: dict[str, Any], rows: int, itemsize: int) -> int:
+    """Upper estimate of the bytes :func:`emit_factors` holds for a factor of ``rows`` kernel rows (N·k).
+
+    Counts signals and inputs in the model's dtype (``itemsize`` bytes) and the float64 copy of the largest
+    block that the kernel contraction makes.
+    """
+    shapes: list[tuple[int, int]] = []
+
+    def hook(name: str):
+        def record(sub: nn.Module, sub_args: tuple, output: Any) -> None:
+            shapes.append(_entries(sub, structure_of(sub), sub_args, output, rows))
+
+        return record
+
+    handles = [
+        sub.register_forward_hook(hook(name))
+        for name, sub in module.named_modules(remove_duplicate=True)
+        if call_parameters(sub)
+    ]
+    try:
+        with torch.no_grad():
+            module(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    held = sum(total for total, _ in shapes)
+    largest = max((block for _, block in shapes), default=0)
+    return itemsize * held + 8 * largest
