@@ -1,0 +1,106 @@
+"""The structured routes' memory estimate counts their per-layer factors and the budget holds.
+
+(1) The estimate bounds the bytes the emitted factors really hold. (2) On a conv net whose factors exceed a
+small budget, ``method="structured"`` refuses before allocating them (resident-set growth, measured in a
+fresh process) and ``auto`` picks a route that fits.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import natgrad as ng
+from natgrad.models.structured import emit_factors, factor_bytes
+
+F64 = torch.float64
+
+
+def _mlp() -> tuple[nn.Module, torch.Tensor]:
+    return nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3)), torch.randn(12, 5)
+
+
+def _cnn() -> tuple[nn.Module, torch.Tensor]:
+    net = nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 3, stride=2, groups=2),
+        nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 3),
+    )
+    return net, torch.randn(5, 2, 8, 8)
+
+
+@pytest.mark.parametrize("build", [_mlp, _cnn])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("width", [None, 2])
+def test_estimate_bounds_the_bytes_the_factors_hold(build, dtype, width):
+    torch.manual_seed(0)
+    net, x = build()
+    net, x = net.to(dtype), x.to(dtype)
+    n_ex, per = x.shape[0], 3
+    blocks = None if width is None else torch.randn(n_ex, per, width, dtype=dtype)
+    factors, context = emit_factors(net, x, blocks, check_outside=False)
+    held = factors.nbytes()
+    rows = n_ex * (per if width is None else width)
+    estimate = factor_bytes(net, (x,), {}, rows, dtype.itemsize)
+    context.release()
+    assert held > 0 and held <= estimate <= 3 * held
+
+
+_CHILD = """
+import json, resource, sys, torch
+from torch import nn
+import natgrad as ng
+torch.manual_seed(0)
+net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                    nn.Flatten(), nn.Linear(32 * 16 * 16, 10)).double()
+x = torch.randn(24, 3, 16, 16, dtype=torch.float64)
+phi, params = ng.from_module(net, x)
+loss = lambda z: z.square().sum()
+budget = int(sys.argv[1])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+out = {}
+try:
+    ng.natural_gradient(phi, params, loss, method="structured", memory_budget=budget)
+    out["refused"] = ""
+except ng.MemoryBudgetError as error:
+    out["refused"] = str(error)
+out["growth"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+res = ng.natural_gradient(phi, params, loss, memory_budget=budget)
+ref = ng.natural_gradient(phi, params, loss, method="structured")
+out["auto"] = res.method
+out["error"] = float((ng.flatten_params(res.direction) - ng.flatten_params(ref.direction)).norm()
+                     / ng.flatten_params(ref.direction).norm())
+print(json.dumps(out))
+"""
+
+
+def test_structured_refuses_without_allocating_and_auto_fits():
+    """Factors of r = 240 signals × 16 384 conv outputs (≈ 2 × 31 MiB float64) against a 16 MiB budget."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 16 * 16, 10),
+    ).double()
+    x = torch.randn(24, 3, 16, 16, dtype=F64)
+    factor_size = factor_bytes(net, (x,), {}, 24 * 10, 8)
+    budget = 16 * 2**20
+    assert factor_size > 4 * budget
+    run = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(budget)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "method='structured' needs about" in out["refused"] and "per-layer factors" in out["refused"]
+    assert out["growth"] < factor_size / 4
+    assert out["auto"] != "structured"
+    assert out["error"] <= 1e-6
