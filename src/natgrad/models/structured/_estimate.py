@@ -4,6 +4,8 @@ A forward pass without autograd records the input and output shape of every para
 then hold, per call, the backpropagated signals (``rows`` × one example's output) and the layer inputs (N ×
 one example's input, as unfolded patches for a convolution), or explicit Jacobian rows (``rows`` × its
 parameter count) for the layers without a closed form. Contraction copies one block at a time into float64.
+The batched backward pass that makes the signals also holds ``rows`` cotangents of every intermediate output
+(parametrised or not) while it runs; that transient is counted too.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ def _entries(module: nn.Module, kind: str, args: tuple, output: Any, rows: int) 
 def factor_bytes(module: nn.Module, args: tuple, kwargs: dict[str, Any], rows: int, itemsize: int) -> int:
     """Upper estimate of the bytes :func:`emit_factors` holds for a factor of ``rows`` kernel rows (N·k).
 
-    Counts signals and inputs in the model's dtype (``itemsize`` bytes) and the float64 copy of the largest
-    block that the kernel contraction makes.
+    Counts signals and inputs in the model's dtype (``itemsize`` bytes), the backward pass's cotangents of
+    every leaf module's output, and the float64 copy of the largest block that the kernel contraction makes.
     """
     shapes: list[tuple[int, int]] = []
 
@@ -58,11 +60,15 @@ def factor_bytes(module: nn.Module, args: tuple, kwargs: dict[str, Any], rows: i
 
         return record
 
-    handles = [
-        sub.register_forward_hook(hook(name))
-        for name, sub in module.named_modules(remove_duplicate=True)
-        if call_parameters(sub)
-    ]
+    backward: list[int] = []
+
+    def leaf(sub: nn.Module, sub_args: tuple, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() > 0:
+            backward.append(rows * output[0].numel())
+
+    modules = list(module.named_modules(remove_duplicate=True))
+    handles = [sub.register_forward_hook(hook(name)) for name, sub in modules if call_parameters(sub)]
+    handles += [sub.register_forward_hook(leaf) for _, sub in modules if not list(sub.children())]
     try:
         with torch.no_grad():
             module(*args, **kwargs)
@@ -71,4 +77,4 @@ def factor_bytes(module: nn.Module, args: tuple, kwargs: dict[str, Any], rows: i
             handle.remove()
     held = sum(total for total, _ in shapes)
     largest = max((block for _, block in shapes), default=0)
-    return itemsize * held + 8 * largest
+    return itemsize * (held + sum(backward)) + 8 * largest
