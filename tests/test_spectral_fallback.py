@@ -48,7 +48,7 @@ def _failing(first: Callable, calls: int) -> Callable:
     return eigh
 
 
-@pytest.mark.parametrize("route", ["primal", "dual", "structured"])
+@pytest.mark.parametrize("route", ["primal", "dual", "structured", "structured-krylov"])
 @pytest.mark.parametrize(
     ("failure", "calls", "recorded"),
     [(_raise, 1, "float64"), (_nan, 1, "float64"), (_raise, 2, "float64-shifted")],
@@ -68,7 +68,13 @@ def test_failed_eigh_falls_back_to_the_reference_answer(monkeypatch, route, fail
 
 
 @pytest.mark.parametrize(
-    ("route", "named"), [("primal", "G = AᵀA"), ("dual", "kernel K = AAᵀ"), ("structured", "kernel K = AAᵀ")]
+    ("route", "named"),
+    [
+        ("primal", "G = AᵀA"),
+        ("dual", "kernel K = AAᵀ"),
+        ("structured", "kernel K = AAᵀ"),
+        ("structured-krylov", "preconditioner Gram LᵀL"),
+    ],
 )
 def test_eigh_failing_every_attempt_raises_natgrad_error(monkeypatch, route, named):
     phi, params, metric, loss = _problem()
