@@ -5,13 +5,14 @@ factors of badly scaled matrices can come back with NaN or inf. Each call here t
 
 1. the matrix's own dtype;
 2. float64 (results cast back to the input dtype, so downstream arithmetic is unchanged);
-3. eigh only: float64 of the symmetrised (M + Mᵀ)/2 + δI with δ = n·eps₆₄·‖M‖_F, and δ subtracted again.
+3. eigh only: float64 of the symmetrised (M + Mᵀ)/2 + δI with δ = eps₆₄·‖M‖_F, and δ subtracted again.
 
 Why the shift in 3. keeps the retained eigenpairs: M + δI has the eigenvectors of M and eigenvalues λ + δ, so
-subtracting δ restores λ up to rounding of order eps₆₄·(|λ| + δ). The Moore–Penrose cutoff keeps λ > rtol·λ_max
-with rtol ≥ 1e-12 ≫ n·eps₆₄, so δ is far below the cutoff and only an eigenvalue already within rounding of it
-could change side. The shift (and symmetrisation, since eigh reads only one triangle) changes the floating-point
-input, which is what lets a failed iteration converge.
+subtracting δ restores λ up to rounding of order eps₆₄·(‖M‖ + δ), the backward error float64 eigh has anyway.
+δ ≤ √n·eps₆₄·λ_max also lies below every default cutoff (10·min(r, d)·eps·λ_max for routes, n·eps₆₄·λ_max for
+the preconditioner), so even unsubtracted it could move only eigenvalues already within rounding of the cutoff.
+The shift (and the symmetrisation, since eigh reads one triangle) changes the floating-point input, which is
+what gives a failed iteration another chance to converge.
 
 Which attempt succeeded is returned ("float64" or "float64-shifted"; None when the first did), for
 ``info["spectral_fallback"]``. When all fail a :class:`~natgrad.FactorizationError` names the call.
@@ -55,7 +56,8 @@ def robust_eigh(matrix: Tensor, call: str) -> tuple[Tensor, Tensor, str | None]:
 
     def shifted() -> tuple[Tensor, Tensor]:
         n = matrix.shape[0]
-        shift = n * torch.finfo(torch.float64).eps * float(torch.linalg.matrix_norm(wide))
+        # eps₆₄·‖M‖_F: float64 rounding of M, so the subtracted shift costs no accuracy (module docstring)
+        shift = torch.finfo(torch.float64).eps * float(torch.linalg.matrix_norm(wide))
         eye = torch.eye(n, dtype=torch.float64, device=matrix.device)
         evals, evecs = torch.linalg.eigh((wide + wide.T) / 2 + shift * eye)
         return evals - shift, evecs
