@@ -12,6 +12,7 @@ from natgrad._result import SolveInfo
 from natgrad._tree import Parametrisation, flatten_params, num_params, unflatten_like
 from natgrad.exceptions import (
     ConvergenceError,
+    FactorizationError,
     InvalidInputError,
     InvalidTypeError,
     MemoryBudgetError,
@@ -30,6 +31,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that was n
 __all__ = [
     "ConvergenceError",
     "Damped",
+    "FactorizationError",
     "GInverse",
     "GramFactorization",
     "InvalidInputError",

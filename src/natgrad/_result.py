@@ -33,6 +33,8 @@ class SolveInfo(TypedDict, total=False):
             preconditioner extensions).
         jvp: how products J t were formed: "forward" (forward-mode AD) or "reverse" (double VJP, for phi
             with operations that lack forward-mode AD).
+        spectral_fallback: present only when an eigh/SVD of G, K or A failed in the model's dtype (LAPACK did
+            not converge, or non-finite factors): the attempt that succeeded, "float64" or "float64-shifted".
         coupled_examples: phi from ``from_module`` with BatchNorm using batch statistics: which layers.
     """
 
@@ -50,6 +52,7 @@ class SolveInfo(TypedDict, total=False):
     kernel_solves: list[dict[str, Any]]
     jvp: str
     coupled_examples: str
+    spectral_fallback: str
 
 
 @dataclass(frozen=True)

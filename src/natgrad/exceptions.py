@@ -53,8 +53,13 @@ class ConvergenceError(NatgradError, RuntimeError):
         self.result = result
 
 
+class FactorizationError(NatgradError, RuntimeError):
+    """An eigendecomposition or SVD failed (no convergence, or non-finite factors) in every precision tried."""
+
+
 __all__ = [
     "ConvergenceError",
+    "FactorizationError",
     "InvalidInputError",
     "InvalidTypeError",
     "MemoryBudgetError",

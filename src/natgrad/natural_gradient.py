@@ -31,8 +31,9 @@ def choose_route(r: int, d: int, itemsize: int, budget: int, structured: bool = 
     With ``structured=True`` (phi from ``from_module``, a supported model, an inverse other than MinNorm) and
     r < d: the structured route, which assembles K (r×r) layer by layer without A, whenever K fits the budget.
     Otherwise materialise A = Bᵀ J when it fits the memory budget and decompose the smaller Gram matrix:
-    primal (G, d×d) when d ≤ r, dual (K, r×r) when r < d. When neither fits, the matrix-free krylov route.
-    If the structured route turns out not to apply while it runs (a layer it cannot handle), ``auto`` falls
+    primal (G, d×d) when d ≤ r, dual (K, r×r) when r < d. When neither fits: the matrix-free
+    structured-krylov route for module models with r < d (preconditioned, certified, never resolving a
+    direction below the cutoff), else the matrix-free krylov route. If the structured route turns out not to apply while it runs (a layer it cannot handle), ``auto`` falls
     back to the rule without it.
 
     Measured (``benchmarks/crossover.py``, MLPs with d/r from 0.09 to 530, float32): primal was the fastest
@@ -64,8 +65,9 @@ def natural_gradient(
         loss: callable from phi's output to a scalar L(z).
         metric: output metric g (default ``Euclidean()``).
         inverse: generalized inverse (default ``MoorePenrose()``; also ``GInverse``, ``MinNorm``, ``Damped``).
-        method: "auto" (see :func:`choose_route`), "primal", "dual", "lstsq", "krylov" or "structured"
-            (phi from :func:`~natgrad.from_module` only; the kernel K is built layer by layer).
+        method: "auto" (see :func:`choose_route`), "primal", "dual", "lstsq", "krylov", "structured" or
+            "structured-krylov" (these two: phi from :func:`~natgrad.from_module` only; K is built layer by
+            layer, or applied matrix-free from the per-layer factors).
         memory_budget: bytes the dense routes may allocate (default 1 GiB). An explicit route that would
             exceed it raises :class:`~natgrad.MemoryBudgetError` naming a route that fits.
         tol: relative tolerance of the krylov route (default 1e-12 in float64, 1e-6 in float32).

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from natgrad._result import SolveInfo
 from natgrad._routes._kernel_inverse import KernelInverse, retained
+from natgrad.linalg._spectral import robust_eigh, robust_svd
 
 Operator = Callable[[Tensor], Tensor]
 
@@ -72,9 +72,15 @@ class SpectralFactorization(Factorization):
     """
 
     def __init__(
-        self, eigenvalues: Tensor, V: Tensor, rtol: float, U: Tensor | None = None, s: Tensor | None = None
+        self,
+        eigenvalues: Tensor,
+        V: Tensor,
+        rtol: float,
+        U: Tensor | None = None,
+        s: Tensor | None = None,
+        fallback: str | None = None,
     ) -> None:
-        self.eigenvalues, self.V, self.U = eigenvalues, V, U
+        self.eigenvalues, self.V, self.U, self.fallback = eigenvalues, V, U, fallback
         self.s = eigenvalues.sqrt() if s is None else s  # singular values of A, exact from an SVD
         keep = retained(eigenvalues, rtol)
         self.rank = int(keep.sum())
@@ -85,14 +91,18 @@ class SpectralFactorization(Factorization):
     @classmethod
     def of_gram(cls, a: Tensor, rtol: float) -> SpectralFactorization:
         """From eigh of G = AᵀA (d × d)."""
-        lam, V = torch.linalg.eigh(a.T @ a)
-        return cls(lam, V, rtol)
+        d = a.shape[1]
+        lam, V, fallback = robust_eigh(a.T @ a, f"eigh of the {d} × {d} matrix G = AᵀA")
+        return cls(lam, V, rtol, fallback=fallback)
 
     @classmethod
     def of_svd(cls, a: Tensor, rtol: float) -> SpectralFactorization:
         """From the thin SVD A = U S Vᵀ."""
-        U, s, Vh = torch.linalg.svd(a, full_matrices=False)
-        return cls(s**2, Vh.T, rtol, U, s)
+        U, s, Vh, fallback = robust_svd(a, f"svd of the {a.shape[0]} × {a.shape[1]} matrix A")
+        return cls(s**2, Vh.T, rtol, U, s, fallback)
+
+    def info(self) -> SolveInfo:
+        return {} if self.fallback is None else {"spectral_fallback": self.fallback}
 
     def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
         if c is not None and self._Uk is not None:
@@ -139,6 +149,9 @@ class KernelFactorization(Factorization):
         self.a, self.at = a, at
         self.last: KernelSolve | None = None
 
+    def info(self) -> SolveInfo:
+        return spectral_info(self.inverse)
+
     def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
         kinv = self.inverse
         # G⁺∇ = Aᵀ K⁺ c when ∇ = Aᵀc, else Aᵀ K⁺² A∇ (G⁺ = A⁺A⁺ᵀ with A⁺ = AᵀK⁺)
@@ -158,6 +171,11 @@ class KernelFactorization(Factorization):
         y = self.inverse.damped_coefficients(a_grad, damping)
         self.last = KernelSolve(y, self.kernel @ y + a_grad / damping, grad, c, damped=True)
         return self.at(y) + grad / damping
+
+
+def spectral_info(inverse: KernelInverse) -> SolveInfo:
+    """``spectral_fallback`` when the kernel's eigh needed one, else nothing."""
+    return {} if inverse.fallback is None else {"spectral_fallback": inverse.fallback}
 
 
 def merge_info(*parts: dict[str, Any]) -> SolveInfo:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from natgrad.linalg._spectral import robust_eigh
+
 POWER_STEPS = 3
 BLOCK = 4
 
@@ -73,16 +75,19 @@ class KernelInverse:
     Attributes:
         rank: number of eigenvalues kept by the cutoff λ > rtol·λ_max.
         method: "cholesky" (certified full rank) or "eigh".
+        fallback: the eigh attempt that succeeded when the first failed (see ``robust_eigh``), else None.
     """
 
     def __init__(self, kernel: Tensor, rtol: float) -> None:
         self.kernel = kernel
         self._chol = certified_cholesky(kernel, rtol)
         self._damped_chol: dict[float, Tensor] = {}
+        self.fallback: str | None = None
         if self._chol is not None:
             self.rank, self.method = kernel.shape[0], "cholesky"
         else:
-            self.evals, self.U = torch.linalg.eigh(kernel)
+            r = kernel.shape[0]
+            self.evals, self.U, self.fallback = robust_eigh(kernel, f"eigh of the {r} × {r} kernel K = AAᵀ")
             keep = retained(self.evals, rtol)
             self.rank, self.method = int(keep.sum()), "eigh"
             self._Uk, self._ek = self.U[:, keep], self.evals[keep]

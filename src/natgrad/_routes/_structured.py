@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from natgrad._routes._dense import DUAL
-from natgrad._routes._factorization import KernelFactorization, SolveInfo
+from natgrad._routes._factorization import KernelFactorization, SolveInfo, spectral_info
 from natgrad._routes._inverse import RetrySolve
 from natgrad._routes._problem import Problem
 from natgrad._routes._route import Route, RouteName
@@ -213,6 +213,7 @@ class StructuredFactorization(KernelFactorization):
             "kernel_routes": dict(self.context.routes),
             "kernel_solve": self.inverse.method,
             "rtol": self.rtol,
+            **spectral_info(self.inverse),
         }
 
     def release(self) -> None:

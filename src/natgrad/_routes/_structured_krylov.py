@@ -209,6 +209,11 @@ class StructuredKrylovFactorization(Factorization):
             "rtol": self.rtol,
             "certificate": certificate,
             "kernel_solves": list(kernel.record.solves),
+            **(
+                {}
+                if kernel.preconditioner.fallback is None
+                else {"spectral_fallback": kernel.preconditioner.fallback}
+            ),
         }
 
     def release(self) -> None:

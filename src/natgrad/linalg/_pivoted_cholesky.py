@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from natgrad.linalg._spectral import robust_eigh
+
 
 @dataclass
 class PartialCholesky:
@@ -112,7 +114,12 @@ class LowRankPreconditioner:
 
     def __init__(self, partial: PartialCholesky, sigma: float, damping: float = 0.0) -> None:
         gram = partial.factor.T @ partial.factor
-        evals, evecs = torch.linalg.eigh(gram) if gram.numel() else (gram.new_zeros(0), gram)
+        k = gram.shape[0]
+        self.fallback: str | None = None  # the eigh attempt that succeeded when the first failed
+        if gram.numel():
+            evals, evecs, self.fallback = robust_eigh(gram, f"eigh of the {k} × {k} preconditioner Gram LᵀL")
+        else:
+            evals, evecs = gram.new_zeros(0), gram
         top = float(evals.max()) if evals.numel() else 0.0
         keep = evals > torch.finfo(evals.dtype).eps * max(top, 0.0) * max(1, evals.numel())
         self.eigenvalues = evals[keep]  # Λ: the nonzero eigenvalues of L Lᵀ
