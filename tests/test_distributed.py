@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import _distributed_jobs as jobs
+import natgrad as ng
 from _spawn import free_port, run_world
 from cases import relative_error
 
@@ -151,3 +152,22 @@ def test_ngd_hook_on_two_ranks(tmp_path):
         for got, expected in zip(result["resumed"], result["distributed"][10:], strict=True):
             assert torch.equal(got, expected)  # resumed from rank 0's checkpoint: the same steps
         assert "pass the wrapped module (ddp.module)" in result["ddp"]
+
+
+def test_shard_refuses_half_precision_like_the_engine():
+    """A float16 shard is refused before any collective, with the single-process engine's message."""
+    from natgrad.distributed._shard import prepare_shard
+
+    net = torch.nn.Linear(3, 2).half()
+    phi, params = ng.from_module(net, torch.randn(4, 3).half())
+    with pytest.raises(
+        ng.InvalidTypeError, match=r"distributed\.natural_gradient: parameters are torch\.float16"
+    ):
+        prepare_shard(
+            "distributed.natural_gradient",
+            phi,
+            params,
+            lambda z: z.float().sum(),
+            ng.metrics.Euclidean(),
+            None,
+        )

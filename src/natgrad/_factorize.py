@@ -30,7 +30,7 @@ from natgrad._routes._registry import (
 )
 from natgrad._routes._route import Route, RouteName
 from natgrad._routes._structured import STRUCTURED
-from natgrad._tree import Parametrisation, num_params, unflatten_like
+from natgrad._tree import Parametrisation, Params, num_params, unflatten_like
 from natgrad.exceptions import ConvergenceError, InvalidInputError, InvalidTypeError, StructuredUnsupported
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
 from natgrad.metrics import Euclidean, Metric
@@ -299,23 +299,10 @@ def _check_budget(call: str, memory_budget: object) -> int:
     return int(budget)
 
 
-def prepare(
-    call: str,
-    phi: Parametrisation,
-    params: ParamsT,
-    metric: Metric | None,
-    inverse: Inverse | None,
-    method: str,
-    memory_budget: int | None,
-    tol: float | None,
-    max_iter: int | None,
-    eager: bool,
-) -> GramFactorization[ParamsT]:
-    """Validate the inputs, linearise φ, pick and check the route: the shared body of the public calls."""
-    if method not in methods():
-        raise InvalidInputError(
-            f"{call}: method must be one of {', '.join(map(repr, methods()))}, got {method!r}"
-        )
+def check_point(
+    call: str, phi: object, metric: Metric | None, params: Params
+) -> tuple[Metric, torch.dtype, torch.device, int]:
+    """Checks of (phi, metric, params) before phi runs; returns (metric or Euclidean(), dtype, device, d)."""
     if not callable(phi):
         raise InvalidTypeError(f"{call}: phi must be a callable (params -> Tensor)")
     metric = Euclidean() if metric is None else metric
@@ -334,6 +321,36 @@ def prepare(
         raise InvalidInputError(
             f"{call}: params have no entries (d = 0); expected at least one scalar parameter"
         )
+    return metric, dtype, device, d
+
+
+def check_output_like_params(call: str, z: Tensor, dtype: torch.dtype, device: torch.device) -> None:
+    """phi(params) must keep the parameters' dtype and device."""
+    if z.dtype != dtype or z.device != device:
+        raise InvalidTypeError(
+            f"{call}: phi(params) returned {z.dtype} on {z.device} but the parameters are {dtype} on {device}; "
+            "phi must keep the parameters' dtype and device"
+        )
+
+
+def prepare(
+    call: str,
+    phi: Parametrisation,
+    params: ParamsT,
+    metric: Metric | None,
+    inverse: Inverse | None,
+    method: str,
+    memory_budget: int | None,
+    tol: float | None,
+    max_iter: int | None,
+    eager: bool,
+) -> GramFactorization[ParamsT]:
+    """Validate the inputs, linearise φ, pick and check the route: the shared body of the public calls."""
+    if method not in methods():
+        raise InvalidInputError(
+            f"{call}: method must be one of {', '.join(map(repr, methods()))}, got {method!r}"
+        )
+    metric, dtype, device, d = check_point(call, phi, metric, params)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else _check_budget(call, memory_budget)
     if tol is not None and not (0 < check_real(call, "tol", tol) < 1):
         raise InvalidInputError(f"{call}: tol must be in (0, 1) (a relative residual), got {tol!r}")
@@ -350,11 +367,7 @@ def prepare(
 
     lin = Linearization(phi, params, call=call)
     z = lin.z
-    if z.dtype != dtype or z.device != device:
-        raise InvalidTypeError(
-            f"{call}: phi(params) returned {z.dtype} on {z.device} but the parameters are {dtype} on {device}; "
-            "phi must keep the parameters' dtype and device"
-        )
+    check_output_like_params(call, z, dtype, device)
     if z.numel() == 0:
         raise InvalidInputError(
             f"{call}: phi(params) returned an empty tensor of shape {tuple(z.shape)}; expected n ≥ 1 outputs"

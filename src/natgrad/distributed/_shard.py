@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from natgrad._checks import check_finite, check_params
-from natgrad._factorize import check_inverse
+from natgrad._checks import check_finite
+from natgrad._factorize import check_inverse, check_output_like_params, check_point
 from natgrad._loss import output_gradient
 from natgrad._routes._inverse import cutoff, scaling
 from natgrad._routes._problem import Problem, Scaling
-from natgrad._tree import Params, num_params
+from natgrad._tree import Params
 from natgrad.exceptions import InvalidInputError, InvalidTypeError
 from natgrad.linalg import Inverse
 from natgrad.metrics import LocalMetric, Metric
@@ -134,22 +134,10 @@ def prepare_shard(
     """Validate and linearise this rank's shard; raises (locally) on bad input, like the single-process engine."""
     if not callable(phi) or not callable(loss):
         raise InvalidTypeError(f"{call}: phi and loss must be callables (params -> Tensor, Tensor -> scalar)")
-    if not isinstance(metric, Metric):
-        raise InvalidTypeError(
-            f"{call}: metric must be a natgrad.metrics.Metric, got {type(metric).__name__}"
-        )
-    dtype, device = check_params(call, params)
-    if num_params(params) == 0:
-        raise InvalidInputError(
-            f"{call}: params have no entries (d = 0); expected at least one scalar parameter"
-        )
+    metric, dtype, device, _ = check_point(call, phi, metric, params)
     lin = Linearization(phi, params, call=call)
     z = lin.z
-    if z.dtype != dtype or z.device != device:
-        raise InvalidTypeError(
-            f"{call}: phi(params) returned {z.dtype} on {z.device} but the parameters are {dtype} on {device}; "
-            "phi must keep the parameters' dtype and device"
-        )
+    check_output_like_params(call, z, dtype, device)
     if z.numel() == 0 or z.ndim == 0:
         raise InvalidInputError(
             f"{call}: phi(params) on this rank's shard returned shape {tuple(z.shape)}; expected a batch "
