@@ -13,7 +13,6 @@ are the ones whose decisions are the same everywhere.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -141,11 +140,6 @@ class NGD(LocalNGD):
         max_iter: int | None = None,
         **settings: Any,
     ) -> None:
-        if "factorize" not in inspect.signature(LocalNGD).parameters:
-            raise InvalidTypeError(
-                f"{CALL}: this natgrad.optim.NGD takes no factorize hook; use "
-                "natgrad.distributed.natural_gradient in your own loop"
-            )
         settings.setdefault("safeguard", False)
         for key, why in _LOCAL_DECISIONS.items():
             if settings.get(key):
