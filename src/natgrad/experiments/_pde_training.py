@@ -224,14 +224,14 @@ def first_reached(history: dict[str, list[float]], threshold: float, key: str) -
     return None
 
 
-def _warm_up(problem: pde.Problem) -> None:
+def warm_up(problem: pde.Problem) -> None:
     """One small Jacobian: the first torch.func transform of a process pays one-off imports (seconds)."""
     first = problem.conditions[0]
     small = pde.Problem(problem.network, [pde.Condition(first.kind, first.points[:2], first.residual)])
     small.jacobian(problem.network.params())
 
 
-def _method_record(
+def method_record(
     method: str,
     steps: int,
     make_problem: Callable[[], pde.Problem],
@@ -239,7 +239,11 @@ def _method_record(
     settings: Training,
     progress: Progress,
 ) -> dict[str, Any]:
-    """Train one method on a fresh problem; its history and what is read off it."""
+    """Train one method on a fresh problem; its history and what is read off it (one entry of `run_methods`).
+
+    `run_methods` calls it for every method; it can also run alone (one method per job) and the records be
+    put together by `combine_records`: the results are the same, since every method starts afresh.
+    """
     problem = make_problem()
     history = train(
         method,
@@ -313,18 +317,34 @@ def run_methods(
     jobs = list(settings.steps)
     parallel = settings.parallel_methods and len(jobs) > 1 and _can_fork()
     with fixed_threads(settings.threads) as threads:
-        _warm_up(make_problem())
+        warm_up(make_problem())
 
         def record(method: str, steps: int, progress: Progress = progress) -> dict[str, Any]:
-            return _method_record(method, steps, make_problem, error_of, settings, progress)
+            return method_record(method, steps, make_problem, error_of, settings, progress)
 
         if parallel:
             records = _forked_records(jobs, lambda m, s: record(m, s, no_progress))
         else:
             records = [record(method, steps) for method, steps in jobs]
-    sizes = {(rec.pop("num_params"), rec.pop("num_residuals")) for rec in records}
-    (num_params, num_residuals), *_ = sizes or {(0, 0)}
-    methods = {method: rec for (method, _), rec in zip(jobs, records, strict=True)}
+    return combine_records(settings, threads, parallel, dict(zip((m for m, _ in jobs), records, strict=True)))
+
+
+def combine_records(
+    settings: Training, threads: int, parallel: bool, records: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The results of `run_methods` from one `method_record` per method of ``settings.steps``.
+
+    Raises:
+        ValueError: a method of ``settings.steps`` has no record, or the records disagree on the problem size.
+    """
+    missing = [m for m, _ in settings.steps if m not in records]
+    if missing:
+        raise ValueError(f"combine_records: no record for method(s) {missing}; run each with method_record")
+    methods = {m: dict(records[m]) for m, _ in settings.steps}
+    sizes = {(rec.pop("num_params"), rec.pop("num_residuals")) for rec in methods.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"combine_records: the records are of different problems (d, N) = {sorted(sizes)}")
+    ((num_params, num_residuals),) = sizes
     budget = (
         f"equal CPU time per method: {settings.cpu_budget_s:g} s of process_time of its training steps, "
         f"{threads} torch thread(s) (step caps {dict(settings.steps)})"

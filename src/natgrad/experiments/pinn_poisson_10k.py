@@ -12,10 +12,12 @@ minutes on two cores — and says so; Adam and L-BFGS run on their own step budg
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from natgrad import pde
 from natgrad.experiments import _poisson as problems
 from natgrad.experiments._base import Claim, Experiment, Progress
 from natgrad.experiments._pde_training import Training, error_figure, run_methods, standard_claims
@@ -74,9 +76,17 @@ def config(quick: bool, seed: int = 0) -> Config:
     )
 
 
+def problem(cfg: Config) -> tuple[Callable[[], pde.Problem], Callable[[pde.Problem], float]]:
+    """(make_problem, error_of) of this setting."""
+    return problems.poisson_2d(cfg.widths, cfg.interior_per_side, cfg.boundary_per_edge, cfg.seed)
+
+
 def run(cfg: Config, progress: Progress) -> dict[str, Any]:
-    make, error_of = problems.poisson_2d(cfg.widths, cfg.interior_per_side, cfg.boundary_per_edge, cfg.seed)
-    results = run_methods(make, error_of, cfg.training, progress)
+    return finish(cfg, run_methods(*problem(cfg), cfg.training, progress))
+
+
+def finish(cfg: Config, results: dict[str, Any]) -> dict[str, Any]:
+    """The stored results: the methods' (from `run_methods` or `combine_records`) and the claim settings."""
     return {
         **results,
         "error_target": cfg.error_target,
