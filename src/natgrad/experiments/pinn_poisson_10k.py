@@ -4,10 +4,10 @@ Same problem as ``pinn-poisson`` (u* = sin(πx) sin(πy), zero Dirichlet data), 
 2 → 64 → 64 → 48 → 48 → 1 (d = 9,873) on 900 interior (30² cell centres) + 120 boundary points (quick:
 2 → 16 → 16 → 12 → 12 → 1, d = 693, on 100 + 40). With d ≫ N, ``NGD``'s ``auto`` route solves the N×N
 kernel system (cost O(N²d) per step); exact ENGD as usually implemented factorises the d×d Gram matrix
-(O(d³), 0.78 GB per matrix in float64 at d = 9,873). Both compute the same Moore–Penrose step, so on an
-equal step budget they reach the same errors; what differs is the time per step, which is recorded and
-reported (not claimed). The full setting gives the primal route only 3 steps — at d ≈ 10⁴ one step takes
-minutes on two cores — and says so; Adam and L-BFGS run on their own step budgets as in ``pinn-poisson``.
+(O(d³), 0.78 GB per matrix in float64 at d = 9,873). Both compute the same Moore–Penrose step (up to their
+cutoffs), so on an equal step budget (quick) they reach the same errors; on the full setting's equal
+CPU-time budget the primal route affords a handful of steps where the dual one takes hundreds. Adam and
+L-BFGS get the same budget. Budgets, methods and timing: see `_pde_training`.
 """
 
 from __future__ import annotations
