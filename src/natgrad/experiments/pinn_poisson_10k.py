@@ -20,7 +20,13 @@ from typing import Any
 from natgrad import pde
 from natgrad.experiments import _poisson as problems
 from natgrad.experiments._base import Claim, Experiment, Progress
-from natgrad.experiments._pde_training import Training, error_figure, run_methods, standard_claims
+from natgrad.experiments._pde_training import (
+    Training,
+    error_figure,
+    run_methods,
+    standard_claims,
+    with_cpu_per_step,
+)
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ def run(cfg: Config, progress: Progress) -> dict[str, Any]:
 def finish(cfg: Config, results: dict[str, Any]) -> dict[str, Any]:
     """The stored results: the methods' (from `run_methods` or `combine_records`) and the claim settings."""
     return {
-        **results,
+        **with_cpu_per_step(results),
         "error_target": cfg.error_target,
         "baseline_factors": dict(cfg.baseline_factors),
         "primal_agreement": cfg.primal_agreement,
