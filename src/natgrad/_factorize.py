@@ -274,7 +274,7 @@ class GramFactorization(Generic[ParamsT]):
         # how J t is formed and whether examples are coupled (models/_linearized.py), then the route's details
         parts: list[dict[str, Any]] = [dict(self._problem.lin.info), {"consistent": consistent}]
         if fac.rank is not None and not isinstance(inverse, Damped):
-            parts.append({"rtol": self._problem.rtol})
+            parts.append({"rtol": self._problem.rtol if fac.applied_rtol is None else fac.applied_rtol})
         parts.append(dict(fac.info()))
         actual = self._route.delegate(self._problem)
         if actual is not self._route:
