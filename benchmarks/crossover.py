@@ -8,8 +8,9 @@ krylov (LSQR on products with J). Each is timed as CPU time of this process (``t
 pinned to one thread, as a multiple of one gradient of the same batch timed the same way: wall-clock time on a
 shared machine measures the neighbours. Peak memory is the growth of the resident set during the first call
 (Linux; glibc's reuse of freed memory can hide part of it, see ``--exact-peak-memory``), next to what the
-engine's budget check counts. Primal is not run where d > 4r (its d³ eigh against K's r³). A route over the memory budget is skipped with the engine's reason; one slower
-than ``--slow-s`` CPU seconds is not run at larger batches of the same model and width.
+engine's budget check counts. Primal is not run where d > 4r, nor dual and structured where r > 4d (the larger
+Gram matrix's cubic cost against the smaller's). A route over the memory budget is skipped with the engine's
+reason; one slower than ``--slow-s`` CPU seconds is not run at larger batches of the same model and width.
 
 For each point the JSON records the fastest route and ``auto``'s pick (the route it chooses, without running it
 again); the summary says how often the pick was the fastest and how much slower it was otherwise, per regime
@@ -47,7 +48,9 @@ from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 ROUTES = ("primal", "dual", "structured", "structured-krylov", "krylov")
 INPUTS, CLASSES, IMAGE = 32, 10, 8
 SHORT_S = 0.5  # a call shorter than this gets repeats after the first (which also warms up)
-PRIMAL_MAX_D_OVER_R = 4  # beyond, G is so much larger than K that primal only burns CPU (d³ against r³)
+# Beyond this ratio the larger Gram matrix only burns CPU (d³ against r³): primal is not run where d > 4r, nor
+# the routes that decompose K (dual, structured) where r > 4d.
+LOPSIDED = 4
 GRADIENT_S = 0.2  # the gradient is repeated until about this much CPU time has been measured
 
 
@@ -114,10 +117,9 @@ def measure(
     metric = ng.metrics.Categorical()
     directions = {}
     for route in ROUTES:
-        if route == "primal" and d > PRIMAL_MAX_D_OVER_R * row["r"]:
-            row[route] = {
-                "skipped": f"d > {PRIMAL_MAX_D_OVER_R}·r: eigh of G (d × d) against a K {d // row['r']}× smaller"
-            }
+        lopsided = _lopsided(route, row["r"], d)
+        if lopsided is not None:
+            row[route] = {"skipped": lopsided}
             continue
         if route in too_slow:
             row[route] = {"skipped": f"slower than {slow_s:g} CPU s at N={too_slow[route]}"}
@@ -155,6 +157,14 @@ def measure(
     row["auto_pick"] = auto_pick(phi, params, loss, budget)
     row["auto_pick_default_budget"] = auto_pick(phi, params, loss, DEFAULT_MEMORY_BUDGET)
     return _rank_routes(row)
+
+
+def _lopsided(route: str, r: int, d: int) -> str | None:
+    if route == "primal" and d > LOPSIDED * r:
+        return f"d > {LOPSIDED}·r: eigh of G (d × d) against a K (r × r) {d // r}× smaller"
+    if route in ("dual", "structured") and r > LOPSIDED * d:
+        return f"r > {LOPSIDED}·d: K (r × r) against a G (d × d) {r // d}× smaller"
+    return None
 
 
 def _timed(call: Callable[[], object]) -> tuple[object, float]:
@@ -289,22 +299,29 @@ def main() -> None:
             row = measure(model, width, batch, repeats, budget, too_slow, args.slow_s)
             rows.append(row)
             times = {k: round(row[k]["gradients"], 1) for k in ROUTES if "gradients" in row[k]}
+            _write(args.out, budget, rows, final=False)  # a partial result survives an interrupted sweep
             print(
                 f"{model} w={width:4d} N={batch:4d} r={row['r']:5d} d={row['d']:6d} "
                 f"auto->{row['auto_pick']:17s} fastest {row['fastest']:17s} {times}",
                 flush=True,
             )
+    result = _write(args.out, budget, rows, final=True)
+    figure(rows, args.out.with_suffix(".png"))
+    print(json.dumps(result["summary"], indent=1))
+    print(f"wrote {args.out}")
+
+
+def _write(path: Path, budget: int, rows: list[dict], final: bool) -> dict:
     result = {
         "environment": collect_environment(),
         "memory_budget": budget,
         "timer": "time.process_time, torch.set_num_threads(1)",
+        "complete": final,
         "rows": rows,
         "summary": summary(rows),
     }
-    atomic_write_json(args.out, result)
-    figure(rows, args.out.with_suffix(".png"))
-    print(json.dumps(result["summary"], indent=1))
-    print(f"wrote {args.out}")
+    atomic_write_json(path, result)
+    return result
 
 
 if __name__ == "__main__":
