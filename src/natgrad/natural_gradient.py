@@ -10,6 +10,7 @@ from natgrad._factorize import prepare
 from natgrad._result import NaturalGradient, ParamsT
 from natgrad._routes._registry import DEFAULT_MEMORY_BUDGET, ROUTES, by_name, choose, methods
 from natgrad._routes._structured import STRUCTURED
+from natgrad._routes._structured_krylov import STRUCTURED_KRYLOV
 from natgrad._tree import Parametrisation
 from natgrad.exceptions import InvalidTypeError
 from natgrad.linalg import Inverse
@@ -40,7 +41,8 @@ def choose_route(r: int, d: int, itemsize: int, budget: int, structured: bool = 
     route at every point with d ≤ r; with d > r the structured route was fastest at 14 of 16 points and
     within 1.85× of the fastest (primal or dual, at d/r ≤ 3) at the other two. The split at d = r stands.
     """
-    usable = ROUTES if structured else tuple(route for route in ROUTES if route is not STRUCTURED)
+    layered = (STRUCTURED, STRUCTURED_KRYLOV)  # both need phi from from_module
+    usable = ROUTES if structured else tuple(route for route in ROUTES if route not in layered)
     return choose(r, d, itemsize, budget, usable).name
 
 
