@@ -31,7 +31,8 @@ def widened_bytes(r: int, d: int, itemsize: int) -> int:
 def widened(problem: Problem) -> tuple[Tensor, Tensor, float]:
     """(A in the model's dtype, A in float64, the cutoff for a Gram matrix of the model's A formed in float64)."""
     a = problem.a_dense()
-    return a, a.to(WORK), kernel_rtol(problem.rtol, a.dtype, problem.r, problem.d)
+    r, d = a.shape  # from A itself: the distributed engine passes a stand-in with A and rtol only
+    return a, a.to(WORK), kernel_rtol(problem.rtol, a.dtype, r, d)
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,10 @@ class DualRoute(_DenseRoute):
 
     def factorize(self, problem: Problem) -> Factorization:
         a, wide, rtol = widened(problem)
+        dtype = a.dtype
         del a  # only the float64 copy is kept
         return KernelFactorization(
-            wide @ wide.T,
-            rtol,
-            lambda x: wide @ x.to(WORK),
-            lambda y: (wide.T @ y).to(problem.lin.flat.dtype),
+            wide @ wide.T, rtol, lambda x: wide @ x.to(WORK), lambda y: (wide.T @ y).to(dtype)
         )
 
 
