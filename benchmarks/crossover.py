@@ -14,7 +14,7 @@ reason; one slower than ``--slow-s`` CPU seconds is not run at larger batches of
 
 For each point the JSON records the fastest route and ``auto``'s pick (the route it chooses, without running it
 again); the summary says how often the pick was the fastest and how much slower it was otherwise, per regime
-(d ≤ r, d > r), and the structured / structured-krylov ratio at every r where both ran: the measurement behind
+(d ≤ r, d > r), and ``structured_krylov_over_structured`` the ratio of those two routes wherever both ran: the measurement behind
 ``choose_route``. ``--repick FILE`` recomputes the picks and the summary of an earlier run with the current
 rule (no timing).
 
@@ -208,8 +208,13 @@ def summary(rows: list[dict]) -> dict:
                 ),
                 "fastest_routes": sorted({r["fastest"] for r in chosen}),
             }
+    return out
+
+
+def krylov_over_dense(rows: list[dict]) -> list[dict]:
+    """structured-krylov's CPU time over the dense structured route's, at every point where both ran."""
     both = [r for r in rows if "cpu_s" in r["structured"] and "cpu_s" in r["structured-krylov"]]
-    out["structured_krylov_over_structured"] = [
+    return [
         {
             "model": r["model"],
             "width": r["width"],
@@ -219,7 +224,6 @@ def summary(rows: list[dict]) -> dict:
         }
         for r in both
     ]
-    return out
 
 
 def repick(path: Path) -> None:
@@ -232,6 +236,7 @@ def repick(path: Path) -> None:
         row["auto_pick_default_budget"] = auto_pick(phi, params, loss, DEFAULT_MEMORY_BUDGET)
         _rank_routes(row)
     result["summary"] = summary(result["rows"])
+    result["structured_krylov_over_structured"] = krylov_over_dense(result["rows"])
     atomic_write_json(path, result)
     print(json.dumps(result["summary"], indent=1))
 
@@ -244,17 +249,23 @@ def figure(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), sharey=True, squeeze=False)
     for ax, (model, width) in zip(axes[0], panels, strict=True):
         sub = sorted((r for r in rows if (r["model"], r["width"]) == (model, width)), key=lambda r: r["r"])
-        for route, marker in zip(ROUTES, "osd^v", strict=True):
+        for index, (route, marker) in enumerate(zip(ROUTES, "osd^v", strict=True)):
             points = [(r["r"], r[route]["gradients"]) for r in sub if "gradients" in r[route]]
-            if points:
-                ax.loglog(*zip(*points, strict=True), "-" + marker, ms=4, label=route, alpha=0.85)
+            if points:  # a fixed colour per route: panels miss different routes
+                ax.loglog(
+                    *zip(*points, strict=True), "-" + marker, ms=4, label=route, alpha=0.85, color=f"C{index}"
+                )
         picks = [(r["r"], r[r["auto_pick"]]["gradients"]) for r in sub if "gradients" in r[r["auto_pick"]]]
         if picks:
             ax.loglog(*zip(*picks, strict=True), "k*", ms=9, ls="none", label="auto's pick")
         ax.set(xlabel="r (weighted outputs)", title=f"{model} width {width} (d = {sub[0]['d']})")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # decades only: minor labels collide
         ax.title.set_fontsize(9)
     axes[0][0].set_ylabel("CPU time / one gradient")
-    axes[0][-1].legend(fontsize=7)
+    handles = {
+        label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)
+    }
+    axes[0][-1].legend(handles.values(), handles.keys(), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -319,6 +330,7 @@ def _write(path: Path, budget: int, rows: list[dict], final: bool) -> dict:
         "complete": final,
         "rows": rows,
         "summary": summary(rows),
+        "structured_krylov_over_structured": krylov_over_dense(rows),
     }
     atomic_write_json(path, result)
     return result

@@ -127,7 +127,8 @@ def crossover_summary(results_dir: Path) -> str:
     path = results_dir / "crossover.json"
     if not path.exists():
         return "*(no crossover measurement in benchmarks/results/ yet)*"
-    summary = json.loads(path.read_text(encoding="utf-8")).get("summary", {})
+    data = json.loads(path.read_text(encoding="utf-8"))
+    summary = data.get("summary", {})
     lines = []
     for side in ("d<=r", "d>r"):
         numbers = summary.get(side)
@@ -138,7 +139,7 @@ def crossover_summary(results_dir: Path) -> str:
             f"{numbers['points']} points, and never more than {numbers['worst_auto_over_fastest']:.2f}× "
             f"slower than the fastest (fastest routes there: {', '.join(numbers.get('fastest_routes', []))})."
         )
-    ratios = [entry["ratio"] for entry in summary.get("structured_krylov_over_structured", [])]
+    ratios = [entry["ratio"] for entry in data.get("structured_krylov_over_structured", [])]
     if ratios:
         lines.append(
             f"- structured-krylov against the dense structured route, at the {len(ratios)} points where both ran: "

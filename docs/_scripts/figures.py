@@ -134,11 +134,13 @@ def crossover() -> None:
     for ax, (model, width) in zip(axes[0], panels, strict=True):
         sub = sorted((r for r in rows if (r["model"], r["width"]) == (model, width)), key=lambda r: r["r"])
         x = [r["r"] for r in sub]
-        for route in routes:
-            ax.loglog(x, [r[route].get("gradients", math.nan) for r in sub], "-o", ms=3, label=route)
+        for index, route in enumerate(routes):  # a fixed colour per route, whatever a panel misses
+            y = [r[route].get("gradients", math.nan) for r in sub]
+            ax.loglog(x, y, "-o", ms=3, label=route, color=f"C{index}")
         picks = [r[r["auto_pick"]].get("gradients", math.nan) for r in sub]
         ax.loglog(x, picks, "k*", ms=8, label="auto's pick", ls="none")
         ax.set(xlabel="r", title=f"{model} {width} (d = {sub[0]['d']})")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # decades only: minor labels collide
         ax.title.set_fontsize(8)
     axes[0][0].set_ylabel("CPU cost (one gradient = 1)")
     axes[0][-1].legend(fontsize=6)

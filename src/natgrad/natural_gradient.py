@@ -38,11 +38,11 @@ def choose_route(r: int, d: int, itemsize: int, budget: int, structured: bool = 
     route was passed over. If a structured route turns out not to apply while it runs, ``auto`` continues
     without either structured route.
 
-    Measured (``benchmarks/crossover.py``: MLPs 32-w-w-10 with w = 4–256 and a CNN, r = 144–4,608, float32,
-    single-threaded CPU time in gradients): primal was the fastest route at every point with d ≤ r, 2–3× ahead
-    of structured-krylov; with d > r the dense structured route was the fastest or close to dual at the
-    smallest r, and structured-krylov cost 1.5–10× the dense structured route wherever both ran, so the dense
-    route goes first while K fits and the matrix-free one takes over beyond the budget.
+    Measured (``benchmarks/crossover.py``: MLPs 32-w-w-10 with w = 4–256 and two CNNs, r = 144–4,608, float32,
+    single-threaded CPU time in gradients): primal was the fastest route at all 5 points with d ≤ r, 2.4–3.0×
+    ahead of structured-krylov; at the 17 points with d > r the dense structured route was the fastest at 16
+    (dual was 7 % faster at r = 144, d = 202), and structured-krylov cost 1.9–27× the dense structured route
+    at every one, so the dense route goes first while K fits and the matrix-free one takes over beyond it.
     """
     layered = (STRUCTURED, STRUCTURED_KRYLOV)  # both need phi from from_module
     usable = ROUTES if structured else tuple(route for route in ROUTES if route not in layered)
