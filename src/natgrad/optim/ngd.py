@@ -44,6 +44,7 @@ from ._core import Factorize, StepProblem, StepSettings, StepState, engine_facto
 from ._damping import LevenbergMarquardt
 from ._line_search import LineSearch, default_grid, resolve_line_search
 from ._losses import LeastSquares
+from ._routing import ModuleCall, note_call
 
 _GROUP_KEYS = {"params", "param_names", "lr", "momentum"}
 
@@ -191,9 +192,10 @@ class NGD(torch.optim.Optimizer):
             raise ValueError("NGD.functional: none of the optimizer's parameters belongs to the given model")
 
         def call(params: dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
-            return functional_call(
-                model, {mapping[k]: v for k, v in params.items() if k in mapping}, args, kwargs
-            )
+            out = functional_call(model, {mapping[k]: v for k, v in params.items() if k in mapping}, args, kwargs)
+            # a step listening learns that its forward is this module call (and may use the layer structure)
+            note_call(ModuleCall(model, mapping, args, kwargs, out))
+            return out
 
         return call
 
