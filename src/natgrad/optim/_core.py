@@ -29,6 +29,7 @@ from torch.func import jvp
 
 import natgrad as ng
 from natgrad._loss import output_gradient
+from natgrad.exceptions import NatgradError
 
 from ._curvature import Curvature, resolve_curvature
 from ._damping import LevenbergMarquardt, reduction_ratio
@@ -309,10 +310,12 @@ def _solve(fac: Factorized, loss: Loss, damping: float, curvature: Curvature, fi
 
 @contextmanager
 def _solver_errors(loss0: float) -> Iterator[None]:
-    """Solver failures (an eigh that does not converge, a non-finite solve) as `NGDStepError`."""
+    """Solver failures as `NGDStepError`: an eigh that does not converge, a non-finite solve, every spectral
+    fallback failing (``FactorizationError``), a Krylov solve that cannot certify its tolerance
+    (``ConvergenceError``)."""
     try:
         yield
-    except (ValueError, torch.linalg.LinAlgError) as error:
+    except (ValueError, torch.linalg.LinAlgError, NatgradError) as error:
         kind = (
             "torch.linalg.LinAlgError"
             if isinstance(error, torch.linalg.LinAlgError)

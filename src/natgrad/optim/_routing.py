@@ -1,23 +1,24 @@
 """The route of a step's factorisation: a damped step on a large module problem goes matrix-free.
 
-The engine's ``auto`` takes the primal route whenever d ≤ r: it materialises A = Bᵀ J (r × d), forms G = AᵀA and
-eigendecomposes it, r·d² + d³ work. At full batch on a module that is the regime of most training runs
-(scikit-learn digits: r = 11,313 weighted outputs, d = 3,466 parameters, 17 s of CPU per step). But the
-optimizer's steps are damped on most steps (the safeguard's λ > 0), and (G + λI)⁻¹∇ is what the
-``structured-krylov`` route solves best: preconditioned CG in kernel coordinates, from per-layer factors, in
-6–25 kernel products (0.3–0.4 s of CPU per step on digits), certified by the pushforward residual
-‖A v + λy − c‖/‖c‖ ≤ tol. So a step whose inverse is ``Damped(λ)``, on a module problem (``ng.from_module`` or
-`NGD.functional` called once inside ``forward``) with d ≤ r and r·d² ≥ ``MATRIX_FREE_WORK``, is factorised
-by ``structured-krylov``; λ = 0 (the generalized inverse) keeps ``auto``'s choice, whose cutoff a dense
-decomposition applies literally, and ``method=`` other than ``"auto"`` is always obeyed.
+The engine's ``auto`` factorises densely: when d ≤ r the primal route materialises A = Bᵀ J (r × d), forms
+G = AᵀA and eigendecomposes it; when r < d the structured route assembles K (r × r) from the layers and
+factorises it (an eigendecomposition when K is rank-deficient). Either costs about r·d·min(r, d) + min(r, d)³.
+At full batch that is most of a training run: on scikit-learn's digits (r = 11,313 weighted outputs, d = 3,466
+parameters) 12–17 s of CPU per step; on 300 of them (r = 2,700) 2.7 s. But the optimizer's steps are damped on
+most steps (the safeguard's λ > 0), and (G + λI)⁻¹∇ is what the ``structured-krylov`` route solves best:
+preconditioned CG in kernel coordinates from per-layer factors, 5–20 kernel products a step (0.35 s of CPU in
+float32, 0.45 s in float64 on digits), certified by the pushforward residual ‖A v + λy − c‖/‖c‖ ≤ tol. So a
+step whose inverse is ``Damped(λ)``, on a module problem (``forward`` is a φ of ``ng.from_module``, or one
+`NGD.functional` call whose output it returns) with r·d·min(r, d) ≥ ``MATRIX_FREE_WORK``, is factorised by
+``structured-krylov``. λ = 0 (the generalized inverse) keeps ``auto``'s choice, whose cutoff a dense
+decomposition applies literally; a ``method=`` other than ``"auto"`` is always obeyed; a model the per-layer
+factors do not cover goes to ``auto`` too.
 
 Tolerance: the certificate measures A v through a JVP in the model's dtype, so its rounding floor is about
-eps·‖A‖‖v‖/‖c‖; in float32 that is 1e-6 and above along an ill-conditioned training run (digits: 1.3e-6 at
-λ = 0.011), where the engine's default 1e-6 stops the run. The optimizer asks ``STEP_TOL`` of its
-matrix-free solves: 1e-5 in float32 (an inexact Newton step whose relative residual is certified to 1e-5),
-the engine's default in float64.
-"""
-
+eps·‖A‖‖v‖/‖c‖; in float32 that reaches 1e-6 along an ill-conditioned training run (digits: 1.3e-6 at
+λ = 0.011), where the engine's default 1e-6 stopped the run. The optimizer asks ``STEP_TOL`` of its
+matrix-free solves: 1e-5 in float32 (the step is (G + λI)⁻¹∇ with a certified relative residual ≤ 1e-5),
+the engine's default (1e-12) in float64.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
@@ -33,7 +34,7 @@ import natgrad as ng
 from natgrad.exceptions import MemoryBudgetError, NatgradError, StructuredUnsupported
 from natgrad.models import module_record
 
-MATRIX_FREE_WORK = 2e9  # r·d² above which a dense primal factorisation costs more than ~0.1 s of one core
+MATRIX_FREE_WORK = 2e9  # r·d·min(r, d) from which a dense factorisation costs ≳ 0.1 s of one core
 STEP_TOL = {torch.float32: 1e-5}  # other dtypes: the engine's default tolerance
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
@@ -133,7 +134,7 @@ def _trainable(module: torch.nn.Module) -> set[str]:
 
 def prefers_matrix_free(r: int, d: int, inverse: Any) -> bool:
     """Whether a step with ``inverse`` at (r, d) goes to ``structured-krylov`` (module docstring)."""
-    return isinstance(inverse, ng.Damped) and d <= r and r * d * d >= MATRIX_FREE_WORK
+    return isinstance(inverse, ng.Damped) and r * d * min(r, d) >= MATRIX_FREE_WORK
 
 
 class RenamedFactorization:

@@ -192,7 +192,9 @@ class NGD(torch.optim.Optimizer):
             raise ValueError("NGD.functional: none of the optimizer's parameters belongs to the given model")
 
         def call(params: dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
-            out = functional_call(model, {mapping[k]: v for k, v in params.items() if k in mapping}, args, kwargs)
+            out = functional_call(
+                model, {mapping[k]: v for k, v in params.items() if k in mapping}, args, kwargs
+            )
             # a step listening learns that its forward is this module call (and may use the layer structure)
             note_call(ModuleCall(model, mapping, args, kwargs, out))
             return out
