@@ -19,6 +19,8 @@ eps·‖A‖‖v‖/‖c‖; in float32 that reaches 1e-6 along an ill-condition
 λ = 0.011), where the engine's default 1e-6 stopped the run. The optimizer asks ``STEP_TOL`` of its
 matrix-free solves: 1e-5 in float32 (the step is (G + λI)⁻¹∇ with a certified relative residual ≤ 1e-5),
 the engine's default (1e-12) in float64.
+"""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
