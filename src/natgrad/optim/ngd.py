@@ -75,7 +75,9 @@ class NGD(torch.optim.Optimizer):
         metric: ``"auto"`` (from the loss; Euclidean for residuals) or a natgrad metric object.
         inverse: generalized inverse for λ = 0 (default ``natgrad.MoorePenrose()``).
         mc_samples: k ≥ 1 for a Monte-Carlo Fisher from k sampled labels per example; None for the exact one.
-        method: engine route (``"auto"``, ``"primal"``, ``"dual"``, ``"lstsq"``, ``"krylov"``, ...).
+        method: engine route (``"auto"``, ``"primal"``, ``"dual"``, ``"lstsq"``, ``"krylov"``, ...). With
+            ``"auto"`` a damped step on a large module problem runs matrix-free (``"structured-krylov"``,
+            certified to 1e-5 in float32, 1e-12 in float64; see docs/optim.md), else ``auto`` chooses.
         seed: seed of the generator that draws Monte-Carlo labels (saved in ``state_dict``).
         factorize: the function that factorises G = JᵀgJ at θ for the step's solves (default
             `natgrad.optim.engine_factorize`, i.e. `natgrad.factorize`); its result needs
