@@ -139,3 +139,27 @@ def test_uncertified_krylov_solve_raises_a_step_error_and_changes_nothing() -> N
         opt.step(lambda p: f(p, x), CrossEntropy(y))
     assert torch.equal(_flat(model), before)
     assert opt.steps_taken == 0 and math.isfinite(opt.damping)
+
+
+def test_cross_entropy_gradient_stays_in_the_metric_range_near_a_fit() -> None:
+    """Near a fit (p_y ≈ 1 − 1e-6) torch's p_y − 1 leaves float32 rows of ∇z L outside the range of the
+    categorical metric (rows summing to zero) by eps/‖∇z L‖ > √eps, so no c with ∇z L = B c exists; the
+    loss's −Σ_{j≠y} p_j keeps them inside. Values and gradients agree with torch's cross-entropy."""
+    from natgrad._routes._problem import output_factor_coefficients
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (200,), generator=gen)
+    z = torch.randn(200, 10, generator=gen, dtype=DT)
+    for reduction in ("mean", "sum"):
+        loss = CrossEntropy(y, reduction)
+        torch_loss = lambda q, r=reduction: torch.nn.functional.cross_entropy(q, y, reduction=r)  # noqa: E731
+        torch.testing.assert_close(loss(z), torch_loss(z), rtol=1e-14, atol=0)
+        torch.testing.assert_close(
+            torch.func.grad(loss)(z), torch.func.grad(torch_loss)(z), rtol=1e-12, atol=1e-15
+        )
+    near_fit = (z + 14.0 * torch.nn.functional.one_hot(y, 10)).float()
+    local = ng.metrics.Categorical().at(near_fit)
+    ours = torch.func.grad(CrossEntropy(y, "sum"))(near_fit)
+    theirs = torch.func.grad(lambda q: torch.nn.functional.cross_entropy(q, y, reduction="sum"))(near_fit)
+    assert output_factor_coefficients(local, ours.reshape(-1)) is not None
+    assert output_factor_coefficients(local, theirs.reshape(-1)) is None
