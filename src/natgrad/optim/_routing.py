@@ -81,6 +81,8 @@ class RecordingForward:
         self.first: tuple[Tensor, list[ModuleCall]] | None = None
 
     def __getattr__(self, name: str) -> Any:  # ``natgrad_module``, ``linearize``: the forward's own
+        if name in ("forward", "first"):  # not yet set (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.forward, name)
 
     def __call__(self, params: dict[str, Tensor]) -> Tensor:
