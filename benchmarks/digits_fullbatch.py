@@ -155,9 +155,11 @@ def figure(results: dict[str, Any], title: str, target: float, path: Path) -> No
         axes[1].plot(r["cpu_s"], r["losses"], label=name)
     for ax, xlabel in zip(axes, ("step", "CPU time of one thread (s)"), strict=True):
         ax.axhline(target, color="k", lw=0.8, ls="--")
-        ax.set(xscale="symlog", yscale="log", xlabel=xlabel, ylabel="train loss")
+        ax.set(yscale="log", xlabel=xlabel, ylabel="train loss")
         ax.legend()
-    axes[1].set_xscale("log")
+    axes[0].set_xscale("symlog", linthresh=1.0)
+    axes[0].set_xlim(left=0)
+    axes[1].set_xscale("log")  # the start (t = 0) is off the axis
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
