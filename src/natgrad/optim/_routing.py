@@ -36,7 +36,10 @@ import natgrad as ng
 from natgrad.exceptions import MemoryBudgetError, NatgradError, StructuredUnsupported
 from natgrad.models import module_record
 
-MATRIX_FREE_WORK = 2e9  # r·d·min(r, d) from which a dense factorisation costs ≳ 0.1 s of one core
+# r·d·min(r, d) from which a damped step goes matrix-free. Measured (digits MLP, d = 3,466, float32, one
+# thread, CPU per step over 20 default steps): batches of 64 (r = 576, 1.2e9) dense 0.08 s, matrix-free 0.06 s;
+# of 128 (r = 1,152, 4.6e9) 0.30 s and 0.085 s; full batch (r = 11,313, 1.4e11) 12 s and 0.4 s.
+MATRIX_FREE_WORK = 2e9
 STEP_TOL = {torch.float32: 1e-5}  # other dtypes: the engine's default tolerance
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
