@@ -70,6 +70,23 @@ def test_matrix_free_damped_step_equals_reference(matrix_free, build: str, lr: f
     torch.testing.assert_close(_flat(model), expected, rtol=1e-9, atol=1e-11)
 
 
+def test_uncertified_matrix_free_solve_falls_back_to_the_engine_route(
+    matrix_free, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tolerance no solve can certify (1e-30): the step is the engine's dense one, equal to the reference,
+    and the certificate says why."""
+    monkeypatch.setattr(_routing, "STEP_TOL", {DT: 1e-30})
+    model, x, y = _classifier()
+    loss = CrossEntropy(y, reduction="sum")
+    expected = _flat(model) - _reference_damped(model, x, loss, 0.3)
+    opt = NGD(model.parameters(), damping=0.3, safeguard=False)
+    f = opt.functional(model)
+    opt.step(lambda p: f(p, x), loss)
+    assert opt.last_step["method"] != "structured-krylov"
+    assert "matrix-free kernel solve" in opt.last_step["certificate"]["uncertified"]
+    torch.testing.assert_close(_flat(model), expected, rtol=1e-9, atol=1e-11)
+
+
 def test_engine_choice_stands_where_the_rule_does_not_apply(matrix_free) -> None:
     """λ = 0 (the generalized inverse), an explicit method, and a forward that changes the module's output
     keep the engine's route."""

@@ -11,7 +11,8 @@ float32, 0.45 s in float64 on digits), certified by the pushforward residual ‖
 step whose inverse is ``Damped(λ)``, on a module problem (``forward`` is a φ of ``ng.from_module``, or one
 `NGD.functional` call whose output it returns) with r·d·min(r, d) ≥ ``MATRIX_FREE_WORK``, is factorised by
 ``structured-krylov``. λ = 0 (the generalized inverse) keeps ``auto``'s choice, whose cutoff a dense
-decomposition applies literally; a ``method=`` other than ``"auto"`` is always obeyed; a model the per-layer
+decomposition applies literally; a damped solve the route cannot certify falls back to it too; a
+``method=`` other than ``"auto"`` is always obeyed; a model the per-layer
 factors do not cover goes to ``auto`` too.
 
 Tolerance: the certificate measures A v through a JVP in the model's dtype, so its rounding floor is about
@@ -26,14 +27,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
 import natgrad as ng
-from natgrad.exceptions import MemoryBudgetError, NatgradError, StructuredUnsupported
+from natgrad.exceptions import ConvergenceError, MemoryBudgetError, NatgradError, StructuredUnsupported
 from natgrad.models import module_record
 
 # r·d·min(r, d) from which a damped step goes matrix-free. Measured (digits MLP, d = 3,466, float32, one
@@ -144,41 +145,52 @@ def prefers_matrix_free(r: int, d: int, inverse: Any) -> bool:
     return isinstance(inverse, ng.Damped) and r * d * min(r, d) >= MATRIX_FREE_WORK
 
 
-class RenamedFactorization:
-    """A factorisation of the module problem whose solves answer in the optimizer's parameter names."""
+class MatrixFreeFactorization:
+    """The module problem's ``structured-krylov`` factorisation, answering in the optimizer's parameter names.
 
-    def __init__(self, fac: ng.GramFactorization, names: Mapping[str, str]) -> None:
-        self.fac, self.names = fac, names
+    A solve that cannot certify its tolerance (``ConvergenceError``: the float32 rounding floor above it, say)
+    is not an answer: that solve and every later one of the step go to ``dense()``, the engine's own
+    factorisation, and the result's ``info["certificate"]`` says why.
+    """
+
+    def __init__(self, fac: ng.GramFactorization, names: Mapping[str, str], dense: Callable[[], Any]) -> None:
+        self.fac, self.names, self._make_dense = fac, names, dense
+        self._dense: Any = None
+        self._refusal: str | None = None
 
     @property
     def method(self) -> str:
         """The route that factorised G."""
-        return self.fac.method
+        return self.fac.method if self._dense is None else self._dense.method
 
     def refuses(self, inverse: Any) -> str | None:
         """Why a solve with ``inverse`` cannot reuse the factorisation (see `natgrad.GramFactorization`)."""
-        return self.fac.refuses(inverse)
+        return (self.fac if self._dense is None else self._dense).refuses(inverse)
 
-    def solve(self, loss: Callable[[Tensor], Tensor], *, inverse: Any = None) -> ng.NaturalGradient:
-        """`natgrad.GramFactorization.solve`, with direction and gradient keyed by the optimizer's names."""
-        result = self.fac.solve(loss, inverse=inverse)
+    def solve(self, loss: Callable[[Tensor], Tensor], *, inverse: Any = None) -> Any:
+        """`natgrad.GramFactorization.solve`, direction and gradient keyed by the optimizer's names."""
+        if self._dense is None:
+            try:
+                return self._renamed(self.fac.solve(loss, inverse=inverse))
+            except ConvergenceError as error:
+                self._refusal = str(error)
+                self._dense = self._make_dense()
+        result = self._dense.solve(loss, inverse=inverse)
+        certificate = {"uncertified": self._refusal, "fallback": result.method}
+        return replace(result, info={**result.info, "certificate": certificate})
+
+    def _renamed(self, result: ng.NaturalGradient) -> ng.NaturalGradient:
         direction, gradient = dict(result.direction), dict(result.gradient)
-        return ng.NaturalGradient(
+        return replace(
+            result,
             direction={name: direction[own] for name, own in self.names.items()},
-            pushforward=result.pushforward,
             gradient={name: gradient[own] for name, own in self.names.items()},
-            rank=result.rank,
-            method=result.method,
-            output=result.output,
-            loss=result.loss,
-            info=result.info,
-            status=result.status,
         )
 
 
 def step_factorization(
     forward: Any, theta: dict[str, Tensor], metric: Any, inverse: Any, method: str
-) -> RenamedFactorization | None:
+) -> MatrixFreeFactorization | None:
     """The matrix-free factorisation this step prefers (module docstring), or None for the engine's choice."""
     if method != "auto" or not isinstance(inverse, ng.Damped):
         return None
@@ -193,4 +205,6 @@ def step_factorization(
         fac = ng.factorize(problem.phi, problem.params, metric, inverse, "structured-krylov", tol=tol)
     except (StructuredUnsupported, MemoryBudgetError):  # layers without factors, or too large: auto's choice
         return None
-    return RenamedFactorization(fac, problem.names)
+    return MatrixFreeFactorization(
+        fac, problem.names, lambda: ng.factorize(forward, theta, metric, inverse, method)
+    )
