@@ -11,9 +11,8 @@ float32, 0.45 s in float64 on digits), certified by the pushforward residual ‖
 step whose inverse is ``Damped(λ)``, on a module problem (``forward`` is a φ of ``ng.from_module``, or one
 `NGD.functional` call whose output it returns) with r·d·min(r, d) ≥ ``MATRIX_FREE_WORK``, is factorised by
 ``structured-krylov``. λ = 0 (the generalized inverse) keeps ``auto``'s choice, whose cutoff a dense
-decomposition applies literally; a damped solve the route cannot certify falls back to it too; a
-``method=`` other than ``"auto"`` is always obeyed; a model the per-layer
-factors do not cover goes to ``auto`` too.
+decomposition applies literally; so do a damped solve the route cannot certify (for the rest of its step) and
+a model the per-layer factors do not cover; a ``method=`` other than ``"auto"`` is always obeyed.
 
 Tolerance: the certificate measures A v through a JVP in the model's dtype, so its rounding floor is about
 eps·‖A‖‖v‖/‖c‖; in float32 that reaches 1e-6 along an ill-conditioned training run (digits: 1.3e-6 at
