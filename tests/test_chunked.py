@@ -154,6 +154,32 @@ def test_chunked_route_matches_the_reference(model, metric_name, inverse_name):
         assert relative_error(ng.flatten_params(auto.direction), ng.flatten_params(ref.direction)) <= TOL
 
 
+_ZOO_CHUNKABLE = [
+    "dict-output-layer",
+    "resblock-bn-eval",
+    "shared-sequential",
+    "tied-by-assignment",
+    "parent-uses-child",  # a parameter used outside its module: the kernel check's rebuild, chunked again
+    "weight-norm",
+    "orthogonal-parametrization",
+]
+
+
+@pytest.mark.parametrize("name", _ZOO_CHUNKABLE)
+def test_chunked_route_on_the_zoo(name):
+    """Zoo models with three examples, one per chunk (two examples cannot be chunked below the full need)."""
+    phi, params = next(z for z in ZOO if z.name == name).build()
+
+    def loss(z):
+        return (z**3).sum() + z.sum()
+
+    budget = _forcing_budget(phi, params, None, None, 1)
+    res = ng.natural_gradient(phi, params, loss, method="structured", memory_budget=budget)
+    ref = ng.reference.natural_gradient(phi, params, loss)
+    assert res.info["chunked"] == {"chunks": 3, "examples_per_chunk": 1, "emissions": 4}
+    assert relative_error(ng.flatten_params(res.direction), ng.flatten_params(ref.direction)) <= TOL
+
+
 def test_float32_chunked_equals_unchunked_to_rounding():
     phi, params = _MODELS["conv"]()
     module = module_record(phi).module.float()
