@@ -122,7 +122,7 @@ def test_structured_chunks_within_the_budget_and_refuses_below_one_example():
     x = torch.randn(24, 3, 16, 16, dtype=F64)
     factor_size = factor_bytes(net, (x,), {}, 24 * 10, 8)
     small, chunked = 16 * 2**20, 64 * 2**20
-    assert factor_size > 3 * chunked
+    assert factor_size > 2 * chunked
     # glibc: large blocks always mmapped and returned when freed, so that memory freed by an earlier call
     # cannot hide a later call's peak from the resident-set measure (nor make it depend on heap history).
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "0"}
