@@ -222,6 +222,13 @@ def test_budget_below_the_kernel_or_one_example_is_refused():
         match=r"assembling K chunk by chunk does not fit either: K and two one-example chunks .* per example",
     ):
         ng.natural_gradient(phi, params, loss, method="structured", memory_budget=kernel + 8)
+    single, single_params = ng.from_module(module_record(phi).module, module_record(phi).args[0][:1])
+    problem = ng.factorize(single, single_params, method="structured")._problem
+    kernel = STRUCTURED.memory(problem.r, problem.d, problem.itemsize)
+    with pytest.raises(
+        ng.MemoryBudgetError, match="factors of a single example cannot be assembled in chunks"
+    ):
+        ng.natural_gradient(single, single_params, loss, method="structured", memory_budget=kernel + 8)
 
 
 class _Centred(nn.Module):

@@ -114,24 +114,32 @@ def _dense_factor_bytes(problem: Problem) -> int:
     return 0 if blocks else problem.itemsize * z.numel() * problem.r
 
 
+def _num_examples(problem: Problem) -> int:
+    z = problem.lin.z
+    return z.shape[0] if z.dim() > 0 else 1
+
+
+def _chunked_resident(problem: Problem) -> int:
+    """What the chunked assembly keeps whatever the chunk size: a dense factor D (n × r) and one r × r product."""
+    dense = _dense_factor_bytes(problem)
+    return dense + 8 * problem.r**2 if dense else 0
+
+
 def chunk_plan(problem: Problem) -> ChunkPlan | None:
     """Chunks for the dense assembly when K fits the budget but the factors of all examples do not, else None.
 
-    None also when not even a one-example chunk fits beside K (the route is then refused). With a dense factor
-    D (n × r), D and an r × r product stay resident beside K.
+    None also when not even a one-example chunk fits beside K (the route is then refused).
     """
     r, d, itemsize, budget = problem.r, problem.d, problem.itemsize, problem.budget
     kernel = STRUCTURED.memory(r, d, itemsize)
     held = layer_factor_bytes(problem)
     if kernel + held <= budget:
         return None
-    dense = _dense_factor_bytes(problem)
-    z = problem.lin.z
-    examples = z.shape[0] if z.dim() > 0 else 1
+    examples, z = _num_examples(problem), problem.lin.z
     factor = factor_for(problem.metric, z)
     rows_per_example = factor.shape[2] if factor.dim() == 3 else z.numel() // max(1, examples)
-    available = budget - kernel - (dense + 8 * r * r if dense else 0)
-    return plan_chunks(held - dense, examples, rows_per_example, available)
+    available = budget - kernel - _chunked_resident(problem)
+    return plan_chunks(held - _dense_factor_bytes(problem), examples, rows_per_example, available)
 
 
 class _KernelMismatch(Exception):
@@ -290,7 +298,7 @@ class StructuredRoute:
     def held_memory(self, problem: Problem) -> int:
         """The per-layer factors of all examples, or of two chunks when the chunked assembly is planned."""
         plan = chunk_plan(problem)
-        return layer_factor_bytes(problem) if plan is None else plan.held + _dense_factor_bytes(problem)
+        return layer_factor_bytes(problem) if plan is None else plan.held + _chunked_resident(problem)
 
     def memory_note(self, problem: Problem) -> str:
         """Why the chunked assembly does not help either, for the budget error."""
@@ -299,11 +307,13 @@ class StructuredRoute:
         kernel = self.memory(problem.r, problem.d, problem.itemsize)
         if kernel > problem.budget:
             return f"; K (r × r, float64) and its eigenvectors alone need {format_bytes(kernel)}"
-        examples = max(1, problem.lin.z.shape[0] if problem.lin.z.dim() > 0 else 1)
+        examples = _num_examples(problem)
+        if examples < 2:
+            return "; the per-layer factors of a single example cannot be assembled in chunks"
+        per_example = (layer_factor_bytes(problem) - _dense_factor_bytes(problem)) / examples
         return (
             "; assembling K chunk by chunk does not fit either: K and two one-example chunks of the "
-            f"per-layer factors (about {format_bytes(layer_factor_bytes(problem) / examples)} per example) "
-            "exceed it"
+            f"per-layer factors (about {format_bytes(per_example)} per example) exceed it"
         )
 
     def auto_rank(self, r: int, d: int) -> int | None:
