@@ -227,7 +227,12 @@ def test_one_ngd_step_on_a_linear_in_parameters_pde_lands_on_the_least_squares_s
 
 
 def test_ngd_on_a_1d_poisson_problem_reaches_the_error_after_a_fixed_number_of_steps() -> None:
-    """−u'' = π² sin(πx) on (0, 1), u(0) = u(1) = 0, u* = sin(πx): 30 NGD steps, relative L2 ≤ 1e-6."""
+    """−u'' = π² sin(πx) on (0, 1), u(0) = u(1) = 0, u* = sin(πx): 40 NGD steps, relative L2 ≤ 1e-7.
+
+    NGD's residual cutoff (natgrad.linalg.residual_rtol) keeps directions the engine's default dropped: this seed
+    passes 10⁻⁶ at step 38 with it (step 20 with the old cutoff) and ends 100× lower (seeds 0–5: 10⁻⁶ by
+    step 14–32, 5·10⁻¹¹–4·10⁻¹⁰ after 40 steps).
+    """
     torch.manual_seed(0)
     net = pde.Network(pde.mlp([1, 16, 1], generator=_gen(11)))
     box = [(0.0, 1.0)]
@@ -241,11 +246,11 @@ def test_ngd_on_a_1d_poisson_problem_reaches_the_error_after_a_fixed_number_of_s
         ],
     )
     opt = NGD(net.module.named_parameters(), line_search="grid")
-    for _ in range(30):
+    for _ in range(40):
         opt.step(problem)
     points, weights = pde.gauss_legendre(64, box)
     error = pde.l2_error(net, net.params(), lambda x: torch.sin(math.pi * x[:, 0]), points, weights)
-    assert error <= 1e-6, error
+    assert error <= 1e-7, error
 
 
 # ------------------------------------------------------------------ samplers and errors

@@ -32,6 +32,7 @@ from natgrad import pde
 from natgrad.experiments._base import Claim, Progress
 from natgrad.experiments._figures import pyplot, save_figure
 from natgrad.experiments._timing import TrainingClock, fixed_threads
+from natgrad.linalg import residual_rtol
 from natgrad.optim import NGD, grid_search
 
 THRESHOLDS = (1e-4, 1e-5, 1e-6)
@@ -52,7 +53,8 @@ class Training:
     grid_size: int = 30
     adam_lr: float = 1e-3
     lbfgs_max_iter: int = 20
-    rtol: float | None = None  # Moore–Penrose cutoff on eigenvalues (rtol·λ_max); None: natgrad's default
+    rtol: float | None = None  # Moore–Penrose cutoff on eigenvalues (rtol·λ_max); None: NGD's default for
+    # residuals, natgrad.linalg.residual_rtol
     primal_memory_budget: int = 2**34  # bytes the forced primal route may allocate (its d×d matrices)
     threads: int = 1
 
@@ -62,11 +64,15 @@ def _ngd_primal_step(
 ) -> float:
     """One ENGD step on the primal route (natural_gradient + the optimizer's grid line search); the loss."""
     theta = {k: v.detach() for k, v in params.items()}
+    rtol = settings.rtol
+    if rtol is None:  # the cutoff NGD's ``ngd`` method applies by default
+        dtype = next(iter(theta.values())).dtype
+        rtol = residual_rtol(dtype, problem.num_residuals, ng.num_params(theta))
     result = ng.natural_gradient(
         problem.linearize(theta, memory_budget=None),
         theta,
         lambda r: 0.5 * r.pow(2).sum(),
-        inverse=ng.MoorePenrose(rtol=settings.rtol),
+        inverse=ng.MoorePenrose(rtol=rtol),
         method="primal",
         memory_budget=settings.primal_memory_budget,
     )
@@ -106,7 +112,7 @@ def train(
             lr=1.0,
             line_search="grid",
             line_search_grid=grid,
-            inverse=ng.MoorePenrose(rtol=settings.rtol),
+            inverse=None if settings.rtol is None else ng.MoorePenrose(rtol=settings.rtol),
         )
 
         def step() -> float:
