@@ -38,7 +38,7 @@ def kernel_rtol(rtol: float, model_dtype: torch.dtype, r: int, d: int) -> float:
 # Residual (least-squares) kernels G = JᵀJ in float64, measured on the PINN problems of natgrad's experiments
 # (2-D Poisson and 1-D heat, 2-64-1, N ≈ 1,000, d = 257, at initialisation and after 20, 100 and 400
 # Gauss–Newton steps; the 2-64-64-48-48-1 network's 300 × 9,873 kernel K = JJᵀ): the float64 product differs
-# from the exact product of the same J (computed in extended precision) by ‖Ĝ − G‖₂ = 0.7–2.9·eps₆₄·λ_max, and
+# from the exact product of the same J (computed in extended precision) by ‖Ĝ − G‖₂ = 0.9–2.9·eps₆₄·λ_max, and
 # J's own rounding (forward-propagated against per-point torch.func derivatives) moves G by at most
 # 0.6·eps₆₄·λ_max. The eigenvalues eigh returns agree with σ(J)² to within a factor 2 down to 0.4·eps₆₄·λ_max,
 # and the most negative one of a singular kernel sits at −2·eps₆₄·λ_max. By Weyl's inequality every eigenvalue
