@@ -73,7 +73,9 @@ class NGD(torch.optim.Optimizer):
         line_search_grid: the grid factors (default 1, 1/2, …, 2⁻²⁹).
         momentum: μ ∈ [0, 1) for the dual-form momentum v = μ v_prev + G⁻(∇ − μ G v_prev).
         metric: ``"auto"`` (from the loss; Euclidean for residuals) or a natgrad metric object.
-        inverse: generalized inverse for λ = 0 (default ``natgrad.MoorePenrose()``).
+        inverse: generalized inverse for λ = 0 (default ``natgrad.MoorePenrose()``; for the Euclidean metric
+            — Gauss–Newton on residuals — its cutoff is `natgrad.linalg.residual_rtol`, the measured rounding
+            level of a float64 JᵀJ, instead of the engine's 10·min(r, d)·eps).
         mc_samples: k ≥ 1 for a Monte-Carlo Fisher from k sampled labels per example; None for the exact one.
         method: engine route (``"auto"``, ``"primal"``, ``"dual"``, ``"lstsq"``, ``"krylov"``, ...). With
             ``"auto"`` a damped step on a large module problem runs matrix-free (``"structured-krylov"``,
