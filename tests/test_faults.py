@@ -122,7 +122,9 @@ def test_random_kills_then_resume_give_the_same_claims_and_no_leftovers(tmp_path
 
 def test_second_process_on_a_folder_in_use_exits_two_naming_the_first(tmp_path):
     out = tmp_path / "run"
-    first = _start(out, "--seed", "1", step_seconds=1.0)  # holds the folder for about 12 s
+    # holds the folder for about 2 min (it is interrupted once the second has run): under load the second
+    # process can take more than 10 s just to start
+    first = _start(out, "--seed", "1", step_seconds=10.0)
     lines = _wait_until_running(first)
     code, output = _finish(_start(out, "--seed", "2"))
     assert code == 2, output

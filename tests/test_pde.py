@@ -227,7 +227,12 @@ def test_one_ngd_step_on_a_linear_in_parameters_pde_lands_on_the_least_squares_s
 
 
 def test_ngd_on_a_1d_poisson_problem_reaches_the_error_after_a_fixed_number_of_steps() -> None:
-    """−u'' = π² sin(πx) on (0, 1), u(0) = u(1) = 0, u* = sin(πx): 30 NGD steps, relative L2 ≤ 1e-6."""
+    """−u'' = π² sin(πx) on (0, 1), u(0) = u(1) = 0, u* = sin(πx): 40 NGD steps, relative L2 ≤ 1e-7.
+
+    NGD's residual cutoff (natgrad.linalg.residual_rtol) keeps directions the engine's default dropped: this seed
+    passes 10⁻⁶ at step 38 with it (step 20 with the old cutoff) and ends 100× lower (seeds 0–5: 10⁻⁶ by
+    step 14–32, 5·10⁻¹¹–4·10⁻¹⁰ after 40 steps).
+    """
     torch.manual_seed(0)
     net = pde.Network(pde.mlp([1, 16, 1], generator=_gen(11)))
     box = [(0.0, 1.0)]
@@ -241,11 +246,11 @@ def test_ngd_on_a_1d_poisson_problem_reaches_the_error_after_a_fixed_number_of_s
         ],
     )
     opt = NGD(net.module.named_parameters(), line_search="grid")
-    for _ in range(30):
+    for _ in range(40):
         opt.step(problem)
     points, weights = pde.gauss_legendre(64, box)
     error = pde.l2_error(net, net.params(), lambda x: torch.sin(math.pi * x[:, 0]), points, weights)
-    assert error <= 1e-6, error
+    assert error <= 1e-7, error
 
 
 # ------------------------------------------------------------------ samplers and errors
@@ -388,3 +393,38 @@ def test_float32_networks_and_points_work_and_agree_with_float64() -> None:
     )
     problem = pde.Problem(net32, [pde.interior(x32, lambda jet, x: jet.laplacian())])
     assert problem.jacobian(net32.params()).dtype == torch.float32
+
+
+def test_a_network_declared_with_the_wrong_input_dimension_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match=r"^pde\.Network: input_dim=3 but the first layer '0' takes 2 input\(s\)"
+    ):
+        pde.Network(pde.mlp([2, 4, 1], generator=_gen(0)), input_dim=3)
+    assert pde.Network(pde.mlp([2, 4, 1], generator=_gen(0)), input_dim=2).input_dim == 2
+
+
+def test_a_residual_that_is_nan_at_a_point_trains_nothing_and_names_the_condition() -> None:
+    """Finite points, but a source term that is NaN at one of them: no step, no linearisation on it."""
+    net = pde.Network(pde.mlp([2, 4, 1], generator=_gen(0)))
+    points = pde.grid(3, BOX2)
+
+    def source(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x[:, 0] > 0.8, torch.full_like(x[:, 0], float("nan")), torch.sin(x[:, 0]))
+
+    problem = pde.Problem(
+        net,
+        [
+            pde.interior(points, lambda jet, x: jet.laplacian() + source(x)),
+            pde.boundary(pde.box_boundary_grid(3, BOX2), lambda jet, x: jet.value),
+        ],
+    )
+    before = {k: v.clone() for k, v in net.params().items()}
+    opt = NGD(net.module.named_parameters(), line_search="grid")
+    with pytest.raises(ValueError, match=r"^NGD\.step: the loss is not finite .* parameters are unchanged"):
+        opt.step(problem)
+    assert all(torch.equal(before[k], v) for k, v in net.params().items()) and opt.steps_taken == 0
+    with pytest.raises(
+        ValueError,
+        match=r"^pde\.Problem\.linearize: the residual of condition 'interior' is NaN or inf at 3 of 9",
+    ):
+        problem.linearize(net.params())

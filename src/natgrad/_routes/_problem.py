@@ -94,7 +94,10 @@ class Problem:
         columns or by JVPs, whichever needs fewer products."""
         dtype, device, chunk = self.lin.flat.dtype, self.lin.flat.device, self.chunk
         if self.lin.dense_jacobian is not None:
-            a = self.metric.factor_t_matmul(self.lin.dense_jacobian)
+            known = self.lin.dense_jacobian
+            # in the memory layout of the product-built A (column-major from JVP columns when d < r): same
+            # values and layout give bitwise the same Gram matrix, so results do not move by a rounding
+            a = self.metric.factor_t_matmul(known.T.contiguous().T if self.d < self.r else known)
         elif self.d < self.r:
             eye = torch.eye(self.d, dtype=dtype, device=device)
             cols = [self.lin.jvp_rows(eye[i : i + chunk]) for i in range(0, self.d, chunk)]

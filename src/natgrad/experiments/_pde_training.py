@@ -43,7 +43,7 @@ from natgrad import pde
 from natgrad.experiments._base import Claim, Progress, no_progress
 from natgrad.experiments._figures import pyplot, save_figure
 from natgrad.experiments._timing import TrainingClock, fixed_threads
-from natgrad.optim import NGD, grid_search
+from natgrad.optim import NGD
 
 THRESHOLDS = (1e-4, 1e-5, 1e-6)
 LABELS = {
@@ -63,9 +63,11 @@ class Training:
     grid_size: int = 30
     adam_lr: float = 1e-3
     lbfgs_max_iter: int = 20
-    rtol: float | None = None  # Moore–Penrose cutoff on eigenvalues (rtol·λ_max); None: natgrad's default
-    # the primal route's cutoff: None is natgrad's default. A cutoff below the rounding floor of the d×d Gram
-    # matrix JᵀJ (about eps·λ_max; its d − N zero eigenvalues come out at that size) would invert rounding noise
+    rtol: float | None = None  # Moore–Penrose cutoff on eigenvalues (rtol·λ_max); None: NGD's default for
+    # residuals, natgrad.linalg.residual_rtol
+    # the primal route's cutoff: None is MoorePenrose's plain default 10·min(N, d)·eps. A cutoff below the
+    # rounding floor of the d×d Gram matrix JᵀJ (its d − N zero eigenvalues come out at a few eps·λ_max when
+    # d > N) would invert rounding noise
     primal_rtol: float | None = None
     primal_memory_budget: int = 2**34  # bytes the forced primal route may allocate (its d×d matrices)
     threads: int = 1
@@ -91,32 +93,6 @@ class Training:
             raise ValueError(f"Training: method(s) {missing} have a step budget but no eval_every entry")
 
 
-def _ngd_primal_step(
-    problem: pde.Problem, params: dict[str, torch.Tensor], grid: tuple[float, ...], settings: Training
-) -> float:
-    """One ENGD step on the primal route (natural_gradient + the optimizer's grid line search); the loss."""
-    theta = {k: v.detach() for k, v in params.items()}
-    result = ng.natural_gradient(
-        problem.linearize(theta, memory_budget=None),
-        theta,
-        lambda r: 0.5 * r.pow(2).sum(),
-        inverse=ng.MoorePenrose(rtol=settings.primal_rtol),
-        method="primal",
-        memory_budget=settings.primal_memory_budget,
-    )
-    loss0 = float(result.loss)
-
-    def loss_at(alpha: float) -> float:
-        trial = {k: theta[k] - alpha * result.direction[k] for k in theta}
-        return float(problem.loss(trial))
-
-    alpha, _ = grid_search(loss_at, loss0, grid)
-    with torch.no_grad():
-        for k, p in params.items():
-            p.sub_(alpha * result.direction[k])
-    return loss0
-
-
 def train(
     method: str,
     steps: int,
@@ -134,22 +110,34 @@ def train(
     def loss_of_model() -> torch.Tensor:
         return problem.loss(named)
 
-    if method == "ngd":
+    if method in ("ngd", "ngd-primal"):
+
+        def primal_factorize(
+            forward: Any, theta: dict[str, torch.Tensor], metric: Any, inverse: Any, route: str
+        ) -> ng.GramFactorization:
+            # the d×d matrices of the forced primal route may need more than the engine's default budget
+            return ng.factorize(
+                forward, theta, metric, inverse, route, memory_budget=settings.primal_memory_budget
+            )
+
         opt: Any = NGD(
             module.named_parameters(),
             lr=1.0,
             line_search="grid",
             line_search_grid=grid,
-            inverse=ng.MoorePenrose(rtol=settings.rtol),
+            inverse=(
+                ng.MoorePenrose(rtol=settings.primal_rtol)
+                if method == "ngd-primal"
+                else None
+                if settings.rtol is None
+                else ng.MoorePenrose(rtol=settings.rtol)
+            ),
+            method="auto" if method == "ngd" else "primal",
+            factorize=primal_factorize if method == "ngd-primal" else None,
         )
 
         def step() -> float:
             return float(opt.step(problem))
-
-    elif method == "ngd-primal":
-
-        def step() -> float:
-            return _ngd_primal_step(problem, named, grid, settings)
 
     elif method == "adam":
         opt = torch.optim.Adam(module.parameters(), lr=settings.adam_lr)

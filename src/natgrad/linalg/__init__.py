@@ -2,6 +2,7 @@
 
 from natgrad.linalg._inverses import Damped, GInverse, Inverse, MinNorm, MoorePenrose, default_rtol
 from natgrad.linalg._krylov import KrylovInfo, cg, lsqr
+from natgrad.linalg._precision import residual_rtol
 
 __all__ = [
     "Damped",
@@ -13,4 +14,5 @@ __all__ = [
     "cg",
     "default_rtol",
     "lsqr",
+    "residual_rtol",
 ]

@@ -29,12 +29,15 @@ from torch.func import jvp
 
 import natgrad as ng
 from natgrad._loss import output_gradient
+from natgrad.exceptions import NatgradError
+from natgrad.linalg import residual_rtol
 
 from ._curvature import Curvature, resolve_curvature
 from ._damping import LevenbergMarquardt, reduction_ratio
 from ._errors import NGDStepError
 from ._line_search import FullStep, LineProblem, LineSearch
 from ._momentum import add_prior, shifted_loss
+from ._routing import RecordingForward, step_factorization
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
 Loss = Callable[[Tensor], Tensor]
@@ -68,7 +71,9 @@ class StepSettings:
         damping_rule: the `LevenbergMarquardt` rule.
         line_search: the step-size strategy.
         metric: ``"auto"`` or a natgrad metric.
-        inverse: generalized inverse used when λ = 0 (None: Moore–Penrose).
+        inverse: generalized inverse used when λ = 0 (None: Moore–Penrose, with the cutoff
+            `natgrad.linalg.residual_rtol` when the metric is Euclidean — G = JᵀJ of residuals — else the
+            engine's default).
         mc_samples: Monte-Carlo Fisher sample count, or None.
         method: engine route.
         max_attempts: solves per step when rejected steps are retried with more damping (≥ 1).
@@ -109,13 +114,14 @@ class StepProblem:
 
 @dataclass(frozen=True)
 class Solved:
-    """What a solve returns: v = G⁻∇ (by name), J v, the gradient, rank and route."""
+    """What a solve returns: v = G⁻∇ (by name), J v, the gradient, rank, route and a matrix-free certificate."""
 
     direction: dict[str, Tensor]
     pushforward: Tensor
     gradient: dict[str, Tensor]
     rank: int | None
     method: str
+    certificate: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,8 +147,13 @@ Factorize = Callable[[Forward, dict[str, Tensor], Any, Any, str], Factorized]
 def engine_factorize(
     forward: Forward, theta: dict[str, Tensor], metric: Any, inverse: Any, method: str
 ) -> Factorized:
-    """The default: `natgrad.factorize` of G = JᵀgJ at θ, reused by every solve of the step."""
-    return ng.factorize(forward, theta, metric, inverse, method)
+    """The default: `natgrad.factorize` of G = JᵀgJ at θ, reused by every solve of the step.
+
+    With ``method="auto"``, a damped step on a large module problem is factorised by the matrix-free
+    ``structured-krylov`` route (see ``natgrad.optim._routing``); otherwise ``auto`` chooses as everywhere.
+    """
+    preferred = step_factorization(forward, theta, metric, inverse, method)
+    return preferred if preferred is not None else ng.factorize(forward, theta, metric, inverse, method)
 
 
 def ngd_step(
@@ -161,7 +172,8 @@ def ngd_step(
         ValueError: the loss is not finite at θ or not a scalar.
         NGDStepError: the step cannot be computed or would make a parameter non-finite.
     """
-    forward, theta, loss = problem.forward, problem.theta, problem.loss
+    # the first call tells whether forward is one module call (the structured routes' problem, ``_routing``)
+    forward, theta, loss = RecordingForward(problem.forward), problem.theta, problem.loss
     z0 = _outputs(forward, theta)
     loss0 = scalar_loss(loss, z0)
     curvature = resolve_curvature(settings.metric, loss, z0, settings.mc_samples, problem.generator)
@@ -190,19 +202,21 @@ def ngd_step(
             cached["floor"] = precision_floor(model, theta, curvature, z0.dtype)
         return cached["floor"]
 
+    inverse = _inverse(state.damping, curvature, settings.inverse, z0, theta)
+    # the residual cutoff of NGD's default inverse, under a line search that can tell a step it does not trust
+    refined = (
+        settings.inverse is None
+        and isinstance(inverse, ng.MoorePenrose)
+        and inverse != ng.MoorePenrose()
+        and not isinstance(line_search, FullStep)
+    )
     with _solver_errors(loss0):
-        fac = factorize(
-            model,
-            theta,
-            curvature.metric,
-            _inverse(state.damping, curvature, settings.inverse),
-            settings.method,
-        )
-    damping, attempts = state.damping, 0
-    while True:
-        attempts += 1
+        fac = factorize(model, theta, curvature.metric, inverse, settings.method)
+
+    def attempt(fac: Factorized, damping: float, first: bool) -> _Attempt:
+        """Solve on ``fac`` with ``damping`` (its own inverse when ``first``) and search along the direction."""
         with _solver_errors(loss0):
-            solved = _solve(fac, engine_loss, damping, curvature, attempts == 1)
+            solved = _solve(fac, engine_loss, damping, curvature, first)
         direction = add_prior(solved.direction, prior)
         _check_direction(direction, solved, model, theta, loss0)
         _check_update(theta, direction, problem.lr)
@@ -213,13 +227,39 @@ def ngd_step(
             slope = float((grad_z * jd).sum())  # ⟨∇L, d⟩ = ⟨∇_z L, J d⟩
             curvature_term = curvature.scale * float((jd * curvature.matvec(jd)).sum())  # dᵀ (sG) d
 
-        def loss_at(alpha: float, step_vec: dict[str, Tensor] = step_vec) -> float:
+        def loss_at(alpha: float) -> float:
             trial = {name: t - alpha * step_vec[name] for name, t in theta.items()}
             return float(loss(forward(trial)).detach())
 
         alpha, loss_new = line_search.search(LineProblem(loss_at, loss0, slope, curvature_term))
+        return _Attempt(damping, solved, direction, step_vec, slope, curvature_term, loss_at, alpha, loss_new)
+
+    damping, attempts = state.damping, 0
+    while True:
+        attempts += 1
+        tried = attempt(fac, damping, attempts == 1)
+        solved, direction, step_vec, loss_at, alpha, loss_new = (
+            tried.solved,
+            tried.direction,
+            tried.step_vec,
+            tried.loss_at,
+            tried.alpha,
+            tried.loss_new,
+        )
+        slope, curvature_term = tried.slope, tried.curvature_term
         if not adapts:
-            next_damping, ratio, trial_loss = damping, None, loss_new
+            if refined and alpha < SHORT_STEP:
+                # v keeps directions of curvature down to the rounding of JᵀJ, and the search had to cut it
+                # short: the linearisation does not hold that far yet (a PINN's nonlinear phase). Also search
+                # along the direction of the engine's default cutoff, and keep whichever lowers the loss more.
+                with _solver_errors(loss0):
+                    coarse = factorize(model, theta, curvature.metric, ng.MoorePenrose(), settings.method)
+                other = attempt(coarse, damping, True)
+                attempts += 1
+                if other.loss_new is not None and (loss_new is None or other.loss_new < loss_new):
+                    solved, direction, step_vec = other.solved, other.direction, other.step_vec
+                    alpha, loss_new = other.alpha, other.loss_new
+            next_damping, ratio, trial_loss = state.damping, None, loss_new
             break
         trial_loss = loss_new = _finite_or_inf(loss_at(alpha)) if loss_new is None else loss_new
         predicted = alpha * slope - 0.5 * alpha**2 * curvature_term
@@ -252,8 +292,29 @@ def ngd_step(
         "ratio": ratio,
         "rank": solved.rank,
         "method": solved.method,
+        "certificate": solved.certificate,
     }
     return StepOutcome(update, StepState(next_damping, momentum), info)
+
+
+# A searched step shorter than this fraction of v: v leaves the region where the linearisation holds by orders
+# of magnitude (the nonlinear phase of a PINN, with directions of tiny curvature kept).
+SHORT_STEP = 2.0**-10
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One solve and the line search along it."""
+
+    damping: float
+    solved: Solved
+    direction: dict[str, Tensor]
+    step_vec: dict[str, Tensor]
+    slope: float
+    curvature_term: float
+    loss_at: Callable[[float], float]
+    alpha: float
+    loss_new: float | None
 
 
 def _next_damping(
@@ -287,17 +348,25 @@ def _reuses(fac: Factorized, damping: float, curvature: Curvature) -> bool:
 def _solve(fac: Factorized, loss: Loss, damping: float, curvature: Curvature, first: bool) -> Solved:
     # the first solve uses the inverse the factorisation was made for; retries override the damping
     result = fac.solve(loss) if first else fac.solve(loss, inverse=ng.Damped(damping / curvature.scale))
+    info = getattr(result, "info", None) or {}
     return Solved(
-        dict(result.direction), result.pushforward, dict(result.gradient), result.rank, result.method
+        dict(result.direction),
+        result.pushforward,
+        dict(result.gradient),
+        result.rank,
+        result.method,
+        info.get("certificate"),
     )
 
 
 @contextmanager
 def _solver_errors(loss0: float) -> Iterator[None]:
-    """Solver failures (an eigh that does not converge, a non-finite solve) as `NGDStepError`."""
+    """Solver failures as `NGDStepError`: an eigh that does not converge, a non-finite solve, every spectral
+    fallback failing (``FactorizationError``), a Krylov solve that cannot certify its tolerance
+    (``ConvergenceError``)."""
     try:
         yield
-    except (ValueError, torch.linalg.LinAlgError) as error:
+    except (ValueError, torch.linalg.LinAlgError, NatgradError) as error:
         kind = (
             "torch.linalg.LinAlgError"
             if isinstance(error, torch.linalg.LinAlgError)
@@ -376,11 +445,15 @@ def _scaled(loss: Loss, scale: float) -> Loss:
     return lambda z: loss(z) / scale
 
 
-def _inverse(damping: float, curvature: Curvature, inverse: Any) -> Any:
+def _inverse(damping: float, curvature: Curvature, inverse: Any, z0: Tensor, theta: dict[str, Tensor]) -> Any:
     # damping λ acts on the loss's own curvature s·G: (sG + λI)⁻¹ ∇ = (G + λ/s I)⁻¹ ∇/s
     if damping > 0:
         return ng.Damped(damping / curvature.scale)
-    return inverse if inverse is not None else ng.MoorePenrose()
+    if inverse is not None:
+        return inverse
+    if isinstance(curvature.metric, ng.metrics.Euclidean):  # G = JᵀJ: the cutoff of its measured rounding
+        return ng.MoorePenrose(rtol=residual_rtol(z0.dtype, z0.numel(), ng.num_params(theta)))
+    return ng.MoorePenrose()
 
 
 def _momentum_prior(state: StepState, problem: StepProblem) -> dict[str, Tensor] | None:

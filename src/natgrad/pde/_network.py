@@ -124,6 +124,13 @@ class Network:
         self.module = module
         self.input_dim = input_dim
         self._plan = _forward_plan(module)
+        if self._plan is not None:  # a Sequential stack: its first layer says what it takes
+            first_layer = cast(nn.Linear, module.get_submodule(cast(str, self._plan[0])))
+            if first_layer.in_features != input_dim:
+                raise ValueError(
+                    f"pde.Network: input_dim={input_dim} but the first layer {self._plan[0]!r} takes "
+                    f"{first_layer.in_features} input(s); pass input_dim={first_layer.in_features} or omit it"
+                )
         self.forward_propagation = self._plan is not None
 
     def params(self) -> dict[str, Tensor]:

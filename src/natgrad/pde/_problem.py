@@ -165,6 +165,21 @@ class Problem:
 
     __call__ = residuals
 
+    def _check_finite(self, r: Tensor) -> None:
+        """Raise naming the first condition whose residual is NaN or inf at θ (nothing is linearised on it)."""
+        start = 0
+        for c in self.conditions:
+            part = r[start : start + c.points.shape[0]]
+            start += c.points.shape[0]
+            bad = ~torch.isfinite(part)
+            if bool(bad.any()):
+                first = c.points[int(bad.nonzero()[0, 0])].tolist()
+                raise ValueError(
+                    f"pde.Problem.linearize: the residual of condition {c.label!r} is NaN or inf at "
+                    f"{int(bad.sum())} of {part.numel()} point(s) (the first at x = {first}); check the source "
+                    "terms and data the residual uses there"
+                )
+
     def loss(self, params: Params) -> Tensor:
         """½‖r(θ)‖² = Σ_k (w_k/2) mean_i ρ_k²."""
         return 0.5 * self.residuals(params).pow(2).sum()
@@ -202,7 +217,9 @@ class Problem:
         itemsize = next(iter(params.values())).element_size()
         if memory_budget is not None and self.num_residuals * d * itemsize > memory_budget:
             return self.residuals
-        return LinearisedResiduals(self.residuals(params).detach(), self.jacobian(params), params)
+        r0 = self.residuals(params).detach()
+        self._check_finite(r0)
+        return LinearisedResiduals(r0, self.jacobian(params), params)
 
 
 class LinearisedResiduals:
