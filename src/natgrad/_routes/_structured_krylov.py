@@ -133,17 +133,22 @@ class StructuredKrylovFactorization(Factorization):
         self.certificate: dict = {"refinements": 0, "residual": None}
         self.last_jv = None
 
-    def _coefficients(self, rhs: Tensor, damping: float | None) -> Tensor:
-        return self.kernel.pinv(rhs) if damping is None else self.kernel.damped(rhs, damping)
+    def _coefficients(self, rhs: Tensor, damping: float | None, tol: float | None = None) -> Tensor:
+        return self.kernel.pinv(rhs, tol) if damping is None else self.kernel.damped(rhs, damping, tol)
 
     def _certified(self, c: Tensor, damping: float | None) -> Tensor:
-        """v = Aᵀ y for y = K⁺c (or (K + λI)⁻¹c), refined against the pushforward residual ‖c − A v − λy‖."""
+        """v = Aᵀ y for y = K⁺c (or (K + λI)⁻¹c), refined against the pushforward residual ‖c − A v − λy‖.
+
+        Refinement adds Aᵀδy to v (accumulated in float64) instead of recomputing Aᵀy: in the model's dtype the
+        VJP's rounding is about eps·‖A‖‖y‖, which for a float32 model and an ill-conditioned K is well above
+        eps·‖v‖; the correction's VJP only rounds at the size of δy.
+        """
         problem, tol = self.problem, self.problem.tol
         y = self._coefficients(c, damping)
+        v = self.at(y).to(WORK)
         complete = damping is None and self.kernel.partial.complete
         for attempt in range(REFINEMENTS + 1):
-            v = self.at(y)
-            jv = problem.lin.jvp(v)
+            jv = problem.lin.jvp(v.to(self.model_dtype))
             av = problem.metric.factor_t_matmul(jv).to(WORK)
             if not self._agrees(y, av):
                 self.context.release()
@@ -157,7 +162,12 @@ class StructuredKrylovFactorization(Factorization):
             # range(A), which no v can reproduce: the residual is reported, not required.
             if residual <= tol or complete or attempt == REFINEMENTS:
                 break
-            y = y + self._coefficients(residual_vec, damping)
+            # The correction only has to remove what is left (with a margin): not the full tolerance again.
+            correction = self._coefficients(
+                residual_vec, damping, min(0.5, 0.5 * tol / max(residual, 1e-300))
+            )
+            y = y + correction
+            v = v + self.at(correction).to(WORK)
             self.certificate["refinements"] = attempt + 1
         if residual > tol and not complete:
             raise KernelSolveError(
@@ -168,7 +178,7 @@ class StructuredKrylovFactorization(Factorization):
         self.last_jv = jv
         if damping is None:
             self._note_rank()
-        return v
+        return v.to(self.model_dtype)
 
     def _note_rank(self) -> None:
         """The retained rank is known when the factorisation completed (the cutoff then applied literally)."""
