@@ -47,6 +47,7 @@ from _env import environment, write_json_atomic  # noqa: E402
 
 import natgrad as ng  # noqa: E402
 
+BUDGET = 6 * 2**30  # memory_budget of every natgrad call (the dense routes refuse larger r themselves)
 DENSE_MAX_R = 9 * 1024  # the dense r × r kernels (the structured route and the float64 answer) up to here
 CG_CHECK = 10  # CG iterations between checks of the pushforward residual
 LATENT = 16
@@ -137,13 +138,17 @@ class Float64Check:
     def reference(self) -> torch.Tensor:
         """natgrad's float64 dense structured answer (r × r kernel)."""
         phi, params = ng.from_module(self.model, self.x)
-        res = ng.natural_gradient(phi, params, _loss(self.y), ng.metrics.Categorical(), method="structured")
+        res = ng.natural_gradient(
+            phi, params, _loss(self.y), ng.metrics.Categorical(), method="structured", memory_budget=BUDGET
+        )
         return ng.flatten_params(res.direction)
 
 
 def natgrad_step(model, x, y, method: str, tol: float) -> tuple[torch.Tensor, dict]:
     phi, params = ng.from_module(model, x)
-    res = ng.natural_gradient(phi, params, _loss(y), ng.metrics.Categorical(), method=method, tol=tol)
+    res = ng.natural_gradient(
+        phi, params, _loss(y), ng.metrics.Categorical(), method=method, tol=tol, memory_budget=BUDGET
+    )
     return ng.flatten_params(res.direction), res.info
 
 
@@ -356,6 +361,7 @@ def main() -> None:
         "tol": args.tol,
         "cost_clock": "CUDA wall-clock" if device.type == "cuda" else "process CPU time",
         "malloc": MALLOC,
+        "memory_budget_bytes": BUDGET,
         "peers": {"curvlinops": _version("curvlinops-for-pytorch")},
     }
     rows: list[dict] = []
