@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -197,7 +198,9 @@ def curvlinops_cg(
     }
 
 
-def measure_case(n: int, inputs: str, device: torch.device, tol: float, peers: bool, cg_max: float) -> dict:
+def measure_case(
+    n: int, inputs: str, device: torch.device, tol: float, peers: bool, cg_max: float, cg_ratio: float
+) -> dict:
     """One case, every method, in this process."""
     # One-off imports that the first torch.func call and the first JVP trigger (seconds): not a step's cost.
     import torch._decomp.decompositions_for_jvp  # noqa: F401
@@ -234,13 +237,17 @@ def measure_case(n: int, inputs: str, device: torch.device, tol: float, peers: b
                 row[method] = {"skipped": f"{error}; pip install '.[benchmark]'"}
                 continue
             target = max(tol, krylov_residual)
+            # CG stops at cg_ratio times the matrix-free route's cost: "not reached" then means "that much dearer".
+            krylov_cost = row.get("structured-krylov", {}).get("gradients")
+            cap = cg_max if krylov_cost is None else min(cg_max, cg_ratio * krylov_cost)
             out, _, peak = measured(
-                lambda t=target: curvlinops_cg(model, x, y, check, t, cg_max * gradient_s, device), device
+                functools.partial(curvlinops_cg, model, x, y, check, target, cap * gradient_s, device), device
             )
             v = out.pop("direction")
             entry = {
                 **out,
                 "target_residual": target,
+                "cap_gradients": cap,
                 "gradients": out["seconds"] / gradient_s,
                 "peak_rss_growth_mib": peak,
             }
@@ -313,14 +320,8 @@ def run_child(n: int, inputs: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         cmd = [sys.executable, __file__, "--child", str(n), inputs, str(out), "--device", args.device]
-        cmd += [
-            "--tol",
-            str(args.tol),
-            "--threads",
-            str(args.threads),
-            "--cg-max-gradients",
-            str(args.cg_max_gradients),
-        ]
+        cmd += ["--tol", str(args.tol), "--threads", str(args.threads)]
+        cmd += ["--cg-max-gradients", str(args.cg_max_gradients), "--cg-ratio", str(args.cg_ratio)]
         cmd += ["--no-peers"] if args.no_peers else []
         env = {
             **os.environ,
@@ -343,6 +344,10 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-6)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cg-max-gradients", type=float, default=3000.0, help="CG's cost cap, in gradients")
+    parser.add_argument(
+        "--cg-ratio", type=float, default=12.0, help="CG's cost cap as a multiple of structured-krylov's cost"
+    )
+    parser.add_argument("--append", action="store_true", help="keep the rows of --out for other cases")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale.json")
     parser.add_argument("--child", nargs=3, metavar=("N", "INPUTS", "FILE"), help=argparse.SUPPRESS)
@@ -351,7 +356,9 @@ def main() -> None:
     device = torch.device(args.device)
     if args.child:
         n, inputs, out = int(args.child[0]), args.child[1], Path(args.child[2])
-        row = measure_case(n, inputs, device, args.tol, not args.no_peers, args.cg_max_gradients)
+        row = measure_case(
+            n, inputs, device, args.tol, not args.no_peers, args.cg_max_gradients, args.cg_ratio
+        )
         out.write_text(json.dumps(row))
         return
     cases = [(n, "gaussian") for n in [*args.sizes, *([16384] if args.full else [])]]
@@ -365,9 +372,14 @@ def main() -> None:
         "peers": {"curvlinops": _version("curvlinops-for-pytorch")},
     }
     rows: list[dict] = []
+    if args.append and args.out.exists():
+        rows = [
+            row for row in json.loads(args.out.read_text())["rows"] if (row["N"], row["inputs"]) not in cases
+        ]
     for n, inputs in cases:
         rows.append(run_child(n, inputs, args))
         print(json.dumps(rows[-1]), flush=True)
+        rows.sort(key=lambda row: (row["inputs"], row["N"]))
         write_json_atomic(args.out, {"environment": record, "rows": rows, "crossover": crossover(rows)})
     figure(rows, args.out.with_suffix(".png"))
 
