@@ -306,7 +306,8 @@ def figure(rows: list[dict], path: Path) -> None:
                 if row["inputs"] == inputs and "gradients" in row.get(method, {})
             ]
             if pts:
-                ax.loglog(*zip(*pts, strict=True), style, label=f"{method} ({inputs})")
+                color = f"C{METHODS.index(method)}"
+                ax.loglog(*zip(*pts, strict=True), style, color=color, label=f"{method} ({inputs})")
     ax.set_xlabel("N (r = 9N)")
     ax.set_ylabel("one exact step [gradients]")
     ax.legend(fontsize=7)
@@ -348,12 +349,18 @@ def main() -> None:
         "--cg-ratio", type=float, default=12.0, help="CG's cost cap as a multiple of structured-krylov's cost"
     )
     parser.add_argument("--append", action="store_true", help="keep the rows of --out for other cases")
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", help="combine these results files (cases run in parallel) into --out"
+    )
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale.json")
     parser.add_argument("--child", nargs=3, metavar=("N", "INPUTS", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     if args.child:
         n, inputs, out = int(args.child[0]), args.child[1], Path(args.child[2])
         row = measure_case(
@@ -382,6 +389,22 @@ def main() -> None:
         rows.sort(key=lambda row: (row["inputs"], row["N"]))
         write_json_atomic(args.out, {"environment": record, "rows": rows, "crossover": crossover(rows)})
     figure(rows, args.out.with_suffix(".png"))
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One results file from several runs: their rows (the last run of a case wins) and environment records."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    rows = {(row["N"], row["inputs"]): row for run in runs for row in run["rows"]}
+    ordered = sorted(rows.values(), key=lambda row: (row["inputs"], row["N"]))
+    environments = [env for run in runs for env in run.get("runs", [run["environment"]])]
+    data = {
+        "environment": environments[-1],
+        "runs": environments,
+        "rows": ordered,
+        "crossover": crossover(ordered),
+    }
+    write_json_atomic(out, data)
+    figure(ordered, out.with_suffix(".png"))
 
 
 def _version(package: str) -> str | None:
