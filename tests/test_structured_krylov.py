@@ -241,3 +241,10 @@ def test_float32_reaches_tol_past_the_products_rounding_floor(monkeypatch):
     assert any(s.get("at_rounding_floor") for s in res.info["kernel_solves"])
     v = ng.flatten_params(res.direction).double()
     assert relative_error(v, ng.flatten_params(ref.direction)) <= 1e-5
+    # The certificate's claim, checked in float64: the true residual of the float32 direction is within it.
+    z64 = phi64(params64).detach().requires_grad_(True)
+    local = ng.metrics.Categorical().at(z64.detach())
+    c = local.factor_solve(torch.autograd.grad(loss(z64), z64)[0].reshape(-1))
+    av = local.factor_t_matmul(ng.reference.gram(phi64, params64)["J"] @ v)
+    true_residual = float((av - c).norm() / c.norm())
+    assert true_residual <= max(cert["residual"], cert["rounding_floor"])

@@ -12,7 +12,9 @@ Aᵀ w + ∇/λ with w = (K + λI)⁻¹y₀ − y₀/λ, y₀ = K⁺A∇. MinNor
 layer formulas do not give: that problem is handed to the krylov route (``info["fallback"] == "krylov"``).
 
 Certificate (``info["certificate"]``): the relative residual ‖A v − c‖/‖c‖ measured with the true A through the
-pushforward J v (returned anyway), the products with K, the preconditioner's rank and whether it was complete.
+pushforward J v (returned anyway), the products with K, the preconditioner's rank and whether it was complete,
+and ``rounding_floor`` ≈ eps·‖A‖‖v‖/‖c‖, the residual the model's arithmetic can resolve at all: a residual read
+below it certifies no more than the floor (float32 at very large r, where K is ill-conditioned).
 Iterative refinement against that residual runs when the kernel solve met its tolerance but the pushforward
 residual did not; a result that still misses the tolerance raises ``KernelSolveError`` (a ``ConvergenceError``).
 The layered products are checked against the true A with a generic probe before any solve, and with the solve's
@@ -130,7 +132,7 @@ class StructuredKrylovFactorization(Factorization):
         return self._agrees(w, self.a(self.at(w)))
 
     def begin(self) -> None:
-        self.certificate: dict = {"refinements": 0, "residual": None}
+        self.certificate: dict = {"refinements": 0, "residual": None, "rounding_floor": None}
         self.last_jv = None
 
     def _coefficients(self, rhs: Tensor, damping: float | None, tol: float | None = None) -> Tensor:
@@ -175,6 +177,14 @@ class StructuredKrylovFactorization(Factorization):
                 f"{residual:.3g} > tol {tol:.3g} after {self.certificate['refinements']} refinements; loosen tol, "
                 "raise max_iter or memory_budget, or use method='structured'"
             )
+        # What the model's arithmetic can certify: the JVP of v (and v's own rounding) carry an error of about
+        # eps·‖A‖‖v‖, so a measured residual below this floor is not evidence of a smaller true one (an
+        # ill-conditioned float32 kernel at large r can sit far above tol while the measurement reads below it).
+        self.certificate["rounding_floor"] = (
+            torch.finfo(self.model_dtype).eps
+            * self.kernel.largest**0.5
+            * float(torch.linalg.vector_norm(v) / torch.linalg.vector_norm(c).clamp_min(1e-300))
+        )
         self.last_jv = jv
         if damping is None:
             self._note_rank()
