@@ -308,7 +308,15 @@ def figure(rows: list[dict], path: Path) -> None:
             if pts:
                 color = f"C{METHODS.index(method)}"
                 ax.loglog(*zip(*pts, strict=True), style, color=color, label=f"{method} ({inputs})")
+            capped = [
+                (row["N"], row[method]["gradients"])
+                for row in rows
+                if row["inputs"] == inputs and row.get(method, {}).get("reached") is False
+            ]
+            if capped:  # stopped at its cost cap before reaching the residual: a lower bound
+                ax.loglog(*zip(*capped, strict=True), "^", color=color, markersize=11, fillstyle="none")
     ax.set_xlabel("N (r = 9N)")
+    ax.set_title("open triangles: CG stopped at its cap, residual not reached", fontsize=7)
     ax.set_ylabel("one exact step [gradients]")
     ax.legend(fontsize=7)
     fig.tight_layout()
