@@ -37,6 +37,9 @@ class SolveInfo(TypedDict, total=False):
         spectral_fallback: present only when an eigh/SVD of G, K or A failed in the model's dtype (LAPACK did
             not converge, or non-finite factors): the attempt that succeeded, "float64" or "float64-shifted".
         coupled_examples: phi from ``from_module`` with BatchNorm using batch statistics: which layers.
+        chunked: structured route, present when K was assembled over chunks of examples because the per-layer
+            factors of all examples exceed the memory budget: ``chunks``, ``examples_per_chunk`` and
+            ``emissions`` (chunk factor emissions, c + (c − 1)(c − 2)/2 for c chunks).
     """
 
     consistent: bool
@@ -54,6 +57,7 @@ class SolveInfo(TypedDict, total=False):
     jvp: str
     coupled_examples: str
     spectral_fallback: str
+    chunked: dict[str, int]
 
 
 @dataclass(frozen=True)

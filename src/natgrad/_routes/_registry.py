@@ -91,8 +91,9 @@ def check_memory(call: str, requested: Route, problem: Problem) -> None:
     suggestion = next(route for route in candidates if fits_problem(route, problem))
     held = need(actual, problem) - actual.memory(r, d, problem.itemsize)
     layers = f" (of which {format_bytes(held)} per-layer factors)" if held else ""
+    note = getattr(actual, "memory_note", None)  # optional: why the route's own economies do not help
     raise MemoryBudgetError(
         f"{call}: method={requested.name!r} needs about {format_bytes(need(actual, problem))}{layers} for r={r} weighted outputs and "
-        f"d={d} parameters, over the memory budget of {format_bytes(budget)}; use method={suggestion.name!r} "
-        "or raise memory_budget"
+        f"d={d} parameters, over the memory budget of {format_bytes(budget)}{'' if note is None else note(problem)}; "
+        f"use method={suggestion.name!r} or raise memory_budget"
     )

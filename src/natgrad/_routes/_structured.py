@@ -7,6 +7,10 @@ kernel A h⁻¹ Aᵀ, which the layer formulas do not give: that problem is hand
 (``info["fallback"] == "dual"``); the result is the same.
 
 Every result is checked a posteriori against the true A through the pushforward J v the caller needs anyway.
+
+When K fits the memory budget but the per-layer factors of all examples do not, K is assembled block by block
+over chunks of examples (``models.structured._chunked``: two chunks resident, about c/2 emissions of the
+factors for c chunks) and Aᵀy is formed chunk by chunk; ``info["chunked"]`` records the plan.
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ from natgrad.metrics._base import DiagonalLocal
 from natgrad.metrics._categorical import _CategoricalLocal
 from natgrad.models import ModuleRecord
 from natgrad.models._module import structured_obstacle
-from natgrad.models.structured import StructuredContext, factor_bytes, structured_kernel
+from natgrad.models.structured import (
+    ChunkedAssembly,
+    ChunkPlan,
+    StructuredContext,
+    factor_bytes,
+    plan_chunks,
+    structured_kernel,
+)
 
 
 def factor_for(local: LocalMetric, output: Tensor) -> Tensor:
@@ -96,6 +107,41 @@ def layer_factor_bytes(problem: Problem) -> int:
     return problem.factor_bytes
 
 
+def _dense_factor_bytes(problem: Problem) -> int:
+    """The dense n × r factor's bytes (0 for a per-example block factor), part of ``layer_factor_bytes``."""
+    z = problem.lin.z
+    blocks = factor_for(problem.metric, z).dim() == 3
+    return 0 if blocks else problem.itemsize * z.numel() * problem.r
+
+
+def _num_examples(problem: Problem) -> int:
+    z = problem.lin.z
+    return z.shape[0] if z.dim() > 0 else 1
+
+
+def _chunked_resident(problem: Problem) -> int:
+    """What the chunked assembly keeps whatever the chunk size: a dense factor D (n × r) and one r × r product."""
+    dense = _dense_factor_bytes(problem)
+    return dense + 8 * problem.r**2 if dense else 0
+
+
+def chunk_plan(problem: Problem) -> ChunkPlan | None:
+    """Chunks for the dense assembly when K fits the budget but the factors of all examples do not, else None.
+
+    None also when not even a one-example chunk fits beside K (the route is then refused).
+    """
+    r, d, itemsize, budget = problem.r, problem.d, problem.itemsize, problem.budget
+    kernel = STRUCTURED.memory(r, d, itemsize)
+    held = layer_factor_bytes(problem)
+    if kernel + held <= budget:
+        return None
+    examples, z = _num_examples(problem), problem.lin.z
+    factor = factor_for(problem.metric, z)
+    rows_per_example = factor.shape[2] if factor.dim() == 3 else z.numel() // max(1, examples)
+    available = budget - kernel - _chunked_resident(problem)
+    return plan_chunks(held - _dense_factor_bytes(problem), examples, rows_per_example, available)
+
+
 class _KernelMismatch(Exception):
     """The layer kernel disagrees with products by A (see ``StructuredFactorization.certify``)."""
 
@@ -132,22 +178,37 @@ class StructuredFactorization(KernelFactorization):
         # bug and propagates.
         # Contracted and solved in float64 whatever the model's dtype: r ≤ a few thousand costs little, and the
         # eigenvalues then carry no float32 assembly or eigh error (see ``linalg._precision``).
-        with self.record.calling():  # the output selection of from_module, as in phi
-            kernel, context = structured_kernel(
+        plan = chunk_plan(problem)
+        context: StructuredContext | ChunkedAssembly
+        if plan is None:
+            with self.record.calling():  # the output selection of from_module, as in phi
+                kernel, context = structured_kernel(
+                    self.record.module,
+                    self.record.args,
+                    factor_for(problem.metric, z),
+                    check_outside=check_outside,
+                    dtype=torch.float64,
+                    kwargs=self.record.kwargs,
+                )
+        else:
+            context = ChunkedAssembly(
                 self.record.module,
                 self.record.args,
+                self.record.kwargs,
+                z,
                 factor_for(problem.metric, z),
+                plan.examples_per_chunk,
                 check_outside=check_outside,
-                dtype=torch.float64,
-                kwargs=self.record.kwargs,
+                calling=self.record.calling,
             )
+            kernel = context.kernel(torch.float64)
         self.model_eps = torch.finfo(z.dtype).eps
         if kernel.shape != (problem.r, problem.r):
             context.release()
             raise StructuredUnsupported(
                 f"the layer kernel has shape {tuple(kernel.shape)}, expected ({problem.r}, {problem.r})"
             )
-        self.context: StructuredContext = context
+        self.context: StructuredContext | ChunkedAssembly = context
         names = list(problem.params)
 
         def at_matvec(y: Tensor) -> Tensor:
@@ -209,12 +270,15 @@ class StructuredFactorization(KernelFactorization):
         return jv
 
     def info(self) -> SolveInfo:
-        return {
+        info: SolveInfo = {
             "kernel_routes": dict(self.context.routes),
             "kernel_solve": self.inverse.method,
             "rtol": self.rtol,
             **spectral_info(self.inverse),
         }
+        if isinstance(self.context, ChunkedAssembly):
+            info["chunked"] = self.context.info()
+        return info
 
     def release(self) -> None:
         self.context.release()
@@ -232,7 +296,25 @@ class StructuredRoute:
         return 8 * 3 * r * r + itemsize * 8 * (r + d)  # K is held in float64
 
     def held_memory(self, problem: Problem) -> int:
-        return layer_factor_bytes(problem)
+        """The per-layer factors of all examples, or of two chunks when the chunked assembly is planned."""
+        plan = chunk_plan(problem)
+        return layer_factor_bytes(problem) if plan is None else plan.held + _chunked_resident(problem)
+
+    def memory_note(self, problem: Problem) -> str:
+        """Why the chunked assembly does not help either, for the budget error."""
+        from natgrad._routes._registry import format_bytes  # the registry imports this module
+
+        kernel = self.memory(problem.r, problem.d, problem.itemsize)
+        if kernel > problem.budget:
+            return f"; K (r × r, float64) and its eigenvectors alone need {format_bytes(kernel)}"
+        examples = _num_examples(problem)
+        if examples < 2:
+            return "; the per-layer factors of a single example cannot be assembled in chunks"
+        per_example = (layer_factor_bytes(problem) - _dense_factor_bytes(problem)) / examples
+        return (
+            "; assembling K chunk by chunk does not fit either: K and two one-example chunks of the "
+            f"per-layer factors (about {format_bytes(per_example)} per example) exceed it"
+        )
 
     def auto_rank(self, r: int, d: int) -> int | None:
         return 0 if r < d else None  # K without A: preferred whenever it applies

@@ -29,12 +29,14 @@ from torch.func import jvp
 
 import natgrad as ng
 from natgrad._loss import output_gradient
+from natgrad.exceptions import NatgradError
 
 from ._curvature import Curvature, resolve_curvature
 from ._damping import LevenbergMarquardt, reduction_ratio
 from ._errors import NGDStepError
 from ._line_search import FullStep, LineProblem, LineSearch
 from ._momentum import add_prior, shifted_loss
+from ._routing import RecordingForward, step_factorization
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
 Loss = Callable[[Tensor], Tensor]
@@ -109,13 +111,14 @@ class StepProblem:
 
 @dataclass(frozen=True)
 class Solved:
-    """What a solve returns: v = G⁻∇ (by name), J v, the gradient, rank and route."""
+    """What a solve returns: v = G⁻∇ (by name), J v, the gradient, rank, route and a matrix-free certificate."""
 
     direction: dict[str, Tensor]
     pushforward: Tensor
     gradient: dict[str, Tensor]
     rank: int | None
     method: str
+    certificate: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,8 +144,13 @@ Factorize = Callable[[Forward, dict[str, Tensor], Any, Any, str], Factorized]
 def engine_factorize(
     forward: Forward, theta: dict[str, Tensor], metric: Any, inverse: Any, method: str
 ) -> Factorized:
-    """The default: `natgrad.factorize` of G = JᵀgJ at θ, reused by every solve of the step."""
-    return ng.factorize(forward, theta, metric, inverse, method)
+    """The default: `natgrad.factorize` of G = JᵀgJ at θ, reused by every solve of the step.
+
+    With ``method="auto"``, a damped step on a large module problem is factorised by the matrix-free
+    ``structured-krylov`` route (see ``natgrad.optim._routing``); otherwise ``auto`` chooses as everywhere.
+    """
+    preferred = step_factorization(forward, theta, metric, inverse, method)
+    return preferred if preferred is not None else ng.factorize(forward, theta, metric, inverse, method)
 
 
 def ngd_step(
@@ -161,7 +169,8 @@ def ngd_step(
         ValueError: the loss is not finite at θ or not a scalar.
         NGDStepError: the step cannot be computed or would make a parameter non-finite.
     """
-    forward, theta, loss = problem.forward, problem.theta, problem.loss
+    # the first call tells whether forward is one module call (the structured routes' problem, ``_routing``)
+    forward, theta, loss = RecordingForward(problem.forward), problem.theta, problem.loss
     z0 = _outputs(forward, theta)
     loss0 = scalar_loss(loss, z0)
     curvature = resolve_curvature(settings.metric, loss, z0, settings.mc_samples, problem.generator)
@@ -252,6 +261,7 @@ def ngd_step(
         "ratio": ratio,
         "rank": solved.rank,
         "method": solved.method,
+        "certificate": solved.certificate,
     }
     return StepOutcome(update, StepState(next_damping, momentum), info)
 
@@ -287,17 +297,25 @@ def _reuses(fac: Factorized, damping: float, curvature: Curvature) -> bool:
 def _solve(fac: Factorized, loss: Loss, damping: float, curvature: Curvature, first: bool) -> Solved:
     # the first solve uses the inverse the factorisation was made for; retries override the damping
     result = fac.solve(loss) if first else fac.solve(loss, inverse=ng.Damped(damping / curvature.scale))
+    info = getattr(result, "info", None) or {}
     return Solved(
-        dict(result.direction), result.pushforward, dict(result.gradient), result.rank, result.method
+        dict(result.direction),
+        result.pushforward,
+        dict(result.gradient),
+        result.rank,
+        result.method,
+        info.get("certificate"),
     )
 
 
 @contextmanager
 def _solver_errors(loss0: float) -> Iterator[None]:
-    """Solver failures (an eigh that does not converge, a non-finite solve) as `NGDStepError`."""
+    """Solver failures as `NGDStepError`: an eigh that does not converge, a non-finite solve, every spectral
+    fallback failing (``FactorizationError``), a Krylov solve that cannot certify its tolerance
+    (``ConvergenceError``)."""
     try:
         yield
-    except (ValueError, torch.linalg.LinAlgError) as error:
+    except (ValueError, torch.linalg.LinAlgError, NatgradError) as error:
         kind = (
             "torch.linalg.LinAlgError"
             if isinstance(error, torch.linalg.LinAlgError)

@@ -44,6 +44,7 @@ from ._core import Factorize, StepProblem, StepSettings, StepState, engine_facto
 from ._damping import LevenbergMarquardt
 from ._line_search import LineSearch, default_grid, resolve_line_search
 from ._losses import LeastSquares
+from ._routing import ModuleCall, note_call
 
 _GROUP_KEYS = {"params", "param_names", "lr", "momentum"}
 
@@ -74,7 +75,9 @@ class NGD(torch.optim.Optimizer):
         metric: ``"auto"`` (from the loss; Euclidean for residuals) or a natgrad metric object.
         inverse: generalized inverse for λ = 0 (default ``natgrad.MoorePenrose()``).
         mc_samples: k ≥ 1 for a Monte-Carlo Fisher from k sampled labels per example; None for the exact one.
-        method: engine route (``"auto"``, ``"primal"``, ``"dual"``, ``"lstsq"``, ``"krylov"``, ...).
+        method: engine route (``"auto"``, ``"primal"``, ``"dual"``, ``"lstsq"``, ``"krylov"``, ...). With
+            ``"auto"`` a damped step on a large module problem runs matrix-free (``"structured-krylov"``,
+            certified to 1e-5 in float32, 1e-12 in float64; see docs/optim.md), else ``auto`` chooses.
         seed: seed of the generator that draws Monte-Carlo labels (saved in ``state_dict``).
         factorize: the function that factorises G = JᵀgJ at θ for the step's solves (default
             `natgrad.optim.engine_factorize`, i.e. `natgrad.factorize`); its result needs
@@ -191,9 +194,12 @@ class NGD(torch.optim.Optimizer):
             raise ValueError("NGD.functional: none of the optimizer's parameters belongs to the given model")
 
         def call(params: dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
-            return functional_call(
+            out = functional_call(
                 model, {mapping[k]: v for k, v in params.items() if k in mapping}, args, kwargs
             )
+            # a step listening learns that its forward is this module call (and may use the layer structure)
+            note_call(ModuleCall(model, mapping, args, kwargs, out))
+            return out
 
         return call
 

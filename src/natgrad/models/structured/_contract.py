@@ -28,15 +28,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ._layers import add_rows, add_shared_linear
+from natgrad.exceptions import StructuredUnsupported
+
+from ._layers import add_rows, add_shared_linear, jacobian_rows
 
 
 @dataclass
 class SharedLinearFactor:
-    """One shared linear block: layer inputs x (N, T, P) (a trailing 1 for a bias) and signals s (N, k, T, O)."""
+    """One shared linear block: layer inputs x (N, T, P) (a trailing 1 for a bias) and signals s (N, k, T, O).
+
+    ``tokens`` (P,) names the input coordinates when they are a batch-dependent basis (an embedding's one-hot
+    rows over the tokens present): two chunks of examples are contracted in the union of their bases.
+    """
 
     inputs: Tensor
     signals: Tensor
+    tokens: Tensor | None = None
 
     def weight_space(self, u: Tensor) -> Tensor:
         """Aᵀ u restricted to this block, (m, O, P), for u of shape (N, k, m)."""
@@ -95,7 +102,7 @@ class SharedLinearFactor:
 
     def to(self, dtype: torch.dtype) -> SharedLinearFactor:
         """The same factor in ``dtype``."""
-        return SharedLinearFactor(self.inputs.to(dtype), self.signals.to(dtype))
+        return SharedLinearFactor(self.inputs.to(dtype), self.signals.to(dtype), self.tokens)
 
 
 def _nbytes(t: Tensor) -> int:
@@ -236,3 +243,90 @@ class KernelFactors:
         for rows in self.rows:
             diag += (rows.to(dtype) ** 2).sum(dim=1)
         return diag
+
+
+def _common_inputs(left: SharedLinearFactor, right: SharedLinearFactor) -> tuple[Tensor, Tensor]:
+    """The two blocks' inputs in one coordinate system: the union of their token bases when they have one."""
+    if left.tokens is None or right.tokens is None:
+        return left.inputs, right.inputs
+    union = torch.unique(torch.cat([left.tokens, right.tokens]))
+
+    def lift(block: SharedLinearFactor) -> Tensor:
+        assert block.tokens is not None
+        lifted = block.inputs.new_zeros((*block.inputs.shape[:2], union.numel()))
+        lifted[..., torch.searchsorted(union, block.tokens)] = block.inputs
+        return lifted
+
+    return lift(left), lift(right)
+
+
+def _cross_shared_linear(left: SharedLinearFactor, right: SharedLinearFactor) -> Tensor:
+    """K_block[rows of ``left``, rows of ``right``] for one layer's blocks of two chunks of examples.
+
+    The cheaper of the two orders of ``add_shared_linear``: the Hadamard form Σ_{t,u} (S_t S'_uᵀ) ∘ (X_t X'_uᵀ),
+    or the Jacobian rows G Gᵀ, formed a tile of examples at a time so that a tile holds no more entries than
+    the block's own factors.
+    """
+    x_left, x_right = _common_inputs(left, right)
+    n_left, width, positions, outputs = left.signals.shape
+    n_right, inputs = right.signals.shape[0], x_left.shape[2]
+    r_left, r_right = n_left * width, n_right * width
+    pair = positions**2 * (r_left * r_right * outputs + n_left * n_right * inputs)
+    rows = (r_left + r_right) * positions * outputs * inputs + r_left * r_right * outputs * inputs
+    if positions == 1 or pair <= rows:
+        out = x_left.new_zeros((n_left, width, n_right, width))
+        s_left = left.signals.reshape(r_left, positions, outputs)
+        s_right = right.signals.reshape(r_right, positions, outputs)
+        for t in range(positions):
+            for u in range(positions):
+                gram_x = x_left[:, t] @ x_right[:, u].T  # (N, N'), broadcast over the factor columns
+                gram_s = (s_left[:, t] @ s_right[:, u].T).view(n_left, width, n_right, width)
+                out += gram_s * gram_x[:, None, :, None]
+        return out.view(r_left, r_right)
+    held = left.signals.numel() + x_left.numel()
+    tile = max(1, held // max(1, width * outputs * inputs))
+    out = x_left.new_zeros((r_left, r_right))
+    for a in range(0, n_left, tile):
+        rows_a = jacobian_rows(x_left[a : a + tile], left.signals[a : a + tile])
+        for b in range(0, n_right, tile):
+            rows_b = jacobian_rows(x_right[b : b + tile], right.signals[b : b + tile])
+            out[a * width : a * width + rows_a.shape[0], b * width : b * width + rows_b.shape[0]] = (
+                rows_a @ rows_b.T
+            )
+    return out
+
+
+def _same_layout(left: KernelFactors, right: KernelFactors) -> bool:
+    if left.dense_factor is not None or right.dense_factor is not None or left.width != right.width:
+        return False
+    if len(left.linear) != len(right.linear) or len(left.rows) != len(right.rows):
+        return False
+    same_linear = all(
+        a.signals.shape[1:] == b.signals.shape[1:]
+        and (a.tokens is not None or a.inputs.shape[1:] == b.inputs.shape[1:])
+        for a, b in zip(left.linear, right.linear, strict=True)
+    )
+    return same_linear and all(a.shape[1:] == b.shape[1:] for a, b in zip(left.rows, right.rows, strict=True))
+
+
+def cross_kernel(left: KernelFactors, right: KernelFactors, dtype: torch.dtype) -> Tensor:
+    """The off-diagonal block K[rows of ``left``, rows of ``right``] (r × r') of two chunks of examples.
+
+    Both are the factors of the same model emitted on two disjoint chunks of examples (with a per-example
+    block factor or the identity): K_ab = Σ_layers ⟨G_a, G_b⟩ needs only the two chunks' factors, so the dense
+    kernel is assembled block by block (``_chunked``). Contracted in ``dtype``.
+
+    Raises:
+        StructuredUnsupported: the chunks' factors differ in layout (different layers or shapes).
+    """
+    if not _same_layout(left, right):
+        raise StructuredUnsupported(
+            "the per-layer factors of two chunks of examples differ in layout (layers or shapes), so the "
+            "kernel cannot be assembled chunk by chunk; raise memory_budget to assemble it in one piece"
+        )
+    out = torch.zeros((left.inner_rows, right.inner_rows), dtype=dtype, device=left.device)
+    for block_left, block_right in zip(left.linear, right.linear, strict=True):
+        out += _cross_shared_linear(block_left.to(dtype), block_right.to(dtype))
+    for rows_left, rows_right in zip(left.rows, right.rows, strict=True):
+        out += rows_left.to(dtype) @ rows_right.to(dtype).T
+    return out

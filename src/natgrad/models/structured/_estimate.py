@@ -6,11 +6,15 @@ one example's input, as unfolded patches for a convolution), or explicit Jacobia
 parameter count) for the layers without a closed form. Contraction copies one block at a time into float64.
 The batched backward pass that makes the signals also holds ``rows`` cotangents of every intermediate output
 (parametrised or not) while it runs; that transient is counted too.
+
+Every one of these counts is proportional to the number of examples, which is what lets :func:`plan_chunks`
+size the chunks of the chunked assembly (``_chunked``) from the estimate for the whole batch.
 """
 
 from __future__ import annotations
 
-from math import prod
+from dataclasses import dataclass
+from math import ceil, prod
 from typing import Any
 
 import torch
@@ -78,3 +82,61 @@ def factor_bytes(module: nn.Module, args: tuple, kwargs: dict[str, Any], rows: i
     held = sum(total for total, _ in shapes)
     largest = max((block for _, block in shapes), default=0)
     return itemsize * (held + sum(backward)) + 8 * largest
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Chunks of examples for assembling the dense kernel when the factors of all examples do not fit.
+
+    Attributes:
+        num_examples: N.
+        examples_per_chunk: m, examples per chunk (the last chunk may be smaller).
+        held: bytes held at any time: two chunks' factors and the float64 block of the pair being contracted.
+    """
+
+    num_examples: int
+    examples_per_chunk: int
+    held: int
+
+    @property
+    def chunks(self) -> int:
+        """c = ⌈N / m⌉."""
+        return -(-self.num_examples // self.examples_per_chunk)
+
+    @property
+    def emissions(self) -> int:
+        """Chunk factor emissions of the assembly: c + (c − 1)(c − 2)/2 (see ``_chunked``)."""
+        c = self.chunks
+        return c + (c - 1) * (c - 2) // 2
+
+
+def chunk_bytes(examples: int, per_example: int, rows_per_example: int) -> int:
+    """Bytes of the chunked assembly beside K: two chunks of ``examples`` examples (``per_example`` bytes of
+    factors each) and the float64 blocks of the pair being contracted (block and products: 4·(m·k)²)."""
+    return 2 * examples * per_example + 4 * 8 * (examples * rows_per_example) ** 2
+
+
+def plan_chunks(
+    factor_bytes_all: int, num_examples: int, rows_per_example: int, available: int
+) -> ChunkPlan | None:
+    """The largest balanced chunks whose pair fits ``available`` bytes, or None when one example does not.
+
+    Args:
+        factor_bytes_all: :func:`factor_bytes` for all N examples (proportional to N, so a chunk of m examples
+            holds m/N of it).
+        num_examples: N ≥ 1.
+        rows_per_example: kernel rows per example (k, or C for the identity kernel).
+        available: bytes left for the factors beside K and what the solve holds.
+    """
+    per_example = ceil(factor_bytes_all / max(1, num_examples))
+    if num_examples < 2 or chunk_bytes(1, per_example, rows_per_example) > available:
+        return None
+    low, high = 1, num_examples - 1  # the largest m that fits, by bisection (the count grows with m)
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (
+            (mid, high) if chunk_bytes(mid, per_example, rows_per_example) <= available else (low, mid - 1)
+        )
+    chunks = -(-num_examples // low)
+    balanced = -(-num_examples // chunks)  # same number of chunks, sizes as equal as they can be
+    return ChunkPlan(num_examples, balanced, chunk_bytes(balanced, per_example, rows_per_example))

@@ -19,6 +19,7 @@ from ._modules import (
     attention_blocks,
     conv_blocks,
     embedding_blocks,
+    embedding_tokens,
     generic_rows,
     linear_blocks,
     norm_rows,
@@ -263,7 +264,8 @@ def emit_factors(
                 tied_rows[key] = tied_rows[key] + flat if key in tied_rows else flat
             routes[call.name] = "shared-parameter/vjp"
         elif kind in _BLOCKS:
-            blocks = [SharedLinearFactor(x, sig) for x, sig in _BLOCKS[kind](call, s)]
+            tokens = embedding_tokens(call) if kind == "embedding" else None
+            blocks = [SharedLinearFactor(x, sig, tokens) for x, sig in _BLOCKS[kind](call, s)]
             factors.linear.extend(blocks)
             used = {"pair" if _pair_contraction(b, examples_per_chunk) else "rows" for b in blocks}
             routes[call.name] = f"{kind}/{'+'.join(sorted(used))}"

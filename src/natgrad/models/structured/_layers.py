@@ -70,7 +70,7 @@ def _add_pair(kernel: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> None:
             blocks.add_(signal * gram_x[:, None, :, None])
 
 
-def _rows(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def jacobian_rows(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Jacobian rows G_a = Σ_t s_{a,t} x_{i,t}ᵀ, flattened to (n_chunk·k, O·P)."""
     rows = torch.einsum("nkto,ntp->nkop", s, x)
     return rows.reshape(rows.shape[0] * rows.shape[1], -1)
@@ -83,12 +83,12 @@ def _add_rows_blockwise(
     width = s.shape[1]
     slices = _example_slices(s.shape[0], examples_per_chunk)
     for a, sa in enumerate(slices):
-        rows_a = _rows(x[sa], s[sa])
+        rows_a = jacobian_rows(x[sa], s[sa])
         ra = slice(sa.start * width, sa.stop * width)
         kernel[ra, ra] += rows_a @ rows_a.T
         for sb in slices[:a]:
             rb = slice(sb.start * width, sb.stop * width)
-            block = rows_a @ _rows(x[sb], s[sb]).T
+            block = rows_a @ jacobian_rows(x[sb], s[sb]).T
             kernel[ra, rb] += block
             kernel[rb, ra] += block.T
 

@@ -124,13 +124,18 @@ def embedding_blocks(call: ModuleCall, s: torch.Tensor) -> list[SharedLinearBloc
     idx = call.args[0]
     n = idx.shape[0]
     idx = idx.reshape(n, -1)
-    tokens, inverse = torch.unique(idx, return_inverse=True)
+    tokens, inverse = torch.unique(idx, return_inverse=True)  # the one-hot basis: see embedding_tokens
     onehot = F.one_hot(inverse, tokens.numel()).to(s.dtype)
     if module.padding_idx is not None:
         # The row at padding_idx receives no gradient.
         onehot = onehot * (idx != module.padding_idx).unsqueeze(-1).to(s.dtype)
     s = s.transpose(0, 1).reshape(n, s.shape[0], idx.shape[1], module.embedding_dim)
     return [(onehot, s)]
+
+
+def embedding_tokens(call: ModuleCall) -> torch.Tensor:
+    """The token ids that the one-hot columns of :func:`embedding_blocks` stand for (sorted, present in the batch)."""
+    return torch.unique(call.args[0])
 
 
 def _normalised_input(module: Any, x: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
