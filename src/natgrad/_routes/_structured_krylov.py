@@ -173,7 +173,8 @@ class StructuredKrylovFactorization(Factorization):
             self.certificate["refinements"] = attempt + 1
         if residual > tol and not complete:
             raise KernelSolveError(
-                f"natural_gradient: method='structured-krylov' reached a pushforward residual ‖Av − c‖/‖c‖ = "
+                f"natural_gradient: method='structured-krylov': the matrix-free kernel solve reached a pushforward "
+                f"residual ‖Av − c‖/‖c‖ = "
                 f"{residual:.3g} > tol {tol:.3g} after {self.certificate['refinements']} refinements; loosen tol, "
                 "raise max_iter or memory_budget, or use method='structured'"
             )
