@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -27,47 +26,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from _env import time_call  # noqa: E402
+from _env import peak_memory, reexec_with_fixed_mmap_threshold, time_call  # noqa: E402
 
 import natgrad as ng  # noqa: E402
 from natgrad.models.structured import categorical_fisher_factor, structured_kernel  # noqa: E402
 from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
-
-
-def peak_memory(fn: Callable[[], object]) -> tuple[object, float]:
-    """Run ``fn`` and return (result, peak resident-set growth in MiB)."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        out = fn()
-        return out, (torch.cuda.max_memory_allocated() - base) / 2**20
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _status_kib("VmRSS")
-        out = fn()
-        return out, (_status_kib("VmHWM") - base) / 1024
-    except OSError:
-        return fn(), float("nan")
-
-
-def _reexec_with_fixed_mmap_threshold() -> None:
-    """Restart once with glibc's mmap threshold fixed at 128 KiB (Linux only).
-
-    By default glibc raises the threshold after large frees, so later large tensors come from memory the
-    process already holds and the resident-set peak misses them; with it fixed every large tensor is a fresh
-    mapping, returned on free, and the peak growth of each step is its own.
-    """
-    if sys.platform != "linux" or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        return
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "0"}
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise OSError(key)
 
 
 def mlp(width: int) -> nn.Module:
@@ -317,7 +280,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.exact_peak_memory:
-        _reexec_with_fixed_mmap_threshold()
+        reexec_with_fixed_mmap_threshold()
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 7
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -31,12 +31,13 @@ def _check(res, ref, route: str) -> None:
         assert res.rank == ref.rank
 
 
-@pytest.mark.parametrize("route", [*DENSE, "structured", "auto"])
+@pytest.mark.parametrize("route", [*DENSE, "structured", "structured-krylov", "auto"])
 @pytest.mark.parametrize("name", [c.name for c in ZOO])
 def test_zoo_route_matches_reference(name, route):
+    """Every route ``auto`` can pick (and lstsq) on every zoo model; the structured ones refuse where they must."""
     case, phi, params, loss, ref = _setup(name)
-    if route == "structured" and case.refusal is not None:
-        with pytest.raises(ValueError, match=rf"method='structured' cannot be used here: {case.refusal}"):
+    if route.startswith("structured") and case.refusal is not None:
+        with pytest.raises(ValueError, match=rf"method='{route}' cannot be used here: {case.refusal}"):
             ng.natural_gradient(phi, params, loss, method=route)
         return
     res = ng.natural_gradient(phi, params, loss, method=route)

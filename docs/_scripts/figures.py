@@ -125,23 +125,25 @@ def damping() -> None:
 
 
 def crossover() -> None:
-    """Cost of each route (in gradients) against d/r, with auto's pick marked."""
+    """CPU cost of each route (in gradients) against r, one panel per model and width, auto's pick marked."""
     data = json.loads((RESULTS / "crossover.json").read_text())
     rows = data["rows"]
-    fig, axes = plt.subplots(1, len({r["N"] for r in rows}), figsize=(10, 3.4), sharey=True)
-    for ax, batch in zip(axes, sorted({r["N"] for r in rows}), strict=True):
-        sub = [r for r in rows if r["N"] == batch]
-        x = [r["d_over_r"] for r in sub]
-        for route in ("primal", "dual", "lstsq", "krylov", "structured"):
-            y = [r[route].get("gradients", math.nan) if isinstance(r[route], dict) else math.nan for r in sub]
-            ax.loglog(x, y, "-o", ms=3, label=route)
+    routes = ("primal", "dual", "structured", "structured-krylov", "krylov")
+    panels = sorted({(r["model"], r["width"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 3.2), sharey=True, squeeze=False)
+    for ax, (model, width) in zip(axes[0], panels, strict=True):
+        sub = sorted((r for r in rows if (r["model"], r["width"]) == (model, width)), key=lambda r: r["r"])
+        x = [r["r"] for r in sub]
+        for index, route in enumerate(routes):  # a fixed colour per route, whatever a panel misses
+            y = [r[route].get("gradients", math.nan) for r in sub]
+            ax.loglog(x, y, "-o", ms=3, label=route, color=f"C{index}")
         picks = [r[r["auto_pick"]].get("gradients", math.nan) for r in sub]
         ax.loglog(x, picks, "k*", ms=8, label="auto's pick", ls="none")
-        ax.axvline(1, color="0.5", lw=0.8, ls="--")
-        ax.set(xlabel="d / r", title=f"N = {batch} (r = {sub[0]['r']})")
-        ax.title.set_fontsize(9)
-    axes[0].set_ylabel("cost (one gradient = 1)")
-    axes[-1].legend(fontsize=7)
+        ax.set(xlabel="r", title=f"{model} {width} (d = {sub[0]['d']})")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # decades only: minor labels collide
+        ax.title.set_fontsize(8)
+    axes[0][0].set_ylabel("CPU cost (one gradient = 1)")
+    axes[0][-1].legend(fontsize=6)
     save(fig, "routes_crossover.png")
 
 

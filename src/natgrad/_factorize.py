@@ -24,12 +24,12 @@ from natgrad._routes._registry import (
     DEFAULT_MEMORY_BUDGET,
     by_name,
     check_memory,
-    choose,
+    explain_choice,
     methods,
-    usable_routes,
 )
 from natgrad._routes._route import Route, RouteName
 from natgrad._routes._structured import STRUCTURED
+from natgrad._routes._structured_krylov import STRUCTURED_KRYLOV
 from natgrad._tree import Parametrisation, Params, num_params, unflatten_like
 from natgrad.exceptions import ConvergenceError, InvalidInputError, InvalidTypeError, StructuredUnsupported
 from natgrad.linalg import Damped, GInverse, Inverse, MinNorm, MoorePenrose
@@ -42,10 +42,10 @@ def default_tolerance(dtype: torch.dtype) -> float:
     return 1e-12 if torch.finfo(dtype).eps < 1e-10 else 1e-6
 
 
-def structured_error(call: str, reason: str) -> StructuredUnsupported:
-    """The error for an explicit ``method="structured"`` that cannot run, with the fix."""
+def structured_error(call: str, reason: str, method: str = "structured") -> StructuredUnsupported:
+    """The error for an explicit ``method="structured"`` (or ``"structured-krylov"``) that cannot run, with the fix."""
     return StructuredUnsupported(
-        f"{call}: method='structured' cannot be used here: {reason}; use method='dual' (same result with A "
+        f"{call}: method={method!r} cannot be used here: {reason}; use method='dual' (same result with A "
         "materialised) or method='auto'",
         reason,
     )
@@ -81,9 +81,16 @@ class GramFactorization(Generic[ParamsT]):
     """
 
     def __init__(
-        self, call: str, problem: Problem, route: Route, inverse: Inverse, auto: bool, eager: bool = True
+        self,
+        call: str,
+        problem: Problem,
+        route: Route,
+        inverse: Inverse,
+        auto_reason: str | None,
+        eager: bool = True,
     ) -> None:
-        self._call, self._problem, self._route, self.inverse, self._auto = call, problem, route, inverse, auto
+        self._call, self._problem, self._route, self.inverse = call, problem, route, inverse
+        self._auto, self._auto_reason = auto_reason is not None, auto_reason
         self._refused: str | None = None
         self._fac: Factorization | None = None
         if eager:
@@ -110,13 +117,15 @@ class GramFactorization(Generic[ParamsT]):
         return self._problem.rtol
 
     def _fall_back(self, error: StructuredUnsupported) -> None:
-        """``auto``: the structured route gave up; continue with the rule without it."""
+        """``auto``: a structured route gave up; continue with the rule without either (they share the layer
+        formulas, so what defeats one defeats the other)."""
         if not self._auto:
-            raise structured_error(self._call, error.reason) from error
-        problem = self._problem
+            raise structured_error(self._call, error.reason, self._route.name) from error
         self._refused = error.reason
-        usable = tuple(route for route in usable_routes(problem) if route is not STRUCTURED)
-        self._route = choose(problem.r, problem.d, problem.itemsize, problem.budget, usable)
+        refused: dict[str, str] = {
+            r.name: f"refused: {error.reason}" for r in (STRUCTURED, STRUCTURED_KRYLOV)
+        }
+        self._route, self._auto_reason = explain_choice(self._problem, refused)
         self._fac = None
 
     def _factorization(self) -> Factorization:
@@ -274,13 +283,15 @@ class GramFactorization(Generic[ParamsT]):
         # how J t is formed and whether examples are coupled (models/_linearized.py), then the route's details
         parts: list[dict[str, Any]] = [dict(self._problem.lin.info), {"consistent": consistent}]
         if fac.rank is not None and not isinstance(inverse, Damped):
-            parts.append({"rtol": self._problem.rtol})
+            parts.append({"rtol": self._problem.rtol if fac.applied_rtol is None else fac.applied_rtol})
         parts.append(dict(fac.info()))
         actual = self._route.delegate(self._problem)
         if actual is not self._route:
             parts.append({"fallback": actual.name})
         if self._refused is not None:
             parts.append({"structured_refused": self._refused})
+        if self._auto_reason is not None:
+            parts.append({"auto": self._auto_reason})
         return merge_info(*parts)
 
     def release(self) -> None:
@@ -363,7 +374,7 @@ def prepare(
     if requested is not None:  # refuse before running phi (a BatchNorm in training mode breaks torch.func)
         reason = requested.refuses(record, params)
         if reason is not None:
-            raise structured_error(call, reason)
+            raise structured_error(call, reason, requested.name)
 
     lin = Linearization(phi, params, call=call)
     z = lin.z
@@ -393,15 +404,16 @@ def prepare(
         budget=budget,
         scaling=scaling(inverse, call),
     )
+    auto_reason = None
     if requested is None:
-        route = choose(r, d, problem.itemsize, budget, usable_routes(problem))
+        route, auto_reason = explain_choice(problem)
     else:
         reason = requested.supports(problem)
         if reason is not None:
-            raise structured_error(call, reason)
+            raise structured_error(call, reason, requested.name)
         route = requested
     check_memory(call, route, problem)
-    return GramFactorization[ParamsT](call, problem, route, inverse, auto=requested is None, eager=eager)
+    return GramFactorization[ParamsT](call, problem, route, inverse, auto_reason, eager=eager)
 
 
 def factorize(

@@ -37,6 +37,8 @@ class SolveInfo(TypedDict, total=False):
         spectral_fallback: present only when an eigh/SVD of G, K or A failed in the model's dtype (LAPACK did
             not converge, or non-finite factors): the attempt that succeeded, "float64" or "float64-shifted".
         coupled_examples: phi from ``from_module`` with BatchNorm using batch statistics: which layers.
+        auto: ``method="auto"``: the route it chose at (r, d), the rule that chose it, and every preferred route
+            passed over with the reason (not supported, handed on, over the memory budget, refused).
         chunked: structured route, present when K was assembled over chunks of examples because the per-layer
             factors of all examples exceed the memory budget: ``chunks``, ``examples_per_chunk`` and
             ``emissions`` (chunk factor emissions, c + (c − 1)(c − 2)/2 for c chunks).
@@ -57,6 +59,7 @@ class SolveInfo(TypedDict, total=False):
     jvp: str
     coupled_examples: str
     spectral_fallback: str
+    auto: str
     chunked: dict[str, int]
 
 

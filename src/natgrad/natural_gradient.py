@@ -10,6 +10,7 @@ from natgrad._factorize import prepare
 from natgrad._result import NaturalGradient, ParamsT
 from natgrad._routes._registry import DEFAULT_MEMORY_BUDGET, ROUTES, by_name, choose, methods
 from natgrad._routes._structured import STRUCTURED
+from natgrad._routes._structured_krylov import STRUCTURED_KRYLOV
 from natgrad._tree import Parametrisation
 from natgrad.exceptions import InvalidTypeError
 from natgrad.linalg import Inverse
@@ -26,21 +27,25 @@ def route_memory(route: str, r: int, d: int, itemsize: int) -> int:
 
 
 def choose_route(r: int, d: int, itemsize: int, budget: int, structured: bool = False) -> str:
-    """The ``method="auto"`` rule: the first route in the registry's order that applies, fits and can run.
+    """The ``method="auto"`` rule: among the routes that apply, the most preferred one that fits the budget.
 
-    With ``structured=True`` (phi from ``from_module``, a supported model, an inverse other than MinNorm) and
-    r < d: the structured route, which assembles K (r×r) layer by layer without A, whenever K fits the budget.
-    Otherwise materialise A = Bᵀ J when it fits the memory budget and decompose the smaller Gram matrix:
-    primal (G, d×d) when d ≤ r, dual (K, r×r) when r < d. When neither fits: the matrix-free
-    structured-krylov route for module models with r < d (preconditioned, certified, never resolving a
-    direction below the cutoff), else the matrix-free krylov route. If the structured route turns out not to apply while it runs (a layer it cannot handle), ``auto`` falls
-    back to the rule without it.
+    d ≤ r: primal (eigh of G, d × d), then structured-krylov (``structured=True``), then krylov. r < d, with
+    ``structured=True`` (phi from ``from_module``, supported layers, an inverse other than MinNorm): structured
+    (K, r × r, assembled layer by layer without A), then dual (K from a dense A), then structured-krylov
+    (matrix-free, preconditioned, certified), then krylov; without it: dual, then krylov. "Fits" is what the
+    registry counts for the route (``route_memory``; on a real problem also the structured routes' per-layer
+    factors). A solve's ``info["auto"]`` says which part of the rule chose its route and why every preferred
+    route was passed over. If a structured route turns out not to apply while it runs, ``auto`` continues
+    without either structured route.
 
-    Measured (``benchmarks/crossover.py``, MLPs with d/r from 0.09 to 530, float32): primal was the fastest
-    route at every point with d ≤ r; with d > r the structured route was fastest at 14 of 16 points and
-    within 1.85× of the fastest (primal or dual, at d/r ≤ 3) at the other two. The split at d = r stands.
+    Measured (``benchmarks/crossover.py``: MLPs 32-w-w-10 with w = 4–256 and two CNNs, r = 144–4,608, float32,
+    single-threaded CPU time in gradients): primal was the fastest route at all 5 points with d ≤ r, 2.4–3.0×
+    ahead of structured-krylov; at the 17 points with d > r the dense structured route was the fastest at 16
+    (dual was 7 % faster at r = 144, d = 202), and structured-krylov cost 1.9–27× the dense structured route
+    at every one, so the dense route goes first while K fits and the matrix-free one takes over beyond it.
     """
-    usable = ROUTES if structured else tuple(route for route in ROUTES if route is not STRUCTURED)
+    layered = (STRUCTURED, STRUCTURED_KRYLOV)  # both need phi from from_module
+    usable = ROUTES if structured else tuple(route for route in ROUTES if route not in layered)
     return choose(r, d, itemsize, budget, usable).name
 
 

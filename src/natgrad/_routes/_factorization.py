@@ -31,9 +31,12 @@ class Factorization(ABC):
 
     Attributes:
         rank: the numerical rank retained by the cutoff, or None when the route does not know it (krylov).
+        applied_rtol: the cutoff on λ/λ_max it applies when it chose its own (a float32 model's Gram matrix
+            solved in float64 uses the kernel-error rule), else None (the problem's).
     """
 
     rank: int | None
+    applied_rtol: float | None = None
 
     @abstractmethod
     def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
@@ -83,7 +86,7 @@ class SpectralFactorization(Factorization):
         self.eigenvalues, self.V, self.U, self.fallback = eigenvalues, V, U, fallback
         self.s = eigenvalues.sqrt() if s is None else s  # singular values of A, exact from an SVD
         keep = retained(eigenvalues, rtol)
-        self.rank = int(keep.sum())
+        self.rank, self.applied_rtol = int(keep.sum()), rtol
         self._Vk, self._sk = V[:, keep], self.s[keep]
         self._Uk = None if U is None else U[:, keep]
         self._complete = V.shape[0] == V.shape[1]  # V spans R^d: nothing outside it
@@ -104,21 +107,29 @@ class SpectralFactorization(Factorization):
     def info(self) -> SolveInfo:
         return {} if self.fallback is None else {"spectral_fallback": self.fallback}
 
+    # The factors may be wider than the model (float64 eigh of a float32 model's G): inputs are cast to the
+    # factors' dtype and results back to the input's.
     def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
+        work = self.V.dtype
         if c is not None and self._Uk is not None:
-            return self._Vk @ ((self._Uk.T @ c) / self._sk)
-        return self._Vk @ ((self._Vk.T @ grad) / self._sk**2)  # s² (not λ): the rounding of the former routes
+            return (self._Vk @ ((self._Uk.T @ c.to(work)) / self._sk)).to(grad.dtype)
+        # s² (not λ): the rounding of the former routes
+        return (self._Vk @ ((self._Vk.T @ grad.to(work)) / self._sk**2)).to(grad.dtype)
 
     def complement(self, x: Tensor) -> Tensor:
-        return x - self._Vk @ (self._Vk.T @ x)
+        return x - (self._Vk @ (self._Vk.T @ x.to(self.V.dtype))).to(x.dtype)
 
     def damped(self, grad: Tensor, c: Tensor | None, damping: float) -> Tensor:
+        work = self.V.dtype
         if c is not None and self.U is not None:  # (AᵀA + λI)⁻¹Aᵀc = V S (S² + λ)⁻¹ Uᵀ c
-            return self.V @ ((self.s / (self.eigenvalues + damping)) * (self.U.T @ c))
-        coeff = self.V.T @ grad
+            return (self.V @ ((self.s / (self.eigenvalues + damping)) * (self.U.T @ c.to(work)))).to(
+                grad.dtype
+            )
+        wide = grad.to(work)
+        coeff = self.V.T @ wide
         v = self.V @ (coeff / (self.eigenvalues + damping))
         # ∇ minus its part in span V lies in ker G, where (G + λI)⁻¹ is 1/λ
-        return v if self._complete else v + (grad - self.V @ coeff) / damping
+        return (v if self._complete else v + (wide - self.V @ coeff) / damping).to(grad.dtype)
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,7 @@ class KernelFactorization(Factorization):
     def __init__(self, kernel: Tensor, rtol: float, a: Operator, at: Operator) -> None:
         self.kernel = kernel
         self.inverse = KernelInverse(kernel, rtol)
-        self.rank = self.inverse.rank
+        self.rank, self.applied_rtol = self.inverse.rank, rtol
         self.a, self.at = a, at
         self.last: KernelSolve | None = None
 
@@ -154,6 +165,7 @@ class KernelFactorization(Factorization):
 
     def pinv(self, grad: Tensor, c: Tensor | None) -> Tensor:
         kinv = self.inverse
+        c = None if c is None else c.to(self.kernel.dtype)  # K may be wider than the model (float64)
         # G⁺∇ = Aᵀ K⁺ c when ∇ = Aᵀc, else Aᵀ K⁺² A∇ (G⁺ = A⁺A⁺ᵀ with A⁺ = AᵀK⁺)
         y = kinv.pinv(c) if c is not None else kinv.pinv(kinv.pinv(self.a(grad)))
         self.last = KernelSolve(y, self.kernel @ y, grad, c, damped=False)
@@ -164,7 +176,7 @@ class KernelFactorization(Factorization):
 
     def damped(self, grad: Tensor, c: Tensor | None, damping: float) -> Tensor:
         if c is not None:  # (AᵀA + λI)⁻¹Aᵀc = Aᵀ(AAᵀ + λI)⁻¹c, no pseudo-inverse needed
-            y = self.inverse.damped(c, damping)
+            y = self.inverse.damped(c.to(self.kernel.dtype), damping)
             self.last = KernelSolve(y, self.kernel @ y, grad, c, damped=True)
             return self.at(y)
         a_grad = self.a(grad)

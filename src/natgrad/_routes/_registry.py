@@ -9,6 +9,8 @@ before matrix-free ones.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from natgrad._routes._dense import DUAL, LSTSQ, PRIMAL
 from natgrad._routes._krylov import KRYLOV
 from natgrad._routes._problem import Problem
@@ -58,27 +60,72 @@ def fits_problem(route: Route, problem: Problem) -> bool:
     return not route.bounded or need(route, problem) <= problem.budget
 
 
-def choose(r: int, d: int, itemsize: int, budget: int, usable: tuple[Route, ...] | None = None) -> Route:
-    """``auto``: among ``usable`` routes that fit, the one of lowest ``auto_rank`` at (r, d)."""
-    ranked = [
+# Why ``auto`` takes each route when it does (the measured rule; see ``choose_route`` for the measurement).
+AUTO_RULE = {
+    "primal": "d ≤ r: eigh of G (d × d), the smaller Gram matrix, from a dense A",
+    "dual": "r < d: K (r × r) from a dense A, the smaller Gram matrix",
+    "structured": "r < d and a module model: K (r × r) assembled layer by layer, never A",
+    "structured-krylov": "a module model and no dense route fits: matrix-free K products, preconditioned LSQR",
+    "krylov": "no dense or structured route applies and fits: LSQR / CG on products with J",
+}
+
+
+def _ranked(r: int, d: int, routes: tuple[Route, ...]) -> list[Route]:
+    """``routes`` that ``auto`` may take at (r, d), most preferred first (registry order breaks ties)."""
+    ranks = [
         (rank, index, route)
-        for index, route in enumerate(ROUTES if usable is None else usable)
-        if (rank := route.auto_rank(r, d)) is not None and fits(route, r, d, itemsize, budget)
+        for index, route in enumerate(routes)
+        if (rank := route.auto_rank(r, d)) is not None
     ]
-    if not ranked:
+    return [route for *_, route in sorted(ranks, key=lambda item: item[:2])]
+
+
+def choose(r: int, d: int, itemsize: int, budget: int, usable: tuple[Route, ...] | None = None) -> Route:
+    """``auto`` from the shape alone: among ``usable`` routes that fit, the one of lowest ``auto_rank`` at (r, d)."""
+    fitting = [
+        route
+        for route in _ranked(r, d, ROUTES if usable is None else usable)
+        if fits(route, r, d, itemsize, budget)
+    ]
+    if not fitting:
         raise AssertionError("the krylov route always applies and fits")
-    return min(ranked, key=lambda item: item[:2])[2]
+    return fitting[0]
+
+
+def _passed_over(route: Route, problem: Problem) -> str | None:
+    """Why ``auto`` cannot take ``route`` on this problem (unsupported, handed on, over the budget), or None."""
+    reason = route.supports(problem)
+    if reason is not None:
+        return reason
+    if route.delegate(problem) is not route:
+        return f"hands this problem to {route.delegate(problem).name} (MinNorm needs the weighted kernel)"
+    if not fits_problem(route, problem):
+        return f"needs about {format_bytes(need(route, problem))}, over the budget of {format_bytes(problem.budget)}"
+    return None
+
+
+def explain_choice(problem: Problem, refused: Mapping[str, str] | None = None) -> tuple[Route, str]:
+    """``auto`` on a problem: the route of lowest ``auto_rank`` that supports it and fits, and why, in words.
+
+    ``refused`` maps routes already given up on (the structured routes, when the layer formulas turned out not
+    to apply) to the reason. The sentence names the rule that picked the route at (r, d) and every preferred
+    route passed over, with its reason.
+    """
+    refused = {} if refused is None else refused
+    passed: list[str] = []
+    for route in _ranked(problem.r, problem.d, ROUTES):
+        reason = refused.get(route.name) or _passed_over(route, problem)
+        if reason is None:
+            rule = AUTO_RULE.get(route.name, route.name)
+            skipped = f"; passed over: {'; '.join(passed)}" if passed else ""
+            return route, f"{route.name} at r={problem.r}, d={problem.d}: {rule}{skipped}"
+        passed.append(f"{route.name} ({reason})")
+    raise AssertionError("the krylov route always applies and fits")
 
 
 def usable_routes(problem: Problem) -> tuple[Route, ...]:
     """The routes auto may pick for this problem: those that support it, factorise it themselves and fit."""
-    return tuple(
-        route
-        for route in ROUTES
-        if route.supports(problem) is None
-        and route.delegate(problem) is route
-        and fits_problem(route, problem)
-    )
+    return tuple(route for route in ROUTES if _passed_over(route, problem) is None)
 
 
 def check_memory(call: str, requested: Route, problem: Problem) -> None:

@@ -257,7 +257,8 @@ class StructuredKrylovRoute:
         return layer_factor_bytes(problem)
 
     def auto_rank(self, r: int, d: int) -> int | None:
-        return 5 if r < d else None  # after the dense routes, before the plain krylov route
+        # after the dense routes, before the plain krylov route; at d ≤ r the only bounded route after primal
+        return 5 if r < d else 2
 
     def refuses(self, record: ModuleRecord | None, params: Params) -> str | None:
         return unsupported_reason(record, params)
