@@ -28,7 +28,8 @@ class SolveInfo(TypedDict, total=False):
         structured_refused: ``method="auto"``: why the structured route was abandoned.
         near_singular: krylov route, LSQR stopped before resolving a direction below the Moore–Penrose cutoff.
         certificate: structured-krylov route: pushforward residual ‖Av − c‖/‖c‖, refinements, products with K,
-            column blocks read, preconditioner rank, whether its factorisation was complete.
+            column blocks read, preconditioner rank, whether its factorisation was complete, and the rounding
+            floor eps·‖A‖‖v‖/‖c‖ below which the measured residual certifies nothing smaller.
         kernel_solves: structured-krylov route, one record per kernel solve (method, iterations, why it stopped,
             preconditioner extensions).
         jvp: how products J t were formed: "forward" (forward-mode AD) or "reverse" (double VJP, for phi
