@@ -10,7 +10,7 @@ from torch import Tensor
 from natgrad._tree import Params
 
 Method = Literal["primal", "dual", "lstsq", "krylov", "structured", "structured-krylov", "reference"]
-Status = Literal["success", "max_iter_reached"]
+Status = Literal["success", "max_iter_reached", "at_rounding_floor"]
 ParamsT = TypeVar("ParamsT", bound=Params)  # the structure of the caller's params: a Tensor or a dict
 
 
@@ -79,7 +79,10 @@ class NaturalGradient(Generic[ParamsT]):
         info: route details, a :class:`SolveInfo` (cutoff used, whether ∇z L lies in the range of g, Krylov
             iterations, the structured kernel's formulas).
         status: "success", or "max_iter_reached" when a Krylov solve stopped above its tolerance (returned
-            only with ``throw=False``; otherwise :class:`natgrad.ConvergenceError` is raised).
+            only with ``throw=False``; otherwise :class:`natgrad.ConvergenceError` is raised), or
+            "at_rounding_floor" when the structured-krylov certificate's measured residual met the tolerance
+            but the model dtype's rounding floor (``info["certificate"]["rounding_floor"]``) lies above it, so
+            the tolerance is not certified (a warning says so; a float64 model certifies it).
     """
 
     direction: ParamsT
