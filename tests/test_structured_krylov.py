@@ -3,7 +3,9 @@ rank-deficient and near-singular kernels; its certificate; the float32 agreement
 
 from __future__ import annotations
 
+import copy
 import functools
+import warnings
 
 import pytest
 import torch
@@ -225,3 +227,62 @@ def test_float32_auto_agrees_with_float64_on_an_ill_conditioned_kernel():
     res = ng.natural_gradient(phi, params, loss, ng.metrics.Categorical())
     assert res.method == "structured" and res.rank == ref.rank
     assert relative_error(ng.flatten_params(res.direction), ng.flatten_params(ref.direction)) <= 1e-4
+
+
+def test_float32_reaches_tol_past_the_products_rounding_floor(monkeypatch):
+    """float32 products cannot certify ‖Ky − c‖ ≤ 1e-6 here (the kernel solve stops at their rounding floor);
+    refining v by Aᵀδy against the pushforward still reaches tol without completing the factorisation, and the
+    direction is as close to the float64 answer as float32 allows (cond(A)·eps₃₂ ≈ 1e-6)."""
+    monkeypatch.setattr(_structured_krylov, "DEFAULT_RANK", 2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(24, 8, generator=gen)
+    labels = torch.randint(0, 4, (24,), generator=gen)
+
+    def loss(z):
+        return nn.functional.cross_entropy(z, labels, reduction="sum")
+
+    phi64, params64 = ng.from_module(copy.deepcopy(model).double(), x.double())
+    ref = ng.reference.natural_gradient(phi64, params64, loss, ng.metrics.Categorical())
+    phi, params = ng.from_module(model, x)
+    with pytest.warns(RuntimeWarning, match="rounding floor"):
+        res = ng.natural_gradient(phi, params, loss, ng.metrics.Categorical(), method=ROUTE, tol=1e-6)
+    cert = res.info["certificate"]
+    assert cert["residual"] <= 1e-6 and not cert["complete_factorisation"]
+    # the measured residual meets tol but float32 cannot resolve it: the result says so
+    assert cert["rounding_floor"] > 1e-6 and res.status == "at_rounding_floor"
+    assert any(s.get("at_rounding_floor") for s in res.info["kernel_solves"])
+    v = ng.flatten_params(res.direction).double()
+    assert relative_error(v, ng.flatten_params(ref.direction)) <= 1e-5
+    # The certificate's claim, checked in float64: the true residual of the float32 direction is within it.
+    z64 = phi64(params64).detach().requires_grad_(True)
+    local = ng.metrics.Categorical().at(z64.detach())
+    c = local.factor_solve(torch.autograd.grad(loss(z64), z64)[0].reshape(-1))
+    av = local.factor_t_matmul(ng.reference.gram(phi64, params64)["J"] @ v)
+    true_residual = float((av - c).norm() / c.norm())
+    assert true_residual <= max(cert["residual"], cert["rounding_floor"])
+
+
+def test_a_float64_model_certifies_what_float32_cannot(monkeypatch):
+    """The same solve on a float64 model: the rounding floor sits far below tol and the status is success."""
+    monkeypatch.setattr(_structured_krylov, "DEFAULT_RANK", 2)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4)
+    ).double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(24, 8, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 4, (24,), generator=gen)
+
+    def loss(z):
+        return nn.functional.cross_entropy(z, labels, reduction="sum")
+
+    phi, params = ng.from_module(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = ng.natural_gradient(phi, params, loss, ng.metrics.Categorical(), method=ROUTE, tol=1e-6)
+    cert = res.info["certificate"]
+    assert res.status == "success" and cert["residual"] <= 1e-6 and cert["rounding_floor"] < 1e-9
+    ref = ng.reference.natural_gradient(phi, params, loss, ng.metrics.Categorical())
+    assert relative_error(ng.flatten_params(res.direction), ng.flatten_params(ref.direction)) <= 1e-5

@@ -7,6 +7,7 @@ search and momentum, and the diagnostics that need many right-hand sides at one 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from numbers import Integral
 from typing import Any, Generic, cast
@@ -252,6 +253,26 @@ class GramFactorization(Generic[ParamsT]):
         )
         pushforward = (lin.jvp(v) if solved.pushforward is None else solved.pushforward).reshape(lin.z.shape)
         status: Status = "success" if info.get("converged", True) else "max_iter_reached"
+        certificate = info.get("certificate") or {}
+        floor = certificate.get("rounding_floor")
+        if (
+            status == "success"
+            and floor is not None
+            and floor > problem.tol
+            and not certificate.get("complete_factorisation")
+        ):
+            # The measured residual is below tol, but a residual read in the model's dtype means nothing below
+            # eps·‖A‖‖v‖/‖c‖: the tolerance is not certified, and the result says so.
+            status = "at_rounding_floor"
+            warnings.warn(
+                f"{call}: method='structured-krylov': the measured pushforward residual "
+                f"{certificate.get('residual', float('nan')):.3g} meets tol {problem.tol:.3g}, but the "
+                f"{lin.z.dtype} rounding floor eps·‖A‖‖v‖/‖c‖ = {floor:.3g} is above it, so tol is not "
+                "certified (status 'at_rounding_floor'); use a float64 model, tol above the floor, or "
+                "method='structured'",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         result = NaturalGradient(
             direction=cast(ParamsT, unflatten_like(v, problem.params)),
             pushforward=pushforward,
@@ -270,7 +291,7 @@ class GramFactorization(Generic[ParamsT]):
                 "method='structured-krylov' (module models) or a dense route, or pass throw=False to get it",
                 result,
             )
-        if status != "success" and throw:
+        if status == "max_iter_reached" and throw:
             raise ConvergenceError(
                 f"{call}: krylov route stopped after {problem.max_iter} iterations at relative residual "
                 f"{info['residual']:.3g} > tol {problem.tol:.3g}; raise max_iter, loosen tol, use "

@@ -10,7 +10,7 @@ from torch import Tensor
 from natgrad._tree import Params
 
 Method = Literal["primal", "dual", "lstsq", "krylov", "structured", "structured-krylov", "reference"]
-Status = Literal["success", "max_iter_reached"]
+Status = Literal["success", "max_iter_reached", "at_rounding_floor"]
 ParamsT = TypeVar("ParamsT", bound=Params)  # the structure of the caller's params: a Tensor or a dict
 
 
@@ -28,7 +28,8 @@ class SolveInfo(TypedDict, total=False):
         structured_refused: ``method="auto"``: why the structured route was abandoned.
         near_singular: krylov route, LSQR stopped before resolving a direction below the Moore–Penrose cutoff.
         certificate: structured-krylov route: pushforward residual ‖Av − c‖/‖c‖, refinements, products with K,
-            column blocks read, preconditioner rank, whether its factorisation was complete.
+            column blocks read, preconditioner rank, whether its factorisation was complete, and the rounding
+            floor eps·‖A‖‖v‖/‖c‖ below which the measured residual certifies nothing smaller.
         kernel_solves: structured-krylov route, one record per kernel solve (method, iterations, why it stopped,
             preconditioner extensions).
         jvp: how products J t were formed: "forward" (forward-mode AD) or "reverse" (double VJP, for phi
@@ -78,7 +79,10 @@ class NaturalGradient(Generic[ParamsT]):
         info: route details, a :class:`SolveInfo` (cutoff used, whether ∇z L lies in the range of g, Krylov
             iterations, the structured kernel's formulas).
         status: "success", or "max_iter_reached" when a Krylov solve stopped above its tolerance (returned
-            only with ``throw=False``; otherwise :class:`natgrad.ConvergenceError` is raised).
+            only with ``throw=False``; otherwise :class:`natgrad.ConvergenceError` is raised), or
+            "at_rounding_floor" when the structured-krylov certificate's measured residual met the tolerance
+            but the model dtype's rounding floor (``info["certificate"]["rounding_floor"]``) lies above it, so
+            the tolerance is not certified (a warning says so; a float64 model certifies it).
     """
 
     direction: ParamsT

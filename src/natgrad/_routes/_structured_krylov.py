@@ -12,7 +12,9 @@ Aᵀ w + ∇/λ with w = (K + λI)⁻¹y₀ − y₀/λ, y₀ = K⁺A∇. MinNor
 layer formulas do not give: that problem is handed to the krylov route (``info["fallback"] == "krylov"``).
 
 Certificate (``info["certificate"]``): the relative residual ‖A v − c‖/‖c‖ measured with the true A through the
-pushforward J v (returned anyway), the products with K, the preconditioner's rank and whether it was complete.
+pushforward J v (returned anyway), the products with K, the preconditioner's rank and whether it was complete,
+and ``rounding_floor`` ≈ eps·‖A‖‖v‖/‖c‖, the residual the model's arithmetic can resolve at all: a residual read
+below it certifies no more than the floor (float32 at very large r, where K is ill-conditioned).
 Iterative refinement against that residual runs when the kernel solve met its tolerance but the pushforward
 residual did not; a result that still misses the tolerance raises ``KernelSolveError`` (a ``ConvergenceError``).
 The layered products are checked against the true A with a generic probe before any solve, and with the solve's
@@ -130,20 +132,25 @@ class StructuredKrylovFactorization(Factorization):
         return self._agrees(w, self.a(self.at(w)))
 
     def begin(self) -> None:
-        self.certificate: dict = {"refinements": 0, "residual": None}
+        self.certificate: dict = {"refinements": 0, "residual": None, "rounding_floor": None}
         self.last_jv = None
 
-    def _coefficients(self, rhs: Tensor, damping: float | None) -> Tensor:
-        return self.kernel.pinv(rhs) if damping is None else self.kernel.damped(rhs, damping)
+    def _coefficients(self, rhs: Tensor, damping: float | None, tol: float | None = None) -> Tensor:
+        return self.kernel.pinv(rhs, tol) if damping is None else self.kernel.damped(rhs, damping, tol)
 
     def _certified(self, c: Tensor, damping: float | None) -> Tensor:
-        """v = Aᵀ y for y = K⁺c (or (K + λI)⁻¹c), refined against the pushforward residual ‖c − A v − λy‖."""
+        """v = Aᵀ y for y = K⁺c (or (K + λI)⁻¹c), refined against the pushforward residual ‖c − A v − λy‖.
+
+        Refinement adds Aᵀδy to v (accumulated in float64) instead of recomputing Aᵀy: in the model's dtype the
+        VJP's rounding is about eps·‖A‖‖y‖, which for a float32 model and an ill-conditioned K is well above
+        eps·‖v‖; the correction's VJP only rounds at the size of δy.
+        """
         problem, tol = self.problem, self.problem.tol
         y = self._coefficients(c, damping)
+        v = self.at(y).to(WORK)
         complete = damping is None and self.kernel.partial.complete
         for attempt in range(REFINEMENTS + 1):
-            v = self.at(y)
-            jv = problem.lin.jvp(v)
+            jv = problem.lin.jvp(v.to(self.model_dtype))
             av = problem.metric.factor_t_matmul(jv).to(WORK)
             if not self._agrees(y, av):
                 self.context.release()
@@ -157,18 +164,32 @@ class StructuredKrylovFactorization(Factorization):
             # range(A), which no v can reproduce: the residual is reported, not required.
             if residual <= tol or complete or attempt == REFINEMENTS:
                 break
-            y = y + self._coefficients(residual_vec, damping)
+            # The correction only has to remove what is left (with a margin): not the full tolerance again.
+            correction = self._coefficients(
+                residual_vec, damping, min(0.5, 0.5 * tol / max(residual, 1e-300))
+            )
+            y = y + correction
+            v = v + self.at(correction).to(WORK)
             self.certificate["refinements"] = attempt + 1
         if residual > tol and not complete:
             raise KernelSolveError(
-                f"natural_gradient: method='structured-krylov' reached a pushforward residual ‖Av − c‖/‖c‖ = "
+                f"natural_gradient: method='structured-krylov': the matrix-free kernel solve reached a pushforward "
+                f"residual ‖Av − c‖/‖c‖ = "
                 f"{residual:.3g} > tol {tol:.3g} after {self.certificate['refinements']} refinements; loosen tol, "
                 "raise max_iter or memory_budget, or use method='structured'"
             )
+        # What the model's arithmetic can certify: the JVP of v (and v's own rounding) carry an error of about
+        # eps·‖A‖‖v‖, so a measured residual below this floor is not evidence of a smaller true one (an
+        # ill-conditioned float32 kernel at large r can sit far above tol while the measurement reads below it).
+        self.certificate["rounding_floor"] = (
+            torch.finfo(self.model_dtype).eps
+            * self.kernel.largest**0.5
+            * float(torch.linalg.vector_norm(v) / torch.linalg.vector_norm(c).clamp_min(1e-300))
+        )
         self.last_jv = jv
         if damping is None:
             self._note_rank()
-        return v
+        return v.to(self.model_dtype)
 
     def _note_rank(self) -> None:
         """The retained rank is known when the factorisation completed (the cutoff then applied literally)."""

@@ -30,6 +30,10 @@ from natgrad.linalg._kernel_solvers import kernel_lsqr, preconditioned_cg
 from natgrad.linalg._pivoted_cholesky import LowRankPreconditioner, PartialCholesky, pivoted_cholesky
 
 Operator = Callable[[Tensor], Tensor]
+_MARGIN = (
+    0.25  # LSQR's preconditioned residual target, relative to tol: the true residual is a small factor larger
+)
+_REFINEMENTS = 3  # corrections after LSQR met the tolerance on its preconditioned residual only
 _ROUNDING = 10.0  # residual diagonal entries below _ROUNDING·eps·max diag K are rounding: the factorisation is complete
 
 
@@ -82,6 +86,7 @@ class MatrixFreeKernel:
         self.rtol, self.tol, self.max_iter = float(rtol), float(tol), int(max_iter)
         self.max_rank = max(1, min(int(max_rank), diagonal.numel()))
         self._diagonal = diagonal
+        self.factor_eps = float(factor_eps)
         self._stop = _ROUNDING * factor_eps * max(float(diagonal.max()), 0.0) if diagonal.numel() else 0.0
         self.partial = self._factorise(min(max(1, rank), self.max_rank), None)
 
@@ -130,20 +135,27 @@ class MatrixFreeKernel:
             return 0.0
         return float(torch.linalg.vector_norm(self.matvec(y) + damping * y - b)) / b_norm
 
-    def _complete_pinv(self, b: Tensor) -> tuple[Tensor, int]:
+    def rounding_floor(self, y: Tensor, b: Tensor) -> float:
+        """The residual ‖Ky − b‖/‖b‖ that rounding in the products alone can leave: eps·λ_max·‖y‖/‖b‖."""
+        b_norm = float(torch.linalg.vector_norm(b))
+        return self.factor_eps * self.largest * float(torch.linalg.vector_norm(y)) / max(b_norm, 1e-300)
+
+    def _complete_pinv(self, b: Tensor, tol: float) -> tuple[Tensor, int]:
         y, kept = self.preconditioner.pseudo_inverse(b, self.rtol)
         for _ in range(3):  # refinement by true products, corrections kept in the retained eigenvectors' span
             correction, _ = self.preconditioner.pseudo_inverse(b - self.matvec(y), self.rtol)
             y = y + correction
-            if float(torch.linalg.vector_norm(correction)) <= self.tol * float(torch.linalg.vector_norm(y)):
+            if float(torch.linalg.vector_norm(correction)) <= tol * float(torch.linalg.vector_norm(y)):
                 break
         return y, kept
 
-    def pinv(self, b: Tensor) -> Tensor:
-        """K⁺ b with the cutoff; raises :class:`KernelSolveError` when it cannot be certified."""
+    def pinv(self, b: Tensor, tol: float | None = None) -> Tensor:
+        """K⁺ b with the cutoff to relative residual ``tol`` (default: the kernel's); raises
+        :class:`KernelSolveError` when it cannot be certified."""
+        tol = self.tol if tol is None else float(tol)
         while True:
             if self.partial.complete:
-                y, kept = self._complete_pinv(b)
+                y, kept = self._complete_pinv(b, tol)
                 self.record.solves.append({"kind": "pinv", "by": "complete-factorisation", "rank": kept})
                 return y
             floor = self.threshold / self.preconditioner.sigma
@@ -151,7 +163,7 @@ class MatrixFreeKernel:
                 self.matvec,
                 b,
                 self.preconditioner.inv_sqrt,
-                tol=self.tol,
+                tol=_MARGIN * tol,
                 max_iter=self.max_iter,
                 ritz_floor=floor,
             )
@@ -163,8 +175,15 @@ class MatrixFreeKernel:
             }
             if info.stopped in ("converged", "least-squares"):
                 residual = self._residual(y, b)
+                converged = info.stopped == "converged"
+                if converged and residual > tol and residual > self.rounding_floor(y, b):
+                    y, residual = self._refine(y, b, tol, residual, info.residual, floor, entry)
                 entry["residual"] = residual
-                if residual <= self.tol:
+                # Below the products' rounding floor no K-residual can certify more; the caller's own
+                # residual (the route's pushforward) does, and refines from there.
+                at_floor = converged and tol < residual <= self.rounding_floor(y, b)
+                if residual <= tol or at_floor:
+                    entry["at_rounding_floor"] = at_floor
                     self.record.solves.append(entry)
                     return y
                 why = (
@@ -178,19 +197,64 @@ class MatrixFreeKernel:
             if not self._extend(why):
                 raise KernelSolveError(self._failure(why))
 
-    def damped(self, b: Tensor, damping: float) -> Tensor:
-        """(K + λI)⁻¹ b by PCG with the preconditioner shifted by λ."""
+    def _refine(
+        self,
+        y: Tensor,
+        b: Tensor,
+        tol: float,
+        residual: float,
+        preconditioned: float,
+        floor: float,
+        entry: dict,
+    ) -> tuple[Tensor, float]:
+        """Corrections y += K⁺(b − K y) after LSQR met ``tol`` on its preconditioned residual ‖C⁻¹(Ky − b)‖/‖C⁻¹b‖
+        but not on ‖Ky − b‖/‖b‖ (the two differ by up to cond(P)^½; measured, by a small factor).
+
+        Each correction asks for the reduction still missing divided by twice the ratio of the two residuals
+        seen so far, so one short solve usually replaces a doubled factorisation and a solve from scratch.
+        Corrections keep the Ritz watch; one that trips it or does not reduce the residual is abandoned (the
+        caller then extends the factorisation as before).
+        """
+        ratio = max(1.0, residual / max(preconditioned, torch.finfo(b.dtype).tiny))
+        for attempt in range(1, _REFINEMENTS + 1):
+            step = b - self.matvec(y)
+            correction, info = kernel_lsqr(
+                self.matvec,
+                step,
+                self.preconditioner.inv_sqrt,
+                tol=min(0.5, tol / residual / (2.0 * ratio)),
+                max_iter=self.max_iter,
+                ritz_floor=floor,
+            )
+            entry["iterations"] += info.iterations
+            if info.stopped != "converged":
+                break
+            refined = y + correction
+            refined_residual = self._residual(refined, b)
+            if refined_residual >= residual:
+                break
+            ratio = max(ratio, refined_residual / residual / max(info.residual, torch.finfo(b.dtype).tiny))
+            y, residual = refined, refined_residual
+            entry["refinements"] = attempt
+            if residual <= tol:
+                break
+        return y, residual
+
+    def damped(self, b: Tensor, damping: float, tol: float | None = None) -> Tensor:
+        """(K + λI)⁻¹ b by PCG with the preconditioner shifted by λ, to relative residual ``tol``."""
+        tol = self.tol if tol is None else float(tol)
         while True:
             shifted = LowRankPreconditioner(self.partial, self.preconditioner.sigma, damping)
             y, info = preconditioned_cg(
-                lambda x: self.matvec(x) + damping * x, b, shifted.solve, tol=self.tol, max_iter=self.max_iter
+                lambda x: self.matvec(x) + damping * x, b, shifted.solve, tol=tol, max_iter=self.max_iter
             )
             entry = {"kind": "damped", "by": "pcg", "iterations": info.iterations, "stopped": info.stopped}
             self.record.solves.append(entry)
             if info.stopped == "converged":
                 residual = self._residual(y, b, damping)
                 entry["residual"] = residual
-                if residual <= self.tol:
+                entry["at_rounding_floor"] = tol < residual <= self.rounding_floor(y, b)
+                if residual <= tol or entry["at_rounding_floor"]:
                     return y
             if not self._extend("iteration limit"):
                 raise KernelSolveError(self._failure("iteration limit"))

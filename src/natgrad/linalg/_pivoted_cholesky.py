@@ -81,7 +81,8 @@ def pivoted_cholesky(
             break
         size = min(block, max_rank - rank, int((free > stop).sum()))
         candidates = torch.topk(free, size).indices
-        cols = columns(candidates).to(dtype) - factor[:, :rank] @ factor[candidates, :rank].T
+        cols = columns(candidates).to(dtype)
+        cols.addmm_(factor[:, :rank], factor[candidates, :rank].T, alpha=-1.0)
         open_ = torch.ones(size, dtype=torch.bool, device=device)
         for _ in range(size):
             pick = torch.where(open_, residual[candidates], torch.full_like(residual[candidates], -1.0))
@@ -96,9 +97,10 @@ def pivoted_cholesky(
             chosen[pivot] = True
             rank += 1
             open_[j] = False
-            residual = (residual - column**2).clamp_min(0)
+            # In place: at large r a temporary r × block per pivot costs more than the update itself.
+            residual.addcmul_(column, column, value=-1.0).clamp_min_(0)
             residual[pivot] = 0.0
-            cols -= column[:, None] * column[candidates][None, :]
+            cols.addr_(column, column[candidates], alpha=-1.0)
     free = torch.where(chosen, torch.zeros_like(residual), residual)
     complete = r == 0 or float(free.max()) <= stop
     return PartialCholesky(factor[:, :rank], pivots, residual, complete=complete)

@@ -23,6 +23,7 @@ the engine's default (1e-12) in float64.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -170,10 +171,16 @@ class MatrixFreeFactorization:
         """`natgrad.GramFactorization.solve`, direction and gradient keyed by the optimizer's names."""
         if self._dense is None:
             try:
-                return self._renamed(self.fac.solve(loss, inverse=inverse))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    result = self.fac.solve(loss, inverse=inverse)
+                if result.status == "success":
+                    return self._renamed(result)
+                # an uncertified answer (the rounding floor above tol) is not a step either
+                self._refusal = "; ".join(str(w.message) for w in caught) or f"status {result.status!r}"
             except ConvergenceError as error:
                 self._refusal = str(error)
-                self._dense = self._make_dense()
+            self._dense = self._make_dense()
         result = self._dense.solve(loss, inverse=inverse)
         certificate = {"uncertified": self._refusal, "fallback": result.method}
         return replace(result, info={**result.info, "certificate": certificate})
