@@ -13,8 +13,15 @@ as a multiple of one gradient of the loss ½‖r‖² (through the forward Lapla
 
 Every J is checked against the forward-Laplacian one (max abs difference recorded).
 
+``--step``: where one ENGD step of the size experiments goes (process CPU time, one thread, median of
+``--repeats``), on their own problems — 2-D Poisson 2-64-64-48-48-1 on 900 + 120 points (d = 9,873,
+N = 1,020) and 5-D Poisson 5-64-64-48-48-1 on 3,000 + 500 points (d = 10,065, N = 3,500): the residual
+Jacobian J; the kernel K = J Jᵀ; its eigendecomposition (the Moore–Penrose solve); J as the engine would
+form it from the linearised map without its own J (N vector–Jacobian products, what it did before it took
+the map's J); the grid line search (30 loss evaluations); and one whole ``NGD.step``.
+
 Usage:
-    python benchmarks/pde_jacobian.py [--quick] [--threads 1] [--out FILE]
+    python benchmarks/pde_jacobian.py [--quick] [--step] [--threads 1] [--out FILE]
 """
 
 from __future__ import annotations
@@ -131,14 +138,83 @@ def measure(widths: tuple[int, ...], n: int, repeats: int) -> dict:
     return out
 
 
+STEP_CASES = {"poisson-2d": ((64, 64, 48, 48), 30, 30), "poisson-5d": ((64, 64, 48, 48), 3000, 500)}
+STEP_CASES_QUICK = {"poisson-2d": ((16, 16, 12, 12), 10, 10), "poisson-5d": ((16, 16), 200, 60)}
+
+
+def step_breakdown(name: str, sizes: tuple, repeats: int) -> dict:
+    """CPU seconds of the parts of one ENGD step (grid line search, cutoff 1e-15·λ_max) on one problem."""
+    from natgrad.experiments import _poisson
+    from natgrad.models import Linearization
+    from natgrad.optim import NGD
+
+    widths, first, second = sizes
+    build = _poisson.poisson_2d if name == "poisson-2d" else _poisson.poisson_5d
+    make, _ = build(widths, first, second, 0)
+    problem = make()
+    params = problem.network.params()
+    jac = problem.jacobian(params)
+    kernel = jac @ jac.T
+    linearised = problem.linearize(params)
+    grid = tuple(0.5**k for k in range(30))
+    opt = NGD(
+        problem.network.module.named_parameters(),
+        line_search="grid",
+        line_search_grid=grid,
+        inverse=ng.MoorePenrose(rtol=1e-15),
+    )
+    parts = {
+        "residual_jacobian": lambda: problem.jacobian(params),
+        "kernel_JJt": lambda: jac @ jac.T,
+        "eigh_kernel": lambda: torch.linalg.eigh(kernel),
+        "engine_J_by_vjps": lambda: Linearization(lambda p: linearised(p), params).jacobian(),
+        "line_search_30_losses": lambda: [problem.loss(params) for _ in grid],
+    }
+    out = {
+        "problem": name,
+        "num_params": ng.num_params(params),
+        "num_residuals": problem.num_residuals,
+        "cpu_seconds": {k: cpu_seconds(fn, repeats) for k, fn in parts.items()},
+    }
+    steps = []
+    for _ in range(repeats):
+        start = time.process_time()
+        opt.step(problem)
+        steps.append(time.process_time() - start)
+    out["cpu_seconds"]["ngd_step"] = statistics.median(steps)
+    return out
+
+
+def main_step(args: argparse.Namespace) -> None:
+    cases = STEP_CASES_QUICK if args.quick else STEP_CASES
+    rows = []
+    for name, sizes in cases.items():
+        row = step_breakdown(name, sizes, args.repeats)
+        rows.append(row)
+        cells = ", ".join(f"{k} {v:.3f}" for k, v in row["cpu_seconds"].items())
+        print(f"{name} d={row['num_params']} N={row['num_residuals']} (CPU s): {cells}")
+    stem = "pde_step_quick.json" if args.quick else "pde_step.json"
+    path = atomic_write_json(
+        args.out or Path(__file__).parent / "results" / stem,
+        {"environment": collect_environment(), "threads": args.threads, "steps": rows},
+    )
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small networks and point sets")
+    parser.add_argument(
+        "--step", action="store_true", help="where one ENGD step of the size experiments goes"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.step:
+        main_step(args)
+        return
     cases = QUICK if args.quick else FULL
     results = []
     for widths, n in cases:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from natgrad.experiments import pinn_heat, pinn_poisson_5d, pinn_poisson_10k
 from natgrad.experiments._base import config_to_dict, no_progress
-from natgrad.experiments._pde_training import first_reached
+from natgrad.experiments._pde_training import (
+    THRESHOLDS,
+    Training,
+    _can_fork,
+    combine_records,
+    first_reached,
+    method_record,
+    run_methods,
+)
 
 
 @pytest.mark.slow
@@ -36,3 +45,93 @@ def test_first_reached_reads_the_first_evaluation_at_or_below_the_threshold() ->
     assert first_reached(history, 1e-4, "time") == 2.5
     assert first_reached(history, 1e-6, "step") == 30
     assert first_reached(history, 1e-7, "time") is None
+
+
+# ---------------------------------------------------------------- budgets and what is read off the histories
+def _tiny_poisson():
+    """(make_problem, error_of) of a 2-D Poisson problem small enough for sub-second training."""
+    from natgrad.experiments import _poisson
+
+    return _poisson.poisson_2d((6,), 4, 4, seed=3)
+
+
+def _spin(seconds: float) -> None:
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+
+
+def test_cpu_budget_stops_each_method_once_its_steps_have_used_the_budget() -> None:
+    make, error_of = _tiny_poisson()
+    spent_evaluating = []
+
+    def costly_error(problem) -> float:
+        start = time.process_time()
+        _spin(0.001)  # evaluation work, which the budget must not charge
+        spent_evaluating.append(time.process_time() - start)
+        return error_of(problem)
+
+    settings = Training(steps=(("adam", 10**6),), eval_every=(("adam", 1),), cpu_budget_s=0.1)
+    record = method_record("adam", 10**6, make, costly_error, settings, no_progress)
+    cpu = record["cpu_time"]
+    assert cpu[-1] >= 0.1 > cpu[-2]  # stopped at the first step past the budget, not later
+    assert record["training_cpu_s"] == cpu[-1] and record["steps_taken"] == record["step"][-1] < 10**6
+    assert all(b > a for a, b in zip(cpu, cpu[1:], strict=False))
+    # every evaluation spun 1 ms of CPU; had it been charged, the budget would have bought fewer steps
+    assert sum(spent_evaluating) >= 0.001 * len(spent_evaluating)
+    per_step = cpu[-1] / record["steps_taken"]
+    assert cpu[-1] - 0.1 <= 5 * per_step + 0.01  # the overrun is the last step, not the evaluations
+
+
+def test_step_budget_without_cpu_budget_takes_exactly_the_steps() -> None:
+    make, error_of = _tiny_poisson()
+    settings = Training(steps=(("lbfgs", 4),), eval_every=(("lbfgs", 3),))
+    record = method_record("lbfgs", 4, make, error_of, settings, no_progress)
+    assert record["step"] == [0, 3, 4] and record["steps_taken"] == 4  # every 3rd step and the last
+
+
+def test_times_to_thresholds_are_the_first_evaluations_at_or_below_them() -> None:
+    make, error_of = _tiny_poisson()
+    settings = Training(steps=(("ngd", 12),), eval_every=(("ngd", 1),))
+    record = method_record("ngd", 12, make, error_of, settings, no_progress)
+    for key, table in (("time", "time_to"), ("cpu_time", "cpu_time_to"), ("step", "steps_to")):
+        for t in THRESHOLDS:
+            below = [v for v, e in zip(record[key], record["error"], strict=True) if e <= t]
+            assert record[table][f"{t:g}"] == (below[0] if below else None)
+    history = {"cpu_time": [0.0, 0.3, 0.9], "error": [1.0, 5e-5, 5e-7]}
+    assert first_reached(history, 1e-4, "cpu_time") == 0.3 and first_reached(history, 1e-6, "cpu_time") == 0.9
+
+
+def test_methods_in_forked_processes_give_the_sequential_results_and_records_combine() -> None:
+    make, error_of = _tiny_poisson()
+    steps = (("ngd", 3), ("adam", 5))
+    every = (("ngd", 1), ("adam", 5))
+    sequential = run_methods(make, error_of, Training(steps=steps, eval_every=every), no_progress)
+    forked = run_methods(
+        make, error_of, Training(steps=steps, eval_every=every, parallel_methods=True), no_progress
+    )
+    assert forked["parallel_methods"] is _can_fork() and sequential["parallel_methods"] is False
+    for name in ("ngd", "adam"):
+        assert forked["methods"][name]["error"] == sequential["methods"][name]["error"]
+    assert (forked["num_params"], forked["num_residuals"]) == (sequential["num_params"], 32)
+    settings = Training(steps=steps, eval_every=every)
+    records = {m: {**rec, "num_params": 25, "num_residuals": 32} for m, rec in sequential["methods"].items()}
+    assert combine_records(settings, 1, False, records)["methods"].keys() == {"ngd", "adam"}
+    with pytest.raises(ValueError, match=r"no record for method\(s\) \['adam'\]"):
+        combine_records(settings, 1, False, {"ngd": records["ngd"]})
+    with pytest.raises(ValueError, match="different problems"):
+        combine_records(settings, 1, False, {**records, "adam": {**records["adam"], "num_params": 7}})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cpu_budget_s": 0.0}, "cpu_budget_s must be a number of seconds > 0"),
+        ({"steps": (("sgd", 3),), "eval_every": (("sgd", 1),)}, r"unknown method\(s\) \['sgd'\]"),
+        ({"eval_every": ()}, r"method\(s\) \['ngd'\] have a step budget but no eval_every"),
+    ],
+)
+def test_training_settings_are_checked(options, message) -> None:
+    settings = {"steps": (("ngd", 3),), "eval_every": (("ngd", 1),), **options}
+    with pytest.raises(ValueError, match=message):
+        Training(**settings)

@@ -90,9 +90,15 @@ class Problem:
         return out if self.scaling is None else self.scaling(out)
 
     def a_dense(self) -> Tensor:
-        """A as a dense (r, d) matrix, by VJPs of B's columns or by JVPs, whichever needs fewer products."""
+        """A as a dense (r, d) matrix: Bᵀ J from the model's own J when it has one, else by VJPs of B's
+        columns or by JVPs, whichever needs fewer products."""
         dtype, device, chunk = self.lin.flat.dtype, self.lin.flat.device, self.chunk
-        if self.d < self.r:
+        if self.lin.dense_jacobian is not None:
+            known = self.lin.dense_jacobian
+            # in the memory layout of the product-built A (column-major from JVP columns when d < r): same
+            # values and layout give bitwise the same Gram matrix, so results do not move by a rounding
+            a = self.metric.factor_t_matmul(known.T.contiguous().T if self.d < self.r else known)
+        elif self.d < self.r:
             eye = torch.eye(self.d, dtype=dtype, device=device)
             cols = [self.lin.jvp_rows(eye[i : i + chunk]) for i in range(0, self.d, chunk)]
             a = self.metric.factor_t_matmul(torch.cat(cols).T)

@@ -1,24 +1,35 @@
-"""Training a `natgrad.pde.Problem` by several methods on fixed step budgets, and what the PDE experiments report.
+"""Training a `natgrad.pde.Problem` by several methods on equal budgets, and what the PDE experiments report.
 
 Methods, each from the same initial network (a fresh copy per method) on the same collocation points:
 
 * ``ngd``: `natgrad.optim.NGD` on the residuals — Gauss–Newton natural gradient (= energy natural gradient for
-  a linear PDE), Moore–Penrose inverse with the default cutoff, grid line search α ∈ {2⁻ᵏ, k < grid_size};
-  the route is natgrad's ``auto`` (the d×d primal system when d ≤ N, the N×N dual system when d > N);
+  a linear PDE), Moore–Penrose inverse (cutoff ``rtol``·λ_max, natgrad's default when None), grid line search
+  α ∈ {2⁻ᵏ, k < grid_size}; the route is natgrad's ``auto`` (the d×d primal system when d ≤ N, the N×N dual
+  system when d > N);
 * ``ngd-primal``: the same step forced onto the primal route (factorising the d×d Gram matrix, as the exact
   ENGD implementations of the literature do), to show what the size-chosen route avoids;
 * ``adam``: torch.optim.Adam; ``lbfgs``: torch.optim.LBFGS with a strong Wolfe line search (one step = one
   ``optimizer.step`` of at most ``lbfgs_max_iter`` inner iterations).
 
-Budgets are step counts, so the same seed gives the same errors whatever else the machine runs. Wall-clock
-training time (paused while the error is evaluated, one fixed torch thread count for every method) is
-recorded next to every evaluation, together with the process CPU time of the steps (with one torch thread it
-measures the work done, which other jobs on a shared machine do not inflate), and reported — time to 10⁻⁴,
-10⁻⁵, 10⁻⁶ — but never claimed.
+Two kinds of budget:
+
+* step counts (``steps``): the same seed gives the same errors whatever else the machine runs; the quick
+  settings and their claims use them;
+* CPU time (``cpu_budget_s``): every method trains until the process CPU time of its steps
+  (``time.process_time``, one torch thread, error evaluations not charged) reaches the same number of
+  seconds; ``steps`` is then only a cap. With one thread, CPU time measures the work a method does, which
+  other jobs on a shared machine do not inflate (wall-clock time they do); the step that crosses the budget
+  is finished and counted, so a method may overrun by less than one of its steps (recorded).
+
+Wall-clock training time (paused while the error is evaluated) is recorded next to the CPU time. Time to
+10⁻⁴, 10⁻⁵, 10⁻⁶ is read off the evaluations (`first_reached`) and reported, never claimed. With
+``parallel_methods`` each method trains in its own forked single-threaded process (CPU only): the budgets
+and histories are per process, so this changes the elapsed time of the whole run, not the results.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +40,7 @@ import torch
 
 import natgrad as ng
 from natgrad import pde
-from natgrad.experiments._base import Claim, Progress
+from natgrad.experiments._base import Claim, Progress, no_progress
 from natgrad.experiments._figures import pyplot, save_figure
 from natgrad.experiments._timing import TrainingClock, fixed_threads
 from natgrad.optim import NGD
@@ -47,15 +58,39 @@ LABELS = {
 class Training:
     """Optimizer settings shared by the PDE experiments."""
 
-    steps: tuple[tuple[str, int], ...]  # (method, optimizer steps): the deterministic budget
+    steps: tuple[tuple[str, int], ...]  # (method, optimizer steps): the budget, or a cap under cpu_budget_s
     eval_every: tuple[tuple[str, int], ...]  # (method, steps between error evaluations)
     grid_size: int = 30
     adam_lr: float = 1e-3
     lbfgs_max_iter: int = 20
     rtol: float | None = None  # Moore–Penrose cutoff on eigenvalues (rtol·λ_max); None: NGD's default for
     # residuals, natgrad.linalg.residual_rtol
+    # the primal route's cutoff: None is MoorePenrose's plain default 10·min(N, d)·eps. A cutoff below the
+    # rounding floor of the d×d Gram matrix JᵀJ (its d − N zero eigenvalues come out at a few eps·λ_max when
+    # d > N) would invert rounding noise
+    primal_rtol: float | None = None
     primal_memory_budget: int = 2**34  # bytes the forced primal route may allocate (its d×d matrices)
     threads: int = 1
+    cpu_budget_s: float | None = None  # equal CPU-time budget per method (process_time of its steps)
+    parallel_methods: bool = (
+        False  # one forked process per method (CPU only; same results, less elapsed time)
+    )
+
+    def __post_init__(self) -> None:
+        if self.cpu_budget_s is not None and not (
+            isinstance(self.cpu_budget_s, int | float) and self.cpu_budget_s > 0
+        ):
+            raise ValueError(
+                f"Training: cpu_budget_s must be a number of seconds > 0 or None, got {self.cpu_budget_s!r}"
+            )
+        unknown = sorted({m for m, _ in self.steps} - set(LABELS))
+        if unknown:
+            raise ValueError(
+                f"Training: unknown method(s) {unknown} in steps; expected names from {sorted(LABELS)}"
+            )
+        missing = sorted({m for m, _ in self.steps} - {m for m, _ in self.eval_every})
+        if missing:
+            raise ValueError(f"Training: method(s) {missing} have a step budget but no eval_every entry")
 
 
 def train(
@@ -90,7 +125,13 @@ def train(
             lr=1.0,
             line_search="grid",
             line_search_grid=grid,
-            inverse=None if settings.rtol is None else ng.MoorePenrose(rtol=settings.rtol),
+            inverse=(
+                ng.MoorePenrose(rtol=settings.primal_rtol)
+                if method == "ngd-primal"
+                else None
+                if settings.rtol is None
+                else ng.MoorePenrose(rtol=settings.rtol)
+            ),
             method="auto" if method == "ngd" else "primal",
             factorize=primal_factorize if method == "ngd-primal" else None,
         )
@@ -140,6 +181,7 @@ def train(
     }
     clock = TrainingClock()
     cpu = 0.0
+    budget = settings.cpu_budget_s
     for taken in progress(range(1, steps + 1), description=method, total=steps):
         clock.resume()
         cpu_start = time.process_time()
@@ -150,12 +192,15 @@ def train(
             break
         cpu += time.process_time() - cpu_start
         elapsed = clock.pause()
-        if taken % eval_every == 0 or taken == steps:
+        spent = budget is not None and cpu >= budget
+        if taken % eval_every == 0 or taken == steps or spent:
             history["time"].append(elapsed)
             history["cpu_time"].append(cpu)
             history["step"].append(taken)
             history["error"].append(error())
             history["loss"].append(loss_value)
+        if spent:
+            break
     return history
 
 
@@ -167,11 +212,86 @@ def first_reached(history: dict[str, list[float]], threshold: float, key: str) -
     return None
 
 
-def _warm_up(problem: pde.Problem) -> None:
+def warm_up(problem: pde.Problem) -> None:
     """One small Jacobian: the first torch.func transform of a process pays one-off imports (seconds)."""
     first = problem.conditions[0]
     small = pde.Problem(problem.network, [pde.Condition(first.kind, first.points[:2], first.residual)])
     small.jacobian(problem.network.params())
+
+
+def method_record(
+    method: str,
+    steps: int,
+    make_problem: Callable[[], pde.Problem],
+    error_of: Callable[[pde.Problem], float],
+    settings: Training,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Train one method on a fresh problem; its history and what is read off it (one entry of `run_methods`).
+
+    `run_methods` calls it for every method; it can also run alone (one method per job) and the records be
+    put together by `combine_records`: the results are the same, since every method starts afresh.
+    """
+    problem = make_problem()
+    history = train(
+        method,
+        steps,
+        dict(settings.eval_every)[method],
+        problem,
+        lambda: error_of(problem),
+        settings,
+        progress,
+    )
+    return {
+        **history,
+        "num_params": ng.num_params(problem.network.params()),
+        "num_residuals": problem.num_residuals,
+        "final_error": history["error"][-1],
+        "best_error": min(history["error"]),
+        "steps_taken": history["step"][-1],
+        "training_time_s": history["time"][-1],
+        "training_cpu_s": history["cpu_time"][-1],
+        "time_to": {f"{t:g}": first_reached(history, t, "time") for t in THRESHOLDS},
+        "cpu_time_to": {f"{t:g}": first_reached(history, t, "cpu_time") for t in THRESHOLDS},
+        "steps_to": {f"{t:g}": first_reached(history, t, "step") for t in THRESHOLDS},
+    }
+
+
+def _can_fork() -> bool:
+    """Forked workers only where fork exists and no CUDA context would be inherited (CUDA breaks on fork)."""
+    return "fork" in multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized()
+
+
+def _forked_records(jobs: list[tuple[str, int]], record: Callable[[str, int], dict[str, Any]]) -> list[Any]:
+    """``record(method, steps)`` for every job, each in its own forked process; results in job order."""
+    context = multiprocessing.get_context("fork")
+    running = []
+    for method, steps in jobs:
+        receive, send = context.Pipe(duplex=False)
+
+        def work(method: str = method, steps: int = steps, send: Any = send) -> None:
+            try:
+                send.send(("ok", record(method, steps)))
+            except BaseException as error:  # reported to the parent, which raises
+                send.send(("error", f"{type(error).__name__}: {error}"))
+            finally:
+                send.close()
+
+        process = context.Process(target=work, name=f"pde-{method}")
+        process.start()
+        send.close()
+        running.append((method, process, receive))
+    out = []
+    for method, process, receive in running:
+        try:
+            status, payload = receive.recv()
+        except EOFError:
+            status, payload = "error", "the worker process died without a result"
+        process.join()
+        if status != "ok":
+            raise RuntimeError(f"run_methods: method {method!r} failed in its worker process: {payload}")
+        out.append(payload)
+    return out
 
 
 def run_methods(
@@ -181,40 +301,64 @@ def run_methods(
     progress: Progress,
 ) -> dict[str, Any]:
     """Every method of ``settings.steps`` on a fresh problem from ``make_problem`` (same seed ⇒ same start)."""
+    jobs = list(settings.steps)
+    parallel = settings.parallel_methods and len(jobs) > 1 and _can_fork()
     with fixed_threads(settings.threads) as threads:
-        every = dict(settings.eval_every)
-        _warm_up(make_problem())
-        methods: dict[str, Any] = {}
-        num_params = num_residuals = 0
-        for method, steps in settings.steps:
-            problem = make_problem()
-            num_params = ng.num_params(problem.network.params())
-            num_residuals = problem.num_residuals
-            history = train(
-                method, steps, every[method], problem, lambda p=problem: error_of(p), settings, progress
-            )
-            methods[method] = {
-                **history,
-                "final_error": history["error"][-1],
-                "best_error": min(history["error"]),
-                "steps_taken": history["step"][-1],
-                "training_time_s": history["time"][-1],
-                "training_cpu_s": history["cpu_time"][-1],
-                "time_to": {f"{t:g}": first_reached(history, t, "time") for t in THRESHOLDS},
-                "cpu_time_to": {f"{t:g}": first_reached(history, t, "cpu_time") for t in THRESHOLDS},
-                "steps_to": {f"{t:g}": first_reached(history, t, "step") for t in THRESHOLDS},
-            }
+        warm_up(make_problem())
+
+        def record(method: str, steps: int, progress: Progress = progress) -> dict[str, Any]:
+            return method_record(method, steps, make_problem, error_of, settings, progress)
+
+        if parallel:
+            records = _forked_records(jobs, lambda m, s: record(m, s, no_progress))
+        else:
+            records = [record(method, steps) for method, steps in jobs]
+    return combine_records(settings, threads, parallel, dict(zip((m for m, _ in jobs), records, strict=True)))
+
+
+def combine_records(
+    settings: Training, threads: int, parallel: bool, records: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The results of `run_methods` from one `method_record` per method of ``settings.steps``.
+
+    Raises:
+        ValueError: a method of ``settings.steps`` has no record, or the records disagree on the problem size.
+    """
+    missing = [m for m, _ in settings.steps if m not in records]
+    if missing:
+        raise ValueError(f"combine_records: no record for method(s) {missing}; run each with method_record")
+    methods = {m: dict(records[m]) for m, _ in settings.steps}
+    sizes = {(rec.pop("num_params"), rec.pop("num_residuals")) for rec in methods.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"combine_records: the records are of different problems (d, N) = {sorted(sizes)}")
+    ((num_params, num_residuals),) = sizes
+    budget = (
+        f"equal CPU time per method: {settings.cpu_budget_s:g} s of process_time of its training steps, "
+        f"{threads} torch thread(s) (step caps {dict(settings.steps)})"
+        if settings.cpu_budget_s is not None
+        else "fixed number of optimizer steps per method (the claims rest on it)"
+    )
     return {
         "torch_threads": threads,
-        "budget": "fixed number of optimizer steps per method (the claims rest on it)",
+        "budget": budget,
+        "cpu_budget_s": settings.cpu_budget_s,
+        "parallel_methods": parallel,
         "clock": "wall-clock (perf_counter) and process CPU time (process_time, which a machine shared with "
         "other work does not inflate), training steps only, one fixed torch thread count; reported, not claimed",
         "num_params": num_params,
         "num_residuals": num_residuals,
         "steps": dict(settings.steps),
         "rtol": settings.rtol,
+        "primal_rtol": settings.primal_rtol,
         "methods": methods,
     }
+
+
+def with_cpu_per_step(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with each method's training CPU seconds per step added (the size experiments report it)."""
+    for m in results["methods"].values():
+        m["cpu_seconds_per_step"] = m["training_cpu_s"] / max(m["steps_taken"], 1)
+    return results
 
 
 def _cutoff(results: dict[str, Any]) -> str:
@@ -225,6 +369,21 @@ def _cutoff(results: dict[str, Any]) -> str:
 def _timing(results: dict[str, Any], name: str) -> str:
     m = results["methods"][name]
     return f"{m['steps_taken']} steps, {m['training_cpu_s']:.1f} s CPU"
+
+
+def _budget_of(results: dict[str, Any], name: str) -> str:
+    """ "after 300 steps" on step budgets, "within 1000 s of CPU time (712 steps)" on CPU-time budgets."""
+    budget = results.get("cpu_budget_s")
+    taken = results["methods"][name]["steps_taken"]
+    if budget is None:
+        return f"after {results['steps'][name]} steps"
+    return f"within {budget:g} s of single-threaded CPU time ({taken} steps)"
+
+
+def _reported(results: dict[str, Any]) -> str:
+    if results.get("cpu_budget_s") is None:
+        return "times are reported, not claimed"
+    return "CPU-time budget; the errors depend on the machine's speed, not on its load"
 
 
 def standard_claims(
@@ -238,9 +397,9 @@ def standard_claims(
             "ngd-error",
             f"ENGD (Gauss–Newton on the residuals, Moore–Penrose{_cutoff(results)}, grid line search; route "
             f"{'primal' if results['num_params'] <= results['num_residuals'] else 'dual'}) reaches a relative "
-            f"L2 error of at most {error_target:g} after {results['steps']['ngd']} steps "
-            f"({_timing(results, 'ngd')} of training, {results['torch_threads']} torch thread(s); times are "
-            "reported, not claimed)",
+            f"L2 error of at most {error_target:g} {_budget_of(results, 'ngd')} "
+            f"({_timing(results, 'ngd')} of training, {results['torch_threads']} torch thread(s); "
+            f"{_reported(results)})",
             ngd,
             "<=",
             error_target,
@@ -251,7 +410,7 @@ def standard_claims(
         out.append(
             Claim(
                 f"{name}-far-above",
-                f"{LABELS[name]}'s final relative L2 error after {results['steps'][name]} steps "
+                f"{LABELS[name]}'s final relative L2 error {_budget_of(results, name)} "
                 f"({_timing(results, name)}; ENGD: {_timing(results, 'ngd')}) is at least {factor:g}× "
                 f"ENGD's (ratio of final errors; {LABELS[name]} ends at {final:.2e})",
                 final / ngd if ngd > 0 else float("inf"),

@@ -4,21 +4,29 @@ Same problem as ``pinn-poisson`` (u* = sin(πx) sin(πy), zero Dirichlet data), 
 2 → 64 → 64 → 48 → 48 → 1 (d = 9,873) on 900 interior (30² cell centres) + 120 boundary points (quick:
 2 → 16 → 16 → 12 → 12 → 1, d = 693, on 100 + 40). With d ≫ N, ``NGD``'s ``auto`` route solves the N×N
 kernel system (cost O(N²d) per step); exact ENGD as usually implemented factorises the d×d Gram matrix
-(O(d³), 0.78 GB per matrix in float64 at d = 9,873). Both compute the same Moore–Penrose step, so on an
-equal step budget they reach the same errors; what differs is the time per step, which is recorded and
-reported (not claimed). The full setting gives the primal route only 3 steps — at d ≈ 10⁴ one step takes
-minutes on two cores — and says so; Adam and L-BFGS run on their own step budgets as in ``pinn-poisson``.
+(O(d³), 0.78 GB per matrix in float64 at d = 9,873). Both compute the same Moore–Penrose step (up to their
+cutoffs), so on an equal step budget (quick) they reach the same errors; on the full setting's equal
+CPU-time budget the primal route affords a handful of steps where the dual one takes hundreds. Adam and
+L-BFGS get the same budget. Budgets, methods and timing: see `_pde_training`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from natgrad import pde
 from natgrad.experiments import _poisson as problems
 from natgrad.experiments._base import Claim, Experiment, Progress
-from natgrad.experiments._pde_training import Training, error_figure, run_methods, standard_claims
+from natgrad.experiments._pde_training import (
+    Training,
+    error_figure,
+    run_methods,
+    standard_claims,
+    with_cpu_per_step,
+)
 
 
 @dataclass(frozen=True)
@@ -53,9 +61,16 @@ def config(quick: bool, seed: int = 0) -> Config:
             (("adam", 10.0), ("lbfgs", 10.0)),
             primal_agreement=10.0,
         )
+    # Full: an equal budget of 200 s of single-threaded CPU time per method (steps are caps only) — the issue
+    # allows 1,000 s; four methods at 1,000 s did not fit the share of the shared machine these results were
+    # made on, and ENGD is asked to reach 1e-6 within the smaller budget. The Moore–Penrose cutoff 1e-15·λ_max is set
+    # explicitly (natgrad's default stalls near 1e-6 on these kernels).
     training = Training(
-        steps=(("ngd", 300), ("ngd-primal", 3), ("adam", 20000), ("lbfgs", 500)),
-        eval_every=(("ngd", 2), ("ngd-primal", 1), ("adam", 200), ("lbfgs", 5)),
+        steps=(("ngd", 10**6), ("ngd-primal", 10**6), ("adam", 10**8), ("lbfgs", 10**6)),
+        eval_every=(("ngd", 1), ("ngd-primal", 1), ("adam", 100), ("lbfgs", 1)),
+        rtol=1e-15,
+        cpu_budget_s=200.0,
+        parallel_methods=True,
     )
     return Config(
         seed,
@@ -64,18 +79,24 @@ def config(quick: bool, seed: int = 0) -> Config:
         30,
         training,
         1e-6,
-        (("adam", 10.0), ("lbfgs", 10.0)),
+        (("ngd-primal", 10.0), ("adam", 10.0), ("lbfgs", 10.0)),
         primal_agreement=10.0,
     )
 
 
+def problem(cfg: Config) -> tuple[Callable[[], pde.Problem], Callable[[pde.Problem], float]]:
+    """(make_problem, error_of) of this setting."""
+    return problems.poisson_2d(cfg.widths, cfg.interior_per_side, cfg.boundary_per_edge, cfg.seed)
+
+
 def run(cfg: Config, progress: Progress) -> dict[str, Any]:
-    make, error_of = problems.poisson_2d(cfg.widths, cfg.interior_per_side, cfg.boundary_per_edge, cfg.seed)
-    results = run_methods(make, error_of, cfg.training, progress)
-    for m in results["methods"].values():
-        m["cpu_seconds_per_step"] = m["training_cpu_s"] / max(m["steps_taken"], 1)
+    return finish(cfg, run_methods(*problem(cfg), cfg.training, progress))
+
+
+def finish(cfg: Config, results: dict[str, Any]) -> dict[str, Any]:
+    """The stored results: the methods' (from `run_methods` or `combine_records`) and the claim settings."""
     return {
-        **results,
+        **with_cpu_per_step(results),
         "error_target": cfg.error_target,
         "baseline_factors": dict(cfg.baseline_factors),
         "primal_agreement": cfg.primal_agreement,
@@ -86,7 +107,7 @@ def claims(results: dict[str, Any]) -> list[Claim]:
     out = standard_claims(results, results["error_target"], results["baseline_factors"])
     methods, steps = results["methods"], results["steps"]
     auto, primal = methods["ngd"], methods["ngd-primal"]
-    if steps["ngd-primal"] == steps["ngd"]:
+    if results.get("cpu_budget_s") is None and steps["ngd-primal"] == steps["ngd"]:
         ratio = max(auto["final_error"], primal["final_error"]) / min(
             auto["final_error"], primal["final_error"]
         )

@@ -4,18 +4,27 @@ The solution is u* = Σᵢ cos(πxᵢ) (not the product of sines, which is tiny 
 dimensions). A tanh network 5 → 64 → 64 → 48 → 48 → 1 (d = 10,065) on 3,000 interior and 500 boundary
 points drawn uniformly with a fixed seed (quick: 5 → 16 → 16 → 1, d = 385, on 200 + 60). With d > N the
 ``auto`` route solves the N×N kernel system. Relative L2 error by Gauss–Legendre quadrature, 6⁵ nodes.
-Budgets, methods and timing: see `_pde_training`.
+The full setting is an equal CPU-time budget for every method (see `config` for why it is below the
+issue's 3,000 s). Budgets, methods and timing: see `_pde_training`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from natgrad import pde
 from natgrad.experiments import _poisson as problems
 from natgrad.experiments._base import Claim, Experiment, Progress
-from natgrad.experiments._pde_training import Training, error_figure, run_methods, standard_claims
+from natgrad.experiments._pde_training import (
+    Training,
+    error_figure,
+    run_methods,
+    standard_claims,
+    with_cpu_per_step,
+)
 
 
 @dataclass(frozen=True)
@@ -40,18 +49,32 @@ def config(quick: bool, seed: int = 0) -> Config:
         # quick: d = 385 > N = 260, so ENGD interpolates the residuals within ~20 steps and the error stops at
         # what 260 points determine (about 3e-2); L-BFGS gets as far on this budget, so no claim about it here
         return Config(seed, (16, 16), 200, 60, training, 5e-2, (("adam", 10.0),))
+    # Full: an equal budget of 80 s of single-threaded CPU time per method (steps are caps only) — the issue
+    # asks for 3,000 s, which three methods could not get on the shared machine these results were made on;
+    # the Moore–Penrose cutoff 1e-15·λ_max is set explicitly (the default stalls near 1e-6).
     training = Training(
-        steps=(("ngd", 300), ("adam", 20000), ("lbfgs", 500)),
-        eval_every=(("ngd", 2), ("adam", 200), ("lbfgs", 5)),
+        steps=(("ngd", 10**6), ("adam", 10**8), ("lbfgs", 10**6)),
+        eval_every=(("ngd", 1), ("adam", 100), ("lbfgs", 1)),
+        rtol=1e-15,
+        cpu_budget_s=80.0,
+        parallel_methods=True,
     )
     return Config(seed, (64, 64, 48, 48), 3000, 500, training, 1e-6, (("adam", 10.0), ("lbfgs", 10.0)))
 
 
+def problem(cfg: Config) -> tuple[Callable[[], pde.Problem], Callable[[pde.Problem], float]]:
+    """(make_problem, error_of) of this setting."""
+    return problems.poisson_5d(cfg.widths, cfg.interior, cfg.boundary, cfg.seed)
+
+
 def run(cfg: Config, progress: Progress) -> dict[str, Any]:
-    make, error_of = problems.poisson_5d(cfg.widths, cfg.interior, cfg.boundary, cfg.seed)
-    results = run_methods(make, error_of, cfg.training, progress)
+    return finish(cfg, run_methods(*problem(cfg), cfg.training, progress))
+
+
+def finish(cfg: Config, results: dict[str, Any]) -> dict[str, Any]:
+    """The stored results: the methods' (from `run_methods` or `combine_records`) and the claim settings."""
     return {
-        **results,
+        **with_cpu_per_step(results),
         "solution": "u* = sum_i cos(pi x_i)",
         "error_target": cfg.error_target,
         "baseline_factors": dict(cfg.baseline_factors),

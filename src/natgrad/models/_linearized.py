@@ -104,6 +104,7 @@ class Linearization:
             )
         self._reverse: tuple[Tensor, tuple[Tensor | None, ...]] | None = None
         self.info["jvp"] = self._choose_mode()
+        self.dense_jacobian = self._known_jacobian(phi)
 
     def _choose_mode(self) -> str:
         """Probe J t once: forward mode if it works, else build the reverse-mode graph (and probe it)."""
@@ -125,6 +126,36 @@ class Linearization:
             mode = "forward"
         self._check_deterministic(again.detach())
         return mode
+
+    def _known_jacobian(self, phi: Parametrisation) -> Tensor | None:
+        """J as materialised by phi itself (its ``dense_jacobian`` attribute, e.g. natgrad.pde's linearised
+        residuals), checked against one autodiff product; None when phi carries none.
+
+        A dense A then costs no products at all instead of n VJPs (an n × n × d multiplication for a map
+        that is itself a matrix product).
+        """
+        known = getattr(phi, "dense_jacobian", None)
+        if known is None:
+            return None
+        expected = (self.n, self.d)
+        if not isinstance(known, Tensor) or tuple(known.shape) != expected:
+            got = tuple(known.shape) if isinstance(known, Tensor) else type(known).__name__
+            raise InvalidInputError(
+                f"{self.call}: phi.dense_jacobian must be the Jacobian of phi's flattened output with respect "
+                f"to the flattened parameters, a Tensor of shape {expected}, got {got}; drop the attribute "
+                "to let natgrad differentiate phi"
+            )
+        known = known.detach().to(self.flat)
+        gen = torch.Generator().manual_seed(0)
+        t = torch.randn(self.d, generator=gen, dtype=torch.float64).to(self.flat)
+        gap = float(torch.linalg.vector_norm(known @ t - self.jvp(t)))
+        scale = float(torch.linalg.matrix_norm(known)) * float(torch.linalg.vector_norm(t))
+        if gap > torch.finfo(self.flat.dtype).eps ** 0.5 * max(scale, torch.finfo(self.flat.dtype).tiny):
+            raise InvalidInputError(
+                f"{self.call}: phi.dense_jacobian disagrees with autodiff of phi (‖J t − Dphi t‖ = {gap:.3g} "
+                f"for ‖J‖_F ‖t‖ = {scale:.3g}); it must be Dphi at these parameters, in their flattened order"
+            )
+        return known
 
     def _check_deterministic(self, again: Tensor) -> None:
         """Two evaluations of φ at the same ξ must agree (dropout in training mode does not)."""
@@ -220,7 +251,10 @@ class Linearization:
         return vmap(self.jvp, randomness="same")(t)
 
     def jacobian(self, chunk: int | None = None) -> Tensor:
-        """Dense J (n, d), built row- or column-wise, whichever needs fewer products."""
+        """Dense J (n, d): phi's own (checked) when it carries one, else built row- or column-wise, whichever
+        needs fewer products."""
+        if self.dense_jacobian is not None:
+            return self.dense_jacobian
         eye_size = min(self.n, self.d)
         chunk = chunk or eye_size
         eye = torch.eye(eye_size, dtype=self.flat.dtype, device=self.flat.device)

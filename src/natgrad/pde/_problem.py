@@ -219,10 +219,21 @@ class Problem:
             return self.residuals
         r0 = self.residuals(params).detach()
         self._check_finite(r0)
-        jac = self.jacobian(params)
-        theta0 = flatten_params(params)
+        return LinearisedResiduals(r0, self.jacobian(params), params)
 
-        def linearised(p: Params) -> Tensor:
-            return r0 + jac @ (flatten_params(p) - theta0)
 
-        return linearised
+class LinearisedResiduals:
+    """θ ↦ r₀ + J (θ − θ₀), the residual map linearised at θ₀, with its Jacobian J at hand.
+
+    ``dense_jacobian`` is J (N × d, parameters flattened in θ₀'s order): natgrad's engine takes it (after one
+    product checks it against autodiff) instead of forming J again from N vector–Jacobian products.
+    """
+
+    def __init__(self, r0: Tensor, jacobian: Tensor, params: Params) -> None:
+        self.r0 = r0
+        self.dense_jacobian = jacobian
+        self.theta0 = flatten_params(params)
+
+    def __call__(self, params: Params) -> Tensor:
+        """r₀ + J (θ − θ₀), shape (N,)."""
+        return self.r0 + self.dense_jacobian @ (flatten_params(params) - self.theta0)

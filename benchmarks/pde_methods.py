@@ -1,0 +1,106 @@
+"""The full settings of the PDE size experiments, one method per job, and their results put together.
+
+``natgrad reproduce pinn-poisson-10k`` trains its methods in forked processes of one job. On a machine whose
+scheduler shares the cores between jobs (not processes), one job per method gets each method its share;
+this script runs one method of an experiment's setting in this process (one torch thread, the experiment's
+own `method_record`) and stores its record, and ``combine`` puts the records together with the experiment's
+own `combine_records`, `finish`, claims and figures. The records are those the experiment computes itself —
+each method starts from the same seeded network and is charged only the CPU time of its own steps.
+
+Usage:
+    python benchmarks/pde_methods.py run pinn-poisson-10k ngd --out DIR [--quick]
+    python benchmarks/pde_methods.py combine pinn-poisson-10k --out DIR [--quick]
+
+``combine`` writes DIR/results.json (with an environment record), DIR/claims.json and the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from natgrad.experiments import pinn_poisson_5d, pinn_poisson_10k  # noqa: E402
+from natgrad.experiments._base import config_to_dict, no_progress  # noqa: E402
+from natgrad.experiments._pde_training import combine_records, method_record, warm_up  # noqa: E402
+from natgrad.experiments._timing import fixed_threads  # noqa: E402
+from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
+
+EXPERIMENTS = {"pinn-poisson-10k": pinn_poisson_10k, "pinn-poisson-5d": pinn_poisson_5d}
+
+
+def _record_path(out: Path, method: str) -> Path:
+    return out / f"method-{method}.json"
+
+
+def run_one(name: str, method: str, out: Path, quick: bool) -> Path:
+    """Train ``method`` of experiment ``name`` (seed 0) and store its record with the settings."""
+    module = EXPERIMENTS[name]
+    cfg = module.config(quick, 0)
+    steps = dict(cfg.training.steps)
+    if method not in steps:
+        raise SystemExit(f"pde_methods: {name} has no method {method!r}; its methods are {sorted(steps)}")
+    make, error_of = module.problem(cfg)
+    with fixed_threads(cfg.training.threads):
+        warm_up(make())
+        record = method_record(method, steps[method], make, error_of, cfg.training, no_progress)
+    return atomic_write_json(
+        _record_path(out, method),
+        {
+            "experiment": name,
+            "config": config_to_dict(cfg),
+            "environment": collect_environment(),
+            "record": record,
+        },
+    )
+
+
+def combine(name: str, out: Path, quick: bool) -> dict[str, Any]:
+    """The experiment's results, claims and figure from the stored records of every method."""
+    module = EXPERIMENTS[name]
+    cfg = module.config(quick, 0)
+    records, environments = {}, {}
+    for method, _ in cfg.training.steps:
+        stored = json.loads(_record_path(out, method).read_text())
+        if stored["config"] != json.loads(json.dumps(config_to_dict(cfg))):
+            raise SystemExit(
+                f"pde_methods: the record of {method!r} in {out} has other settings; run it again"
+            )
+        records[method], environments[method] = stored["record"], stored["environment"]
+    results = module.finish(cfg, combine_records(cfg.training, cfg.training.threads, True, records))
+    results["jobs"] = "one job per method (benchmarks/pde_methods.py), records combined"
+    claims = [c.to_dict() for c in module.EXPERIMENT.claims(results)]
+    atomic_write_json(out / "results.json", {"environment": environments, "results": results})
+    atomic_write_json(out / "claims.json", claims)
+    figures = module.EXPERIMENT.figures(results, out)
+    return {"claims": claims, "figures": [str(p) for p in figures]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("action", choices=["run", "combine"])
+    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    parser.add_argument("method", nargs="?")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.action == "run":
+        if not args.method:
+            parser.error("run needs a method (ngd, ngd-primal, adam, lbfgs)")
+        print(run_one(args.experiment, args.method, args.out, args.quick))
+    else:
+        summary = combine(args.experiment, args.out, args.quick)
+        for claim in summary["claims"]:
+            print(("holds  " if claim["holds"] else "FAILS  ") + claim["statement"])
+        print("\n".join(summary["figures"]))
+
+
+if __name__ == "__main__":
+    main()
