@@ -8,8 +8,12 @@ own `combine_records`, `finish`, claims and figures. The records are those the e
 each method starts from the same seeded network and is charged only the CPU time of its own steps.
 
 Usage:
-    python benchmarks/pde_methods.py run pinn-poisson-10k ngd --out DIR [--quick]
-    python benchmarks/pde_methods.py combine pinn-poisson-10k --out DIR [--quick]
+    python benchmarks/pde_methods.py run pinn-poisson-10k ngd --out DIR [--quick] [--cpu-budget S]
+    python benchmarks/pde_methods.py combine pinn-poisson-10k --out DIR [--quick] [--cpu-budget S]
+
+``--cpu-budget S`` replaces the full setting's equal CPU budget per method (the experiments' own full
+settings are cut to what one shared machine could give every method); the records store it, and ``combine``
+refuses records made with another budget.
 
 ``combine`` writes DIR/results.json (with an environment record), DIR/claims.json and the figure.
 """
@@ -17,6 +21,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -37,10 +42,19 @@ def _record_path(out: Path, method: str) -> Path:
     return out / f"method-{method}.json"
 
 
-def run_one(name: str, method: str, out: Path, quick: bool) -> Path:
+def _config(module: Any, quick: bool, cpu_budget: float | None) -> Any:
+    cfg = module.config(quick, 0)
+    if cpu_budget is None:
+        return cfg
+    if not cpu_budget > 0:
+        raise SystemExit(f"pde_methods: --cpu-budget must be a number of seconds > 0, got {cpu_budget!r}")
+    return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, cpu_budget_s=cpu_budget))
+
+
+def run_one(name: str, method: str, out: Path, quick: bool, cpu_budget: float | None = None) -> Path:
     """Train ``method`` of experiment ``name`` (seed 0) and store its record with the settings."""
     module = EXPERIMENTS[name]
-    cfg = module.config(quick, 0)
+    cfg = _config(module, quick, cpu_budget)
     steps = dict(cfg.training.steps)
     if method not in steps:
         raise SystemExit(f"pde_methods: {name} has no method {method!r}; its methods are {sorted(steps)}")
@@ -59,10 +73,10 @@ def run_one(name: str, method: str, out: Path, quick: bool) -> Path:
     )
 
 
-def combine(name: str, out: Path, quick: bool) -> dict[str, Any]:
+def combine(name: str, out: Path, quick: bool, cpu_budget: float | None = None) -> dict[str, Any]:
     """The experiment's results, claims and figure from the stored records of every method."""
     module = EXPERIMENTS[name]
-    cfg = module.config(quick, 0)
+    cfg = _config(module, quick, cpu_budget)
     records, environments = {}, {}
     for method, _ in cfg.training.steps:
         stored = json.loads(_record_path(out, method).read_text())
@@ -89,14 +103,17 @@ def main() -> None:
     parser.add_argument("method", nargs="?")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--cpu-budget", type=float, default=None, help="CPU seconds per method (full setting)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.action == "run":
         if not args.method:
             parser.error("run needs a method (ngd, ngd-primal, adam, lbfgs)")
-        print(run_one(args.experiment, args.method, args.out, args.quick))
+        print(run_one(args.experiment, args.method, args.out, args.quick, args.cpu_budget))
     else:
-        summary = combine(args.experiment, args.out, args.quick)
+        summary = combine(args.experiment, args.out, args.quick, args.cpu_budget)
         for claim in summary["claims"]:
             print(("holds  " if claim["holds"] else "FAILS  ") + claim["statement"])
         print("\n".join(summary["figures"]))
