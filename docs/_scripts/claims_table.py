@@ -28,7 +28,7 @@ def render(run: Path, command: str) -> str:
     commit = str(env.get("git_commit", "?"))
     commit = f"`{commit[:12]}`" + (" with uncommitted changes" if commit.endswith("+dirty") else "")
     lines = [
-        f"Produced by `{command}` at commit {commit} on {env.get('time', '?')}: "
+        f"Produced by `{command}` at commit {commit} on {env.get('recorded_at', env.get('time', '?'))}: "
         f"Python {env.get('python')}, torch {env.get('torch')}, {env.get('cpu_count')} CPUs "
         f"({env.get('torch_threads')} torch threads), device {env.get('device')}. "
         f"**{claims['passed']} claims hold, {claims['failed']} fail**"
@@ -40,7 +40,10 @@ def render(run: Path, command: str) -> str:
     for name in names:
         results = run / name / "results.json"
         info = json.loads(results.read_text(encoding="utf-8")) if results.exists() else {}
-        elapsed = f", {info['elapsed_s']:.1f} s" if "elapsed_s" in info else ""
+        seconds = info.get(
+            "run_seconds", info.get("elapsed_s")
+        )  # the run record's key (older runs: elapsed_s)
+        elapsed = "" if seconds is None else f", {seconds:.1f} s"
         lines += [
             f"**`{name}`** ({info.get('paper', '?')}{elapsed}): {_cell(info.get('title', ''))}",
             "",
