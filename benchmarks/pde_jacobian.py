@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from torch.func import functional_call, hessian, jacrev, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from _env import time_call  # noqa: E402
+from _env import cpu_time_call, time_call  # noqa: E402
 
 import natgrad as ng  # noqa: E402
 from natgrad import pde  # noqa: E402
@@ -47,18 +46,6 @@ from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 FULL = [((2, 64, 1), 1020), ((2, 64, 64, 48, 48, 1), 1020), ((5, 64, 64, 48, 48, 1), 500)]
 QUICK = [((2, 32, 1), 200), ((2, 16, 16, 12, 12, 1), 200), ((5, 16, 16, 1), 200)]
 GENERIC_LIMIT_S = 60.0
-
-
-def cpu_seconds(fn, repeats: int) -> float:
-    """Median process CPU time of ``fn()`` after one warm-up call (one torch thread: the work done, which
-    other jobs on a shared machine do not inflate, unlike the wall-clock median from ``time_call``)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
 
 
 def _source(x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +84,7 @@ def measure(widths: tuple[int, ...], n: int, repeats: int) -> dict:
         return torch.autograd.grad(problem.loss(grad_params), list(grad_params.values()), allow_unused=True)
 
     gradient = time_call(one_gradient, repeats=max(repeats, 5), warmup=2)
-    gradient_cpu = cpu_seconds(one_gradient, max(repeats, 5))
+    gradient_cpu = cpu_time_call(one_gradient, max(repeats, 5))["median"]
     reference = problem.jacobian(params)
     ways = {
         "forward-laplacian": lambda: problem.jacobian(params),
@@ -114,7 +101,7 @@ def measure(widths: tuple[int, ...], n: int, repeats: int) -> dict:
     }
     for name, fn in ways.items():
         timing = time_call(fn, repeats=repeats, warmup=1)
-        cpu = cpu_seconds(fn, repeats)
+        cpu = cpu_time_call(fn, repeats)["median"]
         diff = float((fn() - reference).abs().max())
         out["ways"][name] = {
             "seconds": timing["median"],
@@ -174,14 +161,10 @@ def step_breakdown(name: str, sizes: tuple, repeats: int) -> dict:
         "problem": name,
         "num_params": ng.num_params(params),
         "num_residuals": problem.num_residuals,
-        "cpu_seconds": {k: cpu_seconds(fn, repeats) for k, fn in parts.items()},
+        "cpu_seconds": {k: cpu_time_call(fn, repeats)["median"] for k, fn in parts.items()},
     }
-    steps = []
-    for _ in range(repeats):
-        start = time.process_time()
-        opt.step(problem)
-        steps.append(time.process_time() - start)
-    out["cpu_seconds"]["ngd_step"] = statistics.median(steps)
+    # no warm-up call: every step moves the parameters
+    out["cpu_seconds"]["ngd_step"] = cpu_time_call(lambda: opt.step(problem), repeats, warmup=0)["median"]
     return out
 
 
