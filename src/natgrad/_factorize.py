@@ -254,20 +254,14 @@ class GramFactorization(Generic[ParamsT]):
         pushforward = (lin.jvp(v) if solved.pushforward is None else solved.pushforward).reshape(lin.z.shape)
         status: Status = "success" if info.get("converged", True) else "max_iter_reached"
         certificate = info.get("certificate") or {}
-        floor = certificate.get("rounding_floor")
-        if (
-            status == "success"
-            and floor is not None
-            and floor > problem.tol
-            and not certificate.get("complete_factorisation")
-        ):
+        if status == "success" and certificate.get("certified") is False:
             # The measured residual is below tol, but a residual read in the model's dtype means nothing below
             # eps·‖A‖‖v‖/‖c‖: the tolerance is not certified, and the result says so.
             status = "at_rounding_floor"
             warnings.warn(
                 f"{call}: method='structured-krylov': the measured pushforward residual "
-                f"{certificate.get('residual', float('nan')):.3g} meets tol {problem.tol:.3g}, but the "
-                f"{lin.z.dtype} rounding floor eps·‖A‖‖v‖/‖c‖ = {floor:.3g} is above it, so tol is not "
+                f"{certificate['residual']:.3g} meets tol {problem.tol:.3g}, but the "
+                f"{lin.z.dtype} rounding floor eps·‖A‖‖v‖/‖c‖ = {certificate['rounding_floor']:.3g} is above it, so tol is not "
                 "certified (status 'at_rounding_floor'); use a float64 model, tol above the floor, or "
                 "method='structured'",
                 RuntimeWarning,

@@ -14,7 +14,8 @@ layer formulas do not give: that problem is handed to the krylov route (``info["
 Certificate (``info["certificate"]``): the relative residual ‖A v − c‖/‖c‖ measured with the true A through the
 pushforward J v (returned anyway), the products with K, the preconditioner's rank and whether it was complete,
 and ``rounding_floor`` ≈ eps·‖A‖‖v‖/‖c‖, the residual the model's arithmetic can resolve at all: a residual read
-below it certifies no more than the floor (float32 at very large r, where K is ill-conditioned).
+below it certifies no more than the floor (float32 at very large r, where K is ill-conditioned), so
+``certified`` is False when the floor lies above tol (the result's status is then "at_rounding_floor").
 Iterative refinement against that residual runs when the kernel solve met its tolerance but the pushforward
 residual did not; a result that still misses the tolerance raises ``KernelSolveError`` (a ``ConvergenceError``).
 The layered products are checked against the true A with a generic probe before any solve, and with the solve's
@@ -132,7 +133,12 @@ class StructuredKrylovFactorization(Factorization):
         return self._agrees(w, self.a(self.at(w)))
 
     def begin(self) -> None:
-        self.certificate: dict = {"refinements": 0, "residual": None, "rounding_floor": None}
+        self.certificate: dict = {
+            "refinements": 0,
+            "residual": None,
+            "rounding_floor": None,
+            "certified": None,
+        }
         self.last_jv = None
 
     def _coefficients(self, rhs: Tensor, damping: float | None, tol: float | None = None) -> Tensor:
@@ -181,11 +187,13 @@ class StructuredKrylovFactorization(Factorization):
         # What the model's arithmetic can certify: the JVP of v (and v's own rounding) carry an error of about
         # eps·‖A‖‖v‖, so a measured residual below this floor is not evidence of a smaller true one (an
         # ill-conditioned float32 kernel at large r can sit far above tol while the measurement reads below it).
-        self.certificate["rounding_floor"] = (
+        floor = (
             torch.finfo(self.model_dtype).eps
             * self.kernel.largest**0.5
             * float(torch.linalg.vector_norm(v) / torch.linalg.vector_norm(c).clamp_min(1e-300))
         )
+        # a complete factorisation applied the cutoff literally: its answer needs no residual certificate
+        self.certificate.update(rounding_floor=floor, certified=complete or floor <= tol)
         self.last_jv = jv
         if damping is None:
             self._note_rank()
