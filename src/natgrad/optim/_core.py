@@ -232,37 +232,29 @@ def ngd_step(
             return float(loss(forward(trial)).detach())
 
         alpha, loss_new = line_search.search(LineProblem(loss_at, loss0, slope, curvature_term))
-        return _Attempt(damping, solved, direction, step_vec, slope, curvature_term, loss_at, alpha, loss_new)
+        return _Attempt(solved, direction, step_vec, slope, curvature_term, loss_at, alpha, loss_new)
 
     damping, attempts = state.damping, 0
     while True:
         attempts += 1
         tried = attempt(fac, damping, attempts == 1)
-        solved, direction, step_vec, loss_at, alpha, loss_new = (
-            tried.solved,
-            tried.direction,
-            tried.step_vec,
-            tried.loss_at,
-            tried.alpha,
-            tried.loss_new,
-        )
-        slope, curvature_term = tried.slope, tried.curvature_term
+        if not adapts and refined and tried.alpha < SHORT_STEP:
+            # v keeps directions of curvature down to the rounding of JᵀJ, and the search had to cut it short:
+            # the linearisation does not hold that far yet (a PINN's nonlinear phase). Also search along the
+            # direction of the engine's default cutoff, and keep whichever lowers the loss more.
+            with _solver_errors(loss0):
+                coarse = factorize(model, theta, curvature.metric, ng.MoorePenrose(), settings.method)
+            other = attempt(coarse, damping, True)
+            attempts += 1
+            if other.loss_new is not None and (tried.loss_new is None or other.loss_new < tried.loss_new):
+                tried = other
+        solved, direction, step_vec = tried.solved, tried.direction, tried.step_vec
+        alpha, loss_new = tried.alpha, tried.loss_new
         if not adapts:
-            if refined and alpha < SHORT_STEP:
-                # v keeps directions of curvature down to the rounding of JᵀJ, and the search had to cut it
-                # short: the linearisation does not hold that far yet (a PINN's nonlinear phase). Also search
-                # along the direction of the engine's default cutoff, and keep whichever lowers the loss more.
-                with _solver_errors(loss0):
-                    coarse = factorize(model, theta, curvature.metric, ng.MoorePenrose(), settings.method)
-                other = attempt(coarse, damping, True)
-                attempts += 1
-                if other.loss_new is not None and (loss_new is None or other.loss_new < loss_new):
-                    solved, direction, step_vec = other.solved, other.direction, other.step_vec
-                    alpha, loss_new = other.alpha, other.loss_new
             next_damping, ratio, trial_loss = state.damping, None, loss_new
             break
-        trial_loss = loss_new = _finite_or_inf(loss_at(alpha)) if loss_new is None else loss_new
-        predicted = alpha * slope - 0.5 * alpha**2 * curvature_term
+        trial_loss = loss_new = _finite_or_inf(tried.loss_at(alpha)) if loss_new is None else loss_new
+        predicted = alpha * tried.slope - 0.5 * alpha**2 * tried.curvature_term
         ratio = reduction_ratio(loss0 - loss_new, predicted) if alpha > 0 else -math.inf
         poor = not math.isfinite(ratio) or ratio < settings.damping_rule.lower
         lowest = floor() if (settings.adaptive_damping or damping > 0 or poor) else 0.0
@@ -306,7 +298,6 @@ SHORT_STEP = 2.0**-10
 class _Attempt:
     """One solve and the line search along it."""
 
-    damping: float
     solved: Solved
     direction: dict[str, Tensor]
     step_vec: dict[str, Tensor]
