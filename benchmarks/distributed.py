@@ -155,8 +155,7 @@ def worker(rank: int, world_size: int, port: int, config: dict, out_dir: str) ->
             _compare_with_one_process(row, config)
         with open(Path(out_dir) / "rows.pkl", "wb") as fh:
             pickle.dump(rows, fh)
-    dist.barrier()  # the others wait for rank 0's comparison: tearing gloo down under a live peer can abort
-    dist.destroy_process_group()
+    ngd.shutdown()  # the others wait for rank 0's comparison, then the group ends
 
 
 def free_port() -> int:

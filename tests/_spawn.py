@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import natgrad.distributed as ngd
+
 
 def free_port() -> int:
     """A TCP port on localhost that was free a moment ago."""
@@ -55,7 +57,7 @@ def _worker(
         result = {"exception": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
     with open(Path(out_dir) / f"{rank}.pkl", "wb") as fh:
         pickle.dump(result, fh)
-    dist.destroy_process_group()
+    ngd.shutdown()
 
 
 def run_world(

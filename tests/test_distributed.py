@@ -170,3 +170,13 @@ def test_shard_refuses_half_precision_like_the_engine():
             ng.metrics.Euclidean(),
             None,
         )
+
+
+def test_shutdown_outside_a_process_group_says_so():
+    """natgrad.distributed.shutdown without an initialised group names the call and the fix."""
+    import natgrad.distributed as ngd
+
+    with pytest.raises(
+        RuntimeError, match=r"natgrad\.distributed\.shutdown: torch\.distributed is not initialised"
+    ):
+        ngd.shutdown()
