@@ -43,7 +43,7 @@ from natgrad import pde
 from natgrad.experiments._base import Claim, Progress, no_progress
 from natgrad.experiments._figures import pyplot, save_figure
 from natgrad.experiments._timing import TrainingClock, fixed_threads
-from natgrad.optim import NGD
+from natgrad.optim import NGD, AveragedGram
 
 THRESHOLDS = (1e-4, 1e-5, 1e-6)
 LABELS = {
@@ -70,6 +70,11 @@ class Training:
     # d > N) would invert rounding noise
     primal_rtol: float | None = None
     primal_memory_budget: int = 2**34  # bytes the forced primal route may allocate (its d×d matrices)
+    damping: float = (
+        0.0  # ngd: λ > 0 solves (G + λI) v = ∇ instead of the Moore–Penrose inverse (rtol unused)
+    )
+    # ngd: β of natgrad.optim.AveragedGram — the step solves with Ḡ_t = β Ḡ_{t−1} + (1 − β) JᵀJ, Ḡ_0 = I
+    gram_average: float | None = None
     threads: int = 1
     cpu_budget_s: float | None = None  # equal CPU-time budget per method (process_time of its steps)
     parallel_methods: bool = (
@@ -125,15 +130,22 @@ def train(
             lr=1.0,
             line_search="grid",
             line_search_grid=grid,
+            damping=settings.damping if method == "ngd" else 0.0,
             inverse=(
                 ng.MoorePenrose(rtol=settings.primal_rtol)
                 if method == "ngd-primal"
                 else None
-                if settings.rtol is None
+                if settings.rtol is None or settings.damping > 0
                 else ng.MoorePenrose(rtol=settings.rtol)
             ),
             method="auto" if method == "ngd" else "primal",
-            factorize=primal_factorize if method == "ngd-primal" else None,
+            factorize=(
+                primal_factorize
+                if method == "ngd-primal"
+                else AveragedGram(settings.gram_average)
+                if settings.gram_average is not None
+                else None
+            ),
         )
 
         def step() -> float:
@@ -349,6 +361,8 @@ def combine_records(
         "num_residuals": num_residuals,
         "steps": dict(settings.steps),
         "rtol": settings.rtol,
+        "damping": settings.damping,
+        "gram_average": settings.gram_average,
         "primal_rtol": settings.primal_rtol,
         "methods": methods,
     }
@@ -361,9 +375,14 @@ def with_cpu_per_step(results: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def _cutoff(results: dict[str, Any]) -> str:
+def _inverse_phrase(results: dict[str, Any]) -> str:
+    """How the ngd step inverts its Gram matrix, for the claim statements."""
+    average, damping = results.get("gram_average"), results.get("damping") or 0.0
+    inverse = f"(G + {damping:g}·I)⁻¹" if damping > 0 else "Moore–Penrose"
+    if average is not None:
+        return f"{inverse} of the moving average G_t = {average:g}·G_(t−1) + {1 - average:g}·JᵀJ, G_0 = I"
     rtol = results.get("rtol")
-    return "" if rtol is None else f" with cutoff {rtol:g}·λ_max"
+    return inverse if rtol is None or damping > 0 else f"{inverse} with cutoff {rtol:g}·λ_max"
 
 
 def _timing(results: dict[str, Any], name: str) -> str:
@@ -395,7 +414,7 @@ def standard_claims(
     out = [
         Claim(
             "ngd-error",
-            f"ENGD (Gauss–Newton on the residuals, Moore–Penrose{_cutoff(results)}, grid line search; route "
+            f"ENGD (Gauss–Newton on the residuals, {_inverse_phrase(results)}, grid line search; route "
             f"{'primal' if results['num_params'] <= results['num_residuals'] else 'dual'}) reaches a relative "
             f"L2 error of at most {error_target:g} {_budget_of(results, 'ngd')} "
             f"({_timing(results, 'ngd')} of training, {results['torch_threads']} torch thread(s); "

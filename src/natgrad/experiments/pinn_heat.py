@@ -36,6 +36,7 @@ class Config:
     training: Training
     error_target: float
     baseline_factors: tuple[tuple[str, float], ...]  # claimed: each baseline ends this factor above ENGD
+    uniform_init: bool = False  # layers drawn as torch's nn.Linear default instead of pde.mlp's Glorot
 
 
 def config(quick: bool, seed: int = 0) -> Config:
@@ -47,14 +48,18 @@ def config(quick: bool, seed: int = 0) -> Config:
         )
         return Config(seed, (32,), 12, 12, training, 1e-3, (("adam", 10.0), ("lbfgs", 10.0)))
     training = Training(
-        steps=(("ngd", 1000), ("adam", 40000), ("lbfgs", 1000)),
-        eval_every=(("ngd", 5), ("adam", 200), ("lbfgs", 5)),
+        steps=(("ngd", 3000), ("adam", 40000), ("lbfgs", 1000)),
+        eval_every=(("ngd", 10), ("adam", 200), ("lbfgs", 5)),
+        damping=1e-10,
+        gram_average=0.6,
     )
-    return Config(seed, (64,), 30, 30, training, 1e-7, (("adam", 100.0), ("lbfgs", 100.0)))
+    return Config(seed, (64,), 30, 30, training, 1e-7, (("adam", 100.0), ("lbfgs", 100.0)), True)
 
 
 def run(cfg: Config, progress: Progress) -> dict[str, Any]:
-    make, error_of = problems.heat_1d(cfg.widths, cfg.interior_per_side, cfg.edge_points, cfg.seed)
+    make, error_of = problems.heat_1d(
+        cfg.widths, cfg.interior_per_side, cfg.edge_points, cfg.seed, cfg.uniform_init
+    )
     results = run_methods(make, error_of, cfg.training, progress)
     return {**results, "error_target": cfg.error_target, "baseline_factors": dict(cfg.baseline_factors)}
 

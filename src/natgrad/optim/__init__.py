@@ -13,6 +13,7 @@ Example::
     opt.step(closure)                                       # torch-style closure (zero_grad, loss, backward)
 """
 
+from ._averaged import AveragedGram
 from ._core import Factorized, engine_factorize
 from ._damping import LevenbergMarquardt
 from ._errors import NGDStepError
@@ -30,6 +31,7 @@ from .ngd import NGD
 
 __all__ = [
     "NGD",
+    "AveragedGram",
     "Backtracking",
     "FullStep",
     "GridSearch",
