@@ -134,8 +134,8 @@ def test_a_non_euclidean_metric_or_another_inverse_is_refused_and_nothing_is_ave
 
 
 def test_small_heat_pinn_converges_with_the_averaged_gram() -> None:
-    """The heat problem of the pinn-heat experiment, reduced (1 → 16 → 1 in (x, t), 10² + 3·10 points)."""
-    make, error_of = problems.heat_1d((16,), 10, 10, seed=0, uniform_init=True)
+    """The heat problem of the pinn-heat experiment, reduced: (x, t) → 16 → 1, 10² + 3·10 points."""
+    make, error_of = problems.heat_1d((16,), 10, 10, seed=0)
     problem = make()
     opt = NGD(
         problem.network.module.named_parameters(),
@@ -144,7 +144,7 @@ def test_small_heat_pinn_converges_with_the_averaged_gram() -> None:
         factorize=AveragedGram(0.6),
     )
     start = error_of(problem)
-    for _ in range(200):
+    for _ in range(250):
         opt.step(problem)
-    # 1.5e-4 measured (relative L2, seed 0); the same 200 steps of NGD's default Moore–Penrose step: 0.35
+    # measured (relative L2, seed 0): 1.8e-4; NGD's default Moore–Penrose step is still at 0.16 after 200 steps
     assert math.isfinite(start) and error_of(problem) <= 3e-4 < start

@@ -6,6 +6,8 @@ Methods, each from the same initial network (a fresh copy per method) on the sam
   a linear PDE), Moore–Penrose inverse (cutoff ``rtol``·λ_max, natgrad's default when None), grid line search
   α ∈ {2⁻ᵏ, k < grid_size}; the route is natgrad's ``auto`` (the d×d primal system when d ≤ N, the N×N dual
   system when d > N);
+  with ``gram_average`` = β the step solves with the moving average Ḡ_t = β Ḡ_{t−1} + (1 − β) JᵀJ instead
+  (`natgrad.optim.AveragedGram`, damped by ``damping``);
 * ``ngd-primal``: the same step forced onto the primal route (factorising the d×d Gram matrix, as the exact
   ENGD implementations of the literature do), to show what the size-chosen route avoids;
 * ``adam``: torch.optim.Adam; ``lbfgs``: torch.optim.LBFGS with a strong Wolfe line search (one step = one

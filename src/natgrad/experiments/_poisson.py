@@ -84,31 +84,8 @@ def heat_solution(points: torch.Tensor) -> torch.Tensor:
     return torch.exp(-HEAT_KAPPA * math.pi**2 * points[:, 1]) * torch.sin(math.pi * points[:, 0])
 
 
-def _uniform_layers(network: pde.Network, seed: int) -> pde.Network:
-    """Every weight and bias of ``network`` redrawn from U(−1/√fan_in, 1/√fan_in) (torch's nn.Linear default).
-
-    Unlike the zero biases of `pde.mlp`, which centre every tanh unit of the first layer at the origin, the
-    drawn biases spread the units' transition lines over the domain.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in network.module.modules():
-            if isinstance(layer, torch.nn.Linear):
-                bound = 1.0 / math.sqrt(layer.in_features)
-                for p in (layer.weight, layer.bias):
-                    draw = torch.rand(p.shape, generator=generator, dtype=torch.float64)
-                    p.copy_(((2 * draw - 1) * bound).to(p.dtype))
-    return network
-
-
-def heat_1d(
-    widths: tuple[int, ...], interior_per_side: int, edge_points: int, seed: int, uniform_init: bool = False
-):
-    """(make_problem, error_of) for the 1-D heat equation; points are (x, t), time is coordinate 1.
-
-    ``uniform_init``: the network's layers drawn as torch's nn.Linear default (`_uniform_layers`), not by
-    `pde.mlp` (Glorot-normal weights, zero biases).
-    """
+def heat_1d(widths: tuple[int, ...], interior_per_side: int, edge_points: int, seed: int):
+    """(make_problem, error_of) for the 1-D heat equation; points are (x, t), time is coordinate 1."""
     box = [(0.0, 1.0), (0.0, 1.0)]
     interior = pde.grid(interior_per_side, box)
     t = (torch.arange(edge_points, dtype=DT) + 0.5) / edge_points
@@ -117,9 +94,8 @@ def heat_1d(
     heat = pde.LinearOperator(laplacian=-HEAT_KAPPA, laplacian_dims=(0,), advection=(0.0, 1.0))
 
     def make() -> pde.Problem:
-        network = _network(2, widths, seed)
         return pde.Problem(
-            _uniform_layers(network, seed) if uniform_init else network,
+            _network(2, widths, seed),
             [
                 pde.interior(interior, lambda jet, x: heat(jet), laplacian_dims=(0,)),
                 pde.initial(initial, lambda jet, x: jet.value - torch.sin(math.pi * x[:, 0])),

@@ -45,15 +45,15 @@ class AveragedGram:
 
     Args:
         decay: β ∈ [0, 1), the weight of the previous average.
-        initial: c ≥ 0, the average before the first step is c·I (c = 1 with β = 0.6: the first steps are
-            strongly damped, by c·βᵗ).
+        initial: c ≥ 0, the average before the first step is c·I (c > 0 damps the first steps by c·βᵗ; with
+            c = 0 the first step is the Gauss–Newton step lengthened by 1/(1 − β), which the line search cuts).
 
     Raises:
         ValueError: β or c out of range; at a step, a metric other than Euclidean (residuals) or an inverse
             other than ``Damped`` / ``MoorePenrose``.
     """
 
-    def __init__(self, decay: float = 0.6, initial: float = 1.0) -> None:
+    def __init__(self, decay: float = 0.6, initial: float = 0.0) -> None:
         if not (isinstance(decay, int | float) and 0 <= decay < 1):
             raise ValueError(f"AveragedGram: decay must be a number in [0, 1), got {decay!r}")
         if not (isinstance(initial, int | float) and math.isfinite(initial) and initial >= 0):
