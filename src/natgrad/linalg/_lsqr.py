@@ -23,8 +23,9 @@ means LSQR is about to resolve a direction the Moore–Penrose cutoff drops (and
 then returns the last iterate checked before, the one without it. The cutoff is absolute (``ritz_floor``: θ² <
 floor) or relative (``ritz_cutoff``: θ² < cutoff·θ²_max, θ²_max estimated from B_k itself).
 
-All scalars of the recurrence are Python floats: each iteration reads two norms from the device (the stopping
-test needs them anyway) and the vector work stays on the device, in the dtype of b.
+All scalars of the recurrence are Python floats (float64 whatever the dtype of b): each iteration reads α and β
+from the device (the stopping test and the watch need them anyway; kernel coordinates read yᵀKy and yᵀy for α),
+and the vector work stays on the device, in the dtype of b.
 """
 
 from __future__ import annotations
