@@ -18,6 +18,7 @@ from natgrad.experiments._pde_training import (
     method_record,
     run_methods,
 )
+from natgrad.optim import NGD, AveragedGram
 
 
 @pytest.mark.slow
@@ -129,9 +130,29 @@ def test_methods_in_forked_processes_give_the_sequential_results_and_records_com
         ({"cpu_budget_s": 0.0}, "cpu_budget_s must be a number of seconds > 0"),
         ({"steps": (("sgd", 3),), "eval_every": (("sgd", 1),)}, r"unknown method\(s\) \['sgd'\]"),
         ({"eval_every": ()}, r"method\(s\) \['ngd'\] have a step budget but no eval_every"),
+        ({"damping": -1e-3}, "damping must be a finite number >= 0"),
+        ({"gram_average": 1.0}, r"gram_average must be None or a decay in \[0, 1\)"),
     ],
 )
 def test_training_settings_are_checked(options, message) -> None:
     settings = {"steps": (("ngd", 3),), "eval_every": (("ngd", 1),), **options}
     with pytest.raises(ValueError, match=message):
         Training(**settings)
+
+
+def test_gram_average_setting_trains_ngd_with_the_averaged_gram_and_its_damping() -> None:
+    make, error_of = _tiny_poisson()
+    settings = Training(
+        steps=(("ngd", 5),), eval_every=(("ngd", 1),), damping=1e-8, gram_average=0.6, grid_size=12
+    )
+    record = method_record("ngd", 5, make, error_of, settings, no_progress)
+    problem = make()
+    opt = NGD(
+        problem.network.module.named_parameters(),
+        damping=1e-8,
+        line_search="grid",
+        line_search_grid=tuple(0.5**k for k in range(12)),
+        factorize=AveragedGram(0.6),
+    )
+    losses = [float(opt.step(problem)) for _ in range(5)]
+    assert record["loss"] == losses and record["error"][-1] == error_of(problem)

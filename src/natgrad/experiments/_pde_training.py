@@ -90,6 +90,14 @@ class Training:
             raise ValueError(
                 f"Training: cpu_budget_s must be a number of seconds > 0 or None, got {self.cpu_budget_s!r}"
             )
+        if not (isinstance(self.damping, int | float) and 0 <= self.damping < float("inf")):
+            raise ValueError(f"Training: damping must be a finite number >= 0, got {self.damping!r}")
+        if self.gram_average is not None and not (
+            isinstance(self.gram_average, int | float) and 0 <= self.gram_average < 1
+        ):
+            raise ValueError(
+                f"Training: gram_average must be None or a decay in [0, 1), got {self.gram_average!r}"
+            )
         unknown = sorted({m for m, _ in self.steps} - set(LABELS))
         if unknown:
             raise ValueError(
