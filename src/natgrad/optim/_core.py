@@ -52,10 +52,13 @@ class StepState:
     Attributes:
         damping: the current λ (acts on the loss's curvature sG).
         momentum: v_prev by parameter name, for the parameters whose group uses momentum.
+        preconditioner: the matrix-free route's preconditioner of the last step that ran it (``_routing``),
+            offered to the next step's factorisation; None when there is none (a resumed optimizer).
     """
 
     damping: float
     momentum: Mapping[str, Tensor] = field(default_factory=dict)
+    preconditioner: Any = None
 
 
 @dataclass(frozen=True)
@@ -145,14 +148,21 @@ Factorize = Callable[[Forward, dict[str, Tensor], Any, Any, str], Factorized]
 
 
 def engine_factorize(
-    forward: Forward, theta: dict[str, Tensor], metric: Any, inverse: Any, method: str
+    forward: Forward,
+    theta: dict[str, Tensor],
+    metric: Any,
+    inverse: Any,
+    method: str,
+    *,
+    preconditioner: Any = None,
 ) -> Factorized:
     """The default: `natgrad.factorize` of G = JᵀgJ at θ, reused by every solve of the step.
 
     With ``method="auto"``, a damped step on a large module problem is factorised by the matrix-free
-    ``structured-krylov`` route (see ``natgrad.optim._routing``); otherwise ``auto`` chooses as everywhere.
+    ``structured-krylov`` route (see ``natgrad.optim._routing``), starting from ``preconditioner`` (the last
+    such step's) when it fits; otherwise ``auto`` chooses as everywhere.
     """
-    preferred = step_factorization(forward, theta, metric, inverse, method)
+    preferred = step_factorization(forward, theta, metric, inverse, method, preconditioner)
     return preferred if preferred is not None else ng.factorize(forward, theta, metric, inverse, method)
 
 
@@ -211,7 +221,12 @@ def ngd_step(
         and not isinstance(line_search, FullStep)
     )
     with _solver_errors(loss0):
-        fac = factorize(model, theta, curvature.metric, inverse, settings.method)
+        if factorize is engine_factorize:  # the default knows the route's preconditioner; others keep theirs
+            fac = engine_factorize(
+                model, theta, curvature.metric, inverse, settings.method, preconditioner=state.preconditioner
+            )
+        else:
+            fac = factorize(model, theta, curvature.metric, inverse, settings.method)
 
     def attempt(fac: Factorized, damping: float, first: bool) -> _Attempt:
         """Solve on ``fac`` with ``damping`` (its own inverse when ``first``) and search along the direction."""
@@ -286,7 +301,10 @@ def ngd_step(
         "method": solved.method,
         "certificate": solved.certificate,
     }
-    return StepOutcome(update, StepState(next_damping, momentum), info)
+    preconditioner = getattr(fac, "preconditioner", None)
+    if preconditioner is None:  # a dense step: the last matrix-free one's stays on offer
+        preconditioner = state.preconditioner
+    return StepOutcome(update, StepState(next_damping, momentum, preconditioner), info)
 
 
 # A searched step shorter than this fraction of v: v leaves the region where the linearisation holds by orders

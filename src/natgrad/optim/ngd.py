@@ -139,6 +139,9 @@ class NGD(torch.optim.Optimizer):
         self.last_step: dict[str, Any] = {}
         self._generator: torch.Generator | None = None
         self._generator_state: torch.Tensor | None = None
+        # the matrix-free route's preconditioner, reused by the next step on the same batch (not saved:
+        # a resumed optimizer builds a new one)
+        self._preconditioner: Any = None
 
     @classmethod
     def from_module(cls, module: torch.nn.Module, lr: float = 1.0, **settings: Any) -> NGD:
@@ -277,7 +280,7 @@ class NGD(torch.optim.Optimizer):
             except ValueError as error:
                 raise ValueError(f"NGD.step: parameter group {index}: {error}; nothing was changed") from None
         theta = {name: p.detach() for name, p in named.items()}
-        state = StepState(self.damping, self._momentum_buffers(named))
+        state = StepState(self.damping, self._momentum_buffers(named), self._preconditioner)
         problem = StepProblem(
             forward,
             theta,
@@ -294,6 +297,7 @@ class NGD(torch.optim.Optimizer):
                 if name in outcome.state.momentum:
                     self.state[p]["momentum_buffer"] = outcome.state.momentum[name]
         self.damping = outcome.state.damping
+        self._preconditioner = outcome.state.preconditioner
         self.steps_taken += 1
         self.last_step = outcome.info
 
@@ -393,6 +397,7 @@ class NGD(torch.optim.Optimizer):
         self.steps_taken = int(extra["steps_taken"])
         self._generator_state = extra["generator"]
         self._generator = None
+        self._preconditioner = None
 
 
 def _check_step_settings(lr: Any, momentum: Any) -> None:
