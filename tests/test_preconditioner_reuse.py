@@ -219,3 +219,41 @@ def test_low_rank_preconditioner_inverse_without_the_eigenbasis() -> None:
         dense = lower + shift * torch.eye(30, dtype=DT)
         torch.testing.assert_close(p.solve(x), torch.linalg.solve(dense, x), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(pre.basis.T @ pre.basis, torch.eye(pre.basis.shape[1], dtype=DT))
+
+
+def _first_default_step(x: torch.Tensor, loss) -> tuple[dict, torch.Tensor]:
+    model = _mlp_batches()[0]
+    opt = NGD(model.parameters())  # the defaults: λ = 0, the safeguard
+    f = opt.functional(model)
+    opt.step(lambda p: f(p, x), loss)
+    return opt.last_step, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_first_safeguarded_step_of_a_large_problem_starts_damped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With NGD's defaults, a small problem's first step tries λ = 0 (here rejected) and retries at the
+    safeguard's jump λ = q = ∇ᵀG∇/‖∇‖²; when damped steps go matrix-free (a large problem) the first step
+    starts at that q without the dense λ = 0 solve: one attempt, the same step, equal to the reference's
+    (G + qI)⁻¹∇."""
+    model, x, _, y = _mlp_batches()
+    loss = CrossEntropy(y, reduction="sum")  # s = 1: λ acts on the Fisher itself
+    phi, params = ng.from_module(model, (x,))
+    pieces = ng.reference.gram(phi, params, ng.metrics.Categorical())
+    grad = pieces["J"].T @ torch.func.grad(loss)(pieces["z"]).reshape(-1)
+    q = float(grad @ pieces["G"] @ grad / (grad @ grad))
+    ref = ng.reference.natural_gradient(phi, params, loss, ng.metrics.Categorical(), ng.Damped(q))
+    expected = torch.cat([p.detach().reshape(-1) for p in model.parameters()]) - ng.flatten_params(
+        ref.direction
+    )
+
+    small, after_small = _first_default_step(x, loss)
+    assert not small["started_damped"] and small["method"] != ROUTE
+    assert small["attempts"] == 2 and small["damping"] == pytest.approx(q, rel=1e-9)
+
+    monkeypatch.setattr(_routing, "MATRIX_FREE_WORK", 0.0)
+    monkeypatch.setattr(_routing, "STEP_TOL", {DT: 1e-12})
+    large, after_large = _first_default_step(x, loss)
+    assert large["started_damped"] and large["method"] == ROUTE
+    assert large["attempts"] == 1 and large["step_size"] == 1.0
+    assert large["damping"] == pytest.approx(q, rel=1e-9)
+    assert relative_error(after_large, expected) <= TOL64
+    assert relative_error(after_small, expected) <= TOL64

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
-from torch.func import jvp
+from torch.func import jvp, vjp
 
 import natgrad as ng
 from natgrad._loss import output_gradient
@@ -37,7 +37,7 @@ from ._damping import LevenbergMarquardt, reduction_ratio
 from ._errors import NGDStepError
 from ._line_search import FullStep, LineProblem, LineSearch
 from ._momentum import add_prior, shifted_loss
-from ._routing import RecordingForward, step_factorization
+from ._routing import RecordingForward, damped_goes_matrix_free, step_factorization
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
 Loss = Callable[[Tensor], Tensor]
@@ -54,11 +54,13 @@ class StepState:
         momentum: v_prev by parameter name, for the parameters whose group uses momentum.
         preconditioner: the matrix-free route's preconditioner of the last step that ran it (``_routing``),
             offered to the next step's factorisation; None when there is none (a resumed optimizer).
+        steps: steps taken before this one.
     """
 
     damping: float
     momentum: Mapping[str, Tensor] = field(default_factory=dict)
     preconditioner: Any = None
+    steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,21 @@ def ngd_step(
             cached["floor"] = precision_floor(model, theta, curvature, z0.dtype)
         return cached["floor"]
 
-    inverse = _inverse(state.damping, curvature, settings.inverse, z0, theta)
+    start = state.damping
+    starts_damped = (
+        safeguarded
+        and start == 0.0
+        and state.steps == 0
+        and settings.resting_damping == 0.0
+        and settings.inverse is None
+        and settings.method == "auto"
+        and damped_goes_matrix_free(model, theta, curvature.metric)
+    )
+    if starts_damped:  # the safeguard's level after a rejected λ = 0 step, without the dense solve (above)
+        assert grad_z is not None
+        q = output_gradient_curvature(model, theta, curvature, grad_z)
+        start = max(settings.damping_rule.start_fraction * q, floor(), settings.damping_rule.minimum)
+    inverse = _inverse(start, curvature, settings.inverse, z0, theta)
     # the residual cutoff of NGD's default inverse, under a line search that can tell a step it does not trust
     refined = (
         settings.inverse is None
@@ -249,7 +265,7 @@ def ngd_step(
         alpha, loss_new = line_search.search(LineProblem(loss_at, loss0, slope, curvature_term))
         return _Attempt(solved, direction, step_vec, slope, curvature_term, loss_at, alpha, loss_new)
 
-    damping, attempts = state.damping, 0
+    damping, attempts = start, 0
     while True:
         attempts += 1
         tried = attempt(fac, damping, attempts == 1)
@@ -300,11 +316,12 @@ def ngd_step(
         "rank": solved.rank,
         "method": solved.method,
         "certificate": solved.certificate,
+        "started_damped": starts_damped,
     }
     preconditioner = getattr(fac, "preconditioner", None)
     if preconditioner is None:  # a dense step: the last matrix-free one's stays on offer
         preconditioner = state.preconditioner
-    return StepOutcome(update, StepState(next_damping, momentum, preconditioner), info)
+    return StepOutcome(update, StepState(next_damping, momentum, preconditioner, state.steps + 1), info)
 
 
 # A searched step shorter than this fraction of v: v leaves the region where the linearisation holds by orders
@@ -421,6 +438,19 @@ def precision_floor(
         total += float((ju * curvature.matvec(ju)).sum())
     trace = curvature.scale * total / _TRACE_PROBES
     return torch.finfo(dtype).eps * max(trace, 0.0)
+
+
+def output_gradient_curvature(
+    forward: Forward, theta: dict[str, Tensor], curvature: Curvature, grad_z: Tensor
+) -> float:
+    """q of `gradient_curvature` for ∇ = Jᵀ ∇z L before any solve (one VJP and one JVP)."""
+    _, pullback = vjp(forward, theta)
+    (grad,) = pullback(grad_z)
+    norm2 = sum(float(g.pow(2).sum()) for g in grad.values())
+    if not norm2 > 0:
+        return 0.0
+    jg = jvp(forward, (theta,), (grad,))[1]
+    return curvature.scale * float((jg * curvature.matvec(jg)).sum()) / norm2
 
 
 def gradient_curvature(

@@ -151,6 +151,15 @@ def prefers_matrix_free(r: int, d: int, inverse: Any) -> bool:
     return isinstance(inverse, ng.Damped) and r * d * min(r, d) >= MATRIX_FREE_WORK
 
 
+def damped_goes_matrix_free(forward: Any, theta: dict[str, Tensor], metric: Any) -> bool:
+    """Whether a damped step at θ would be factorised by ``structured-krylov`` (a large module problem)."""
+    problem = module_problem(forward, theta)
+    if problem is None:
+        return False
+    d = sum(t.numel() for t in theta.values())
+    return prefers_matrix_free(metric.at(problem.output, call="NGD.step").r, d, ng.Damped(1.0))
+
+
 class MatrixFreeFactorization:
     """The module problem's ``structured-krylov`` factorisation, answering in the optimizer's parameter names.
 

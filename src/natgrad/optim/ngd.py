@@ -280,7 +280,7 @@ class NGD(torch.optim.Optimizer):
             except ValueError as error:
                 raise ValueError(f"NGD.step: parameter group {index}: {error}; nothing was changed") from None
         theta = {name: p.detach() for name, p in named.items()}
-        state = StepState(self.damping, self._momentum_buffers(named), self._preconditioner)
+        state = StepState(self.damping, self._momentum_buffers(named), self._preconditioner, self.steps_taken)
         problem = StepProblem(
             forward,
             theta,
