@@ -5,6 +5,7 @@ formulas."""
 
 from __future__ import annotations
 
+import dataclasses
 import pytest
 import torch
 from torch import nn
@@ -64,7 +65,7 @@ def test_reused_preconditioner_gives_the_reference_direction(case: str, metric: 
     phi, params, metric_obj, loss = _case(case, metric)
     first, _ = _solve(phi, params, metric_obj, loss, ng.Damped(DAMPING))
     offered = first.preconditioner
-    assert offered is not None and offered.fresh_iterations is not None
+    assert offered is not None and offered.greedy_iterations is not None
     _move(params, 1e-3, seed=1)
     for inverse in (ng.Damped(DAMPING), ng.MoorePenrose()):
         fac, res = _solve(phi, params, metric_obj, loss, inverse, preconditioner=offered)
@@ -108,8 +109,14 @@ def test_a_stale_preconditioner_converges_to_the_same_answer(monkeypatch: pytest
     assert relative_error(ng.flatten_params(res.direction), expected) <= TOL64
     assert fac.preconditioner.refresh_first  # the next offer skips the attempt and goes to the pivots
     _, again = _solve(phi, far, metric_obj, loss, ng.Damped(DAMPING), preconditioner=fac.preconditioner)
-    assert again.info["certificate"]["preconditioner"]["built_because"].startswith("only the pivots")
+    assert again.info["certificate"]["preconditioner"]["built_because"].startswith("the earlier factorisation")
     assert relative_error(ng.flatten_params(again.direction), expected) <= TOL64
+    # pivots that no longer fit: the rebuild searches them afresh
+    stale = dataclasses.replace(first.preconditioner, pivots_stale=True)
+    _, greedy = _solve(phi, far, metric_obj, loss, ng.Damped(DAMPING), preconditioner=stale)
+    account = greedy.info["certificate"]["preconditioner"]
+    assert account["greedy_builds"] == 1 and not account["on_old_pivots"]
+    assert relative_error(ng.flatten_params(greedy.direction), expected) <= TOL64
 
 
 def _mlp_batches() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -17,7 +17,10 @@ A preconditioner is reused only
   digits, see `REBUILD_GROWTH`); one that has not converged by then is stopped, P is rebuilt for this K on
   the same pivots (``cholesky_on_pivots``: one block of columns of the new K and an ℓ × ℓ Cholesky, about
   half the cost of the greedy search) and the solve repeated. After such a failure the next factorisation
-  skips the attempt and refactorises on the pivots at once (``refresh_first``); the one after tries again;
+  skips the attempt and refactorises on the pivots at once (``refresh_first``); the one after tries again.
+  Pivots chosen for an earlier K fit later ones less and less: when a factorisation on them needs more
+  iterations than that limit (measured against the last greedy build), the next rebuild searches its
+  pivots afresh (``pivots_stale``);
 * for damped solves. A Moore–Penrose solve relies on range(L) ⊆ range(K) (the Ritz watch keeps the cutoff)
   and on the factorisation's completeness, which hold for the K that P was built from only: such a solve
   rebuilds P first. A damped solve that does not converge on a reused P rebuilds it and solves again.
@@ -100,27 +103,36 @@ class KernelPreconditioner:
         partial: the pivoted Cholesky factorisation K ≈ L Lᵀ it was built from.
         preconditioner: P (its eigenbasis and σ).
         batch: the batch it was built on.
-        fresh_iterations: CG iterations of the first damped solve right after it was built (None: none yet).
+        greedy_iterations: CG iterations of the first damped solve after the last greedy build (the
+            baseline of `iteration_limit`; None: none measured yet).
         last_iterations: those of the first damped solve of the latest factorisation that used it.
         reuses: factorisations that used it after the one that built it.
         refresh_first: the next factorisation refactorises on its pivots at once instead of trying it
             as it is (its last such try did not converge within `iteration_limit`).
+        pivots_stale: the next rebuild searches its pivots afresh (a factorisation on these pivots needed
+            more than `iteration_limit` iterations).
     """
 
     partial: PartialCholesky
     preconditioner: LowRankPreconditioner
     batch: BatchKey
-    fresh_iterations: int | None
+    greedy_iterations: int | None
     last_iterations: int | None
     reuses: int
     refresh_first: bool = False
+    pivots_stale: bool = False
 
     @property
     def iteration_limit(self) -> int | None:
-        """The iteration count above which it is rebuilt (None until a damped solve measured it fresh)."""
-        if self.fresh_iterations is None:
-            return None
-        return max(REBUILD_MIN_ITERATIONS, int(REBUILD_GROWTH * self.fresh_iterations))
+        """The iteration count above which it is rebuilt (None until a damped solve measured a greedy build)."""
+        return iteration_limit(self.greedy_iterations)
+
+
+def iteration_limit(greedy_iterations: int | None) -> int | None:
+    """max(REBUILD_MIN_ITERATIONS, REBUILD_GROWTH × the iterations on a greedy build), or None unmeasured."""
+    if greedy_iterations is None:
+        return None
+    return max(REBUILD_MIN_ITERATIONS, int(REBUILD_GROWTH * greedy_iterations))
 
 
 def reuse_refusal(candidate: Any, key: BatchKey) -> str | None:

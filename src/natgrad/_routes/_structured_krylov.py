@@ -29,14 +29,19 @@ rebuilt once with the search for outside parameters, then ``StructuredUnsupporte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from natgrad._routes._factorization import Factorization, SolveInfo
 from natgrad._routes._krylov import KRYLOV
-from natgrad._routes._preconditioner_reuse import KernelPreconditioner, batch_key, reuse_refusal
+from natgrad._routes._preconditioner_reuse import (
+    KernelPreconditioner,
+    batch_key,
+    iteration_limit,
+    reuse_refusal,
+)
 from natgrad._routes._problem import Problem
 from natgrad._routes._route import Route, RouteName
 from natgrad._routes._structured import factor_for, layer_factor_bytes, unsupported_reason
@@ -109,6 +114,7 @@ class StructuredKrylovFactorization(Factorization):
             factor_eps=torch.finfo(self.model_dtype).eps,
             start=None if self.start is None else (self.start.partial, self.start.preconditioner),
             start_iterations=self._start_iterations(),
+            rebuild_on_pivots=self.start is None or not self.start.pivots_stale,
         )
 
     def _start_iterations(self) -> int | None:
@@ -245,19 +251,22 @@ class StructuredKrylovFactorization(Factorization):
         """The preconditioner the solves ran on, for a later factorisation (``preconditioner=``)."""
         kernel, start = self.kernel, self.start
         if kernel.reused and start is not None:
-            return KernelPreconditioner(
-                kernel.partial,
-                kernel.preconditioner,
-                self.batch,
-                start.fresh_iterations,
-                kernel.reused_iterations if kernel.reused_iterations is not None else start.last_iterations,
-                start.reuses + 1,
-            )
+            last = kernel.reused_iterations if kernel.reused_iterations is not None else start.last_iterations
+            return replace(start, last_iterations=last, reuses=start.reuses + 1, refresh_first=False)
         fresh = kernel.fresh_iterations
-        # a whole reuse that was tried and failed: the next step goes to the pivots at once
-        failed = start is not None and not start.refresh_first
+        on_pivots = kernel.greedy_builds == 0  # every build of this factorisation reused the old pivots
+        greedy = start.greedy_iterations if on_pivots and start is not None else fresh
+        limit = iteration_limit(greedy)
         return KernelPreconditioner(
-            kernel.partial, kernel.preconditioner, self.batch, fresh, fresh, 0, failed
+            kernel.partial,
+            kernel.preconditioner,
+            self.batch,
+            greedy,
+            fresh,
+            0,
+            # a try as it is that failed: the next step goes to the pivots at once
+            refresh_first=start is not None and not start.refresh_first,
+            pivots_stale=on_pivots and None not in (fresh, limit) and fresh > limit,
         )
 
     def _reuse_info(self) -> dict:

@@ -81,6 +81,7 @@ class MatrixFreeKernel:
             None builds the factorisation of this K.
         start_iterations: CG iterations a damped solve may spend on ``start`` before it is replaced by a
             factorisation of this K (None: ``max_iter``; 0: replace it at once, keeping only its pivots).
+        rebuild_on_pivots: replace ``start`` by a factorisation on its pivots (False: search them afresh).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class MatrixFreeKernel:
         call: str = "natural_gradient",
         start: tuple[PartialCholesky, LowRankPreconditioner] | None = None,
         start_iterations: int | None = None,
+        rebuild_on_pivots: bool = True,
     ) -> None:
         self.call = call
         self.record = SolveRecord()
@@ -114,13 +116,14 @@ class MatrixFreeKernel:
         self.reused_iterations: int | None = None  # and on ``start``
         self._start_iterations = self.max_iter if start_iterations is None else int(start_iterations)
         self.greedy_builds = 0  # of ``builds``, those that searched their pivots afresh
+        self._rebuild_on_pivots = bool(rebuild_on_pivots)
         if start is None:
             self.partial = self._factorise(self._rank, None)
             self.builds = self.greedy_builds = 1
         else:
             self.partial, self.preconditioner = start
             if self._start_iterations == 0:
-                self._rebuild("only the pivots of the earlier factorisation were to be reused")
+                self._rebuild("the earlier factorisation did not converge as it was last time")
             else:
                 self._largest = self._rayleigh_largest()
 
@@ -139,7 +142,11 @@ class MatrixFreeKernel:
     def _rebuild(self, why: str) -> None:
         """Replace the factorisation of an earlier kernel by one of this K, on its pivots when they suit."""
         pivots = self.partial.pivots
-        partial = cholesky_on_pivots(self._counted_columns, self._diagonal, pivots, self._stop)
+        partial = (
+            cholesky_on_pivots(self._counted_columns, self._diagonal, pivots, self._stop)
+            if self._rebuild_on_pivots
+            else None
+        )
         if partial is None:
             self.partial = self._factorise(self._rank, None)
             self.greedy_builds += 1
