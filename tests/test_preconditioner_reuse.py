@@ -6,6 +6,7 @@ formulas."""
 from __future__ import annotations
 
 import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -109,7 +110,9 @@ def test_a_stale_preconditioner_converges_to_the_same_answer(monkeypatch: pytest
     assert relative_error(ng.flatten_params(res.direction), expected) <= TOL64
     assert fac.preconditioner.refresh_first  # the next offer skips the attempt and goes to the pivots
     _, again = _solve(phi, far, metric_obj, loss, ng.Damped(DAMPING), preconditioner=fac.preconditioner)
-    assert again.info["certificate"]["preconditioner"]["built_because"].startswith("the earlier factorisation")
+    assert again.info["certificate"]["preconditioner"]["built_because"].startswith(
+        "the earlier factorisation"
+    )
     assert relative_error(ng.flatten_params(again.direction), expected) <= TOL64
     # pivots that no longer fit: the rebuild searches them afresh
     stale = dataclasses.replace(first.preconditioner, pivots_stale=True)
