@@ -266,7 +266,7 @@ class StructuredKrylovFactorization(Factorization):
             0,
             # a try as it is that failed: the next step goes to the pivots at once
             refresh_first=start is not None and not start.refresh_first,
-            pivots_stale=on_pivots and None not in (fresh, limit) and fresh > limit,
+            pivots_stale=on_pivots and fresh is not None and limit is not None and fresh > limit,
         )
 
     def _reuse_info(self) -> dict:

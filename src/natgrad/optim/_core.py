@@ -444,7 +444,7 @@ def output_gradient_curvature(
     forward: Forward, theta: dict[str, Tensor], curvature: Curvature, grad_z: Tensor
 ) -> float:
     """q of `gradient_curvature` for ∇ = Jᵀ ∇z L before any solve (one VJP and one JVP)."""
-    _, pullback = vjp(forward, theta)
+    pullback = vjp(forward, theta)[1]
     (grad,) = pullback(grad_z)
     norm2 = sum(float(g.pow(2).sum()) for g in grad.values())
     if not norm2 > 0:
