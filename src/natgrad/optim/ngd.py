@@ -66,7 +66,9 @@ class NGD(torch.optim.Optimizer):
             λ = ``damping`` as its resting value: a step that increases the loss (or a non-finite one) is
             rejected (parameters unchanged) and λ grows — from 0 straight to the curvature along the gradient
             ∇ᵀ(sG)∇/‖∇‖² —, and after good steps λ shrinks back to ``damping`` (0: the generalized inverse
-            again). Never in (0, eps·tr(sG)). False: plain steps, exactly as computed.
+            again). Never in (0, eps·tr(sG)). On a problem whose damped steps run matrix-free (see
+            ``method``) the first step starts at that curvature instead of a dense λ = 0 solve. False: plain
+            steps, exactly as computed.
         line_search: None (α = 1), ``"grid"`` (best α on ``line_search_grid``), ``"backtracking"`` (Armijo),
             or a strategy object (`FullStep`, `GridSearch`, `Backtracking`). Both searches never accept a
             point with a larger loss (α = 0 then).
@@ -79,7 +81,8 @@ class NGD(torch.optim.Optimizer):
         mc_samples: k ≥ 1 for a Monte-Carlo Fisher from k sampled labels per example; None for the exact one.
         method: engine route (``"auto"``, ``"primal"``, ``"dual"``, ``"lstsq"``, ``"krylov"``, ...). With
             ``"auto"`` a damped step on a large module problem runs matrix-free (``"structured-krylov"``,
-            certified to 1e-5 in float32, 1e-12 in float64; see docs/optim.md), else ``auto`` chooses.
+            certified to 1e-5 in float32, 1e-12 in float64; its preconditioner is reused by the next step
+            on the same batch; see docs/optim.md), else ``auto`` chooses.
         seed: seed of the generator that draws Monte-Carlo labels (saved in ``state_dict``).
         factorize: the function that factorises G = JᵀgJ at θ for the step's solves (default
             `natgrad.optim.engine_factorize`, i.e. `natgrad.factorize`); its result needs
