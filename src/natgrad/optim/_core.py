@@ -37,6 +37,7 @@ from ._damping import LevenbergMarquardt, reduction_ratio
 from ._errors import NGDStepError
 from ._line_search import FullStep, LineProblem, LineSearch
 from ._momentum import add_prior, shifted_loss
+from ._residuals import residual_method
 from ._routing import RecordingForward, step_factorization
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
@@ -210,8 +211,17 @@ def ngd_step(
         and inverse != ng.MoorePenrose()
         and not isinstance(line_search, FullStep)
     )
+    # NGD's residual default in float64 with d ≤ r: the SVD of J instead of eigh of JᵀJ (``_residuals``)
+    method = residual_method(
+        settings.method,
+        curvature.metric,
+        settings.inverse is None and isinstance(inverse, ng.MoorePenrose),
+        z0.numel(),
+        ng.num_params(theta),
+        z0.dtype,
+    )
     with _solver_errors(loss0):
-        fac = factorize(model, theta, curvature.metric, inverse, settings.method)
+        fac = factorize(model, theta, curvature.metric, inverse, method)
 
     def attempt(fac: Factorized, damping: float, first: bool) -> _Attempt:
         """Solve on ``fac`` with ``damping`` (its own inverse when ``first``) and search along the direction."""
@@ -243,7 +253,7 @@ def ngd_step(
             # the linearisation does not hold that far yet (a PINN's nonlinear phase). Also search along the
             # direction of the engine's default cutoff, and keep whichever lowers the loss more.
             with _solver_errors(loss0):
-                coarse = factorize(model, theta, curvature.metric, ng.MoorePenrose(), settings.method)
+                coarse = factorize(model, theta, curvature.metric, ng.MoorePenrose(), method)
             other = attempt(coarse, damping, True)
             attempts += 1
             if other.loss_new is not None and (tried.loss_new is None or other.loss_new < tried.loss_new):
