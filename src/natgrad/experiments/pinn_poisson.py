@@ -48,6 +48,7 @@ def config(quick: bool, seed: int = 0) -> Config:
     training = Training(
         steps=(("ngd", 1000), ("adam", 40000), ("lbfgs", 1000)),
         eval_every=(("ngd", 5), ("adam", 200), ("lbfgs", 5)),
+        residual_svd=True,
     )
     return Config(seed, (64,), 30, 30, training, 1e-7, (("adam", 100.0), ("lbfgs", 100.0)))
 

@@ -37,7 +37,7 @@ from ._damping import LevenbergMarquardt, reduction_ratio
 from ._errors import NGDStepError
 from ._line_search import FullStep, LineProblem, LineSearch
 from ._momentum import add_prior, shifted_loss
-from ._residuals import residual_method
+from ._residuals import SVD_RESIDUAL_RTOL, SVD_ROUTE, residual_method
 from ._routing import RecordingForward, step_factorization
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
@@ -78,6 +78,7 @@ class StepSettings:
         mc_samples: Monte-Carlo Fisher sample count, or None.
         method: engine route.
         max_attempts: solves per step when rejected steps are retried with more damping (≥ 1).
+        residual_svd: solve NGD's residual default by the SVD of J (``_residuals``) where it applies.
     """
 
     resting_damping: float = 0.0
@@ -90,6 +91,7 @@ class StepSettings:
     mc_samples: int | None = None
     method: str = "auto"
     max_attempts: int = 8
+    residual_svd: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,15 +213,14 @@ def ngd_step(
         and inverse != ng.MoorePenrose()
         and not isinstance(line_search, FullStep)
     )
-    # NGD's residual default in float64 with d ≤ r: the SVD of J instead of eigh of JᵀJ (``_residuals``)
-    method = residual_method(
-        settings.method,
-        curvature.metric,
-        settings.inverse is None and isinstance(inverse, ng.MoorePenrose),
-        z0.numel(),
-        ng.num_params(theta),
-        z0.dtype,
-    )
+    # residual_svd: NGD's residual default in float64 with d ≤ r by the SVD of J, not eigh of JᵀJ (``_residuals``)
+    method = settings.method
+    if settings.residual_svd:
+        residual_default = settings.inverse is None and isinstance(inverse, ng.MoorePenrose)
+        rows, cols = z0.numel(), ng.num_params(theta)
+        method = residual_method(method, curvature.metric, residual_default, rows, cols, z0.dtype)
+        if method == SVD_ROUTE:
+            inverse = ng.MoorePenrose(rtol=SVD_RESIDUAL_RTOL)
     with _solver_errors(loss0):
         fac = factorize(model, theta, curvature.metric, inverse, method)
 

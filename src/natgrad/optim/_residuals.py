@@ -31,6 +31,7 @@ import natgrad as ng
 from natgrad.natural_gradient import DEFAULT_MEMORY_BUDGET, route_memory
 
 SVD_ROUTE = "lstsq"
+SVD_RESIDUAL_RTOL = (1e6 * torch.finfo(torch.float64).eps) ** 2
 
 
 def residual_method(
