@@ -16,9 +16,8 @@ Measured on `pinn-poisson` (2-D Poisson, 2-64-1, d = 257, N = 1,020, float64, gr
 after 300–1,000 steps, seeds 0 / 1 / 2): the default (eigh of JᵀJ, cutoff 5·eps) 1.0·10⁻⁷ / 2.2·10⁻⁸ /
 1.0·10⁻⁷, each a plateau of the loss reached by step ~100; the SVD at the same cutoff 1.6·10⁻⁸ / 1.1·10⁻⁷ /
 3.5·10⁻⁸ (full steps, α = 1, until the least-squares minimum over the kept directions: what is left lies
-in directions of λ ≈ 10⁻¹⁶·λ_max); the SVD with this option's cutoff 2.7·10⁻¹⁰ / ~5·10⁻¹¹ / ~3·10⁻¹⁰
-(the last two at the neighbouring cutoff 10⁻²⁰). Other cutoffs on the SVD: 5·10⁻²⁶ (≈ (max(r, d)·eps)²)
-7·10⁻⁷ / 2·10⁻⁶, 10⁻²³ 1.3·10⁻¹¹ / 1.8·10⁻¹² (seed 0 only after 280 steps), 10⁻¹⁸ 1·10⁻⁹ / 6·10⁻¹⁰.
+in directions of λ ≈ 10⁻¹⁶·λ_max); the SVD with this option's cutoff 2.7·10⁻¹⁰ / 2.2·10⁻¹⁰ / 1.8·10⁻¹⁰.
+Other cutoffs on the SVD: 5·10⁻²⁶ (≈ (max(r, d)·eps)²) 7·10⁻⁷ / 2·10⁻⁶, 10⁻²³ 1.3·10⁻¹¹ / 1.8·10⁻¹² (seed 0 only after 280 steps), 10⁻¹⁸ 1·10⁻⁹ / 6·10⁻¹⁰.
 Where it does not help: the 2-32-1 network on 12² + 48 points (d = 129, N = 192; ``pinn-poisson``'s quick
 setting) stays in its nonlinear phase with it (relative L2 0.33 after 70 steps, against 2·10⁻⁷ with the
 default), which is why it is not the default. The SVD step costs about 1.5× the primal one on d = 257,
