@@ -102,3 +102,9 @@ def test_residual_svd_takes_a_poisson_pinn_past_where_the_default_stops() -> Non
         errors[svd] = error_of(problem)
     assert errors[True] <= 1e-8, errors
     assert errors[False] >= 1e-5, errors
+
+
+def test_residual_svd_must_be_a_bool() -> None:
+    w = torch.nn.Parameter(torch.zeros(3, dtype=DT))
+    with pytest.raises(TypeError, match="NGD: residual_svd must be True or False, got 'yes'"):
+        NGD([("w", w)], residual_svd="yes")  # type: ignore[arg-type]

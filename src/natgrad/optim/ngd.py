@@ -141,7 +141,9 @@ class NGD(torch.optim.Optimizer):
         self.inverse = inverse
         self.mc_samples = mc_samples
         self.method = method
-        self.residual_svd = bool(residual_svd)
+        if not isinstance(residual_svd, bool):
+            raise TypeError(f"NGD: residual_svd must be True or False, got {residual_svd!r}")
+        self.residual_svd = residual_svd
         self.seed = int(seed)
         self.steps_taken = 0
         self.last_step: dict[str, Any] = {}
