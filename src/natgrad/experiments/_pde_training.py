@@ -69,6 +69,7 @@ class Training:
     # rounding floor of the d×d Gram matrix JᵀJ (its d − N zero eigenvalues come out at a few eps·λ_max when
     # d > N) would invert rounding noise
     primal_rtol: float | None = None
+    residual_svd: bool = False  # ngd: NGD(residual_svd=True), the SVD of J for float64 residuals with d ≤ N
     primal_memory_budget: int = 2**34  # bytes the forced primal route may allocate (its d×d matrices)
     threads: int = 1
     cpu_budget_s: float | None = None  # equal CPU-time budget per method (process_time of its steps)
@@ -134,6 +135,7 @@ def train(
             ),
             method="auto" if method == "ngd" else "primal",
             factorize=primal_factorize if method == "ngd-primal" else None,
+            residual_svd=settings.residual_svd and method == "ngd",
         )
 
         def step() -> float:
@@ -349,6 +351,7 @@ def combine_records(
         "num_residuals": num_residuals,
         "steps": dict(settings.steps),
         "rtol": settings.rtol,
+        "residual_svd": settings.residual_svd,
         "primal_rtol": settings.primal_rtol,
         "methods": methods,
     }
@@ -364,6 +367,12 @@ def with_cpu_per_step(results: dict[str, Any]) -> dict[str, Any]:
 def _cutoff(results: dict[str, Any]) -> str:
     rtol = results.get("rtol")
     return "" if rtol is None else f" with cutoff {rtol:g}·λ_max"
+
+
+def _route(results: dict[str, Any]) -> str:
+    if results["num_params"] > results["num_residuals"]:
+        return "dual"
+    return "SVD of J, NGD(residual_svd=True)" if results.get("residual_svd") else "primal"
 
 
 def _timing(results: dict[str, Any], name: str) -> str:
@@ -396,7 +405,7 @@ def standard_claims(
         Claim(
             "ngd-error",
             f"ENGD (Gauss–Newton on the residuals, Moore–Penrose{_cutoff(results)}, grid line search; route "
-            f"{'primal' if results['num_params'] <= results['num_residuals'] else 'dual'}) reaches a relative "
+            f"{_route(results)}) reaches a relative "
             f"L2 error of at most {error_target:g} {_budget_of(results, 'ngd')} "
             f"({_timing(results, 'ngd')} of training, {results['torch_threads']} torch thread(s); "
             f"{_reported(results)})",
