@@ -5,10 +5,12 @@ the MLP 64-32-32-10 has d = 3,466 parameters. Each method runs from the same ini
 loss (mean cross-entropy over the whole train split, every step full batch), for a budget of steps (and a time
 cap, so a slow method cannot hang the run); every step records the train loss, the cumulative optimizer time
 as CPU time of this single-threaded process and as wall clock, and, for NGD, the route, damping, number of
-solves and the matrix-free certificate (relative residual, kernel products). L-BFGS also records its function
-evaluations (one ``step`` runs up to 20 iterations). Reported: loss curves against steps and against CPU time
-(figure), steps per 10 s (from the median step time), and the first step and time at which each method
-reaches the target train loss. Wall time depends on the machine and its load (it is recorded, not claimed);
+solves and the matrix-free certificate (relative residual, kernel products, and what happened to the
+preconditioner: built, reused from the previous step, or rebuilt on its pivots). L-BFGS also records its
+function evaluations (one ``step`` runs up to 20 iterations). Reported: loss curves against steps and against
+CPU time (figure), steps per 10 s (from the median step time), the first step and time at which each method
+reaches the target train loss, and the cost of a step in gradients (median step CPU time over the CPU time
+of one full-batch loss and backward, measured in the same process). Wall time depends on the machine and its load (it is recorded, not claimed);
 CPU time of one thread much less so; steps are deterministic.
 
 Usage:
@@ -29,7 +31,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _env import REPO, synchronize  # noqa: E402
+from _env import REPO, cpu_time_call, synchronize  # noqa: E402
 
 try:
     import natgrad as ng
@@ -212,6 +214,9 @@ def main() -> None:
         certificate = opt.last_step.get("certificate") or {}
         detail["residual"] = certificate.get("residual")  # the matrix-free solve's pushforward residual
         detail["kernel_products"] = certificate.get("products")
+        detail["column_blocks"] = certificate.get("column_blocks")
+        detail["preconditioner"] = certificate.get("preconditioner")
+        detail["started_damped"] = opt.last_step.get("started_damped")
         return detail
 
     results["ngd"] = run("NGD", model, ngd_step, x, y, budgets["ngd"], budgets["time_cap"], device)
@@ -244,11 +249,23 @@ def main() -> None:
 
     results["lbfgs"] = run("L-BFGS", model, lbfgs_step, x, y, budgets["lbfgs"], budgets["time_cap"], device)
 
+    model = mlp(dtype, device)
+
+    def gradient() -> None:
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        synchronize(device)
+
+    gradient_cpu = cpu_time_call(gradient, repeats=50, warmup=5)["median"]
     summary = {name: first_reaching(r, args.target) for name, r in results.items()}
     for name, r in results.items():
         summary[name]["final_loss"] = r["losses"][-1]
         summary[name]["steps_per_10s_cpu"] = r["steps_per_10s_cpu"]
         summary[name]["steps_per_10s_wall"] = r["steps_per_10s_wall"]
+        median = r["median_step_cpu_s"]
+        summary[name]["median_step_gradients"] = None if median is None else median / gradient_cpu
+    ngd_times = [b - a for a, b in zip(results["ngd"]["cpu_s"], results["ngd"]["cpu_s"][1:], strict=False)]
+    summary["ngd"]["first_step_cpu_s"] = ngd_times[0] if ngd_times else None
     print("reaching train loss", args.target, summary)
     record = {
         "benchmark": "digits_fullbatch",
@@ -268,6 +285,7 @@ def main() -> None:
             "timing": "optimizer CPU time of this process (one torch thread) and wall clock; losses untimed",
         },
         "summary": summary,
+        "gradient_cpu_s": gradient_cpu,  # one full-batch loss and backward: the unit of median_step_gradients
         "results": {name: thinned(r) for name, r in results.items()},
         "environment": collect_environment(device),
     }

@@ -156,3 +156,27 @@ def test_gram_average_setting_trains_ngd_with_the_averaged_gram_and_its_damping(
     )
     losses = [float(opt.step(problem)) for _ in range(5)]
     assert record["loss"] == losses and record["error"][-1] == error_of(problem)
+
+
+def test_residual_svd_reaches_the_optimizer_and_the_claim_names_the_route() -> None:
+    """Training(residual_svd=True) trains ENGD exactly as NGD(residual_svd=True) does, and the claim says so."""
+    import torch
+
+    from natgrad.experiments._pde_training import standard_claims
+    from natgrad.optim import NGD
+
+    make, error_of = _tiny_poisson()
+    for svd in (False, True):
+        settings = Training(steps=(("ngd", 8),), eval_every=(("ngd", 8),), residual_svd=svd)
+        results = run_methods(make, error_of, settings, no_progress)
+        problem = make()
+        opt = NGD(problem.network.module.named_parameters(), line_search="grid", residual_svd=svd)
+        for _ in range(8):
+            opt.step(problem)
+        assert opt.last_step["method"] == ("lstsq" if svd else "primal")
+        torch.testing.assert_close(
+            results["methods"]["ngd"]["final_error"], error_of(problem), rtol=1e-9, atol=0
+        )
+        assert results["residual_svd"] is svd
+        statement = standard_claims(results, 1.0, {})[0].statement
+        assert ("SVD of J" in statement) is svd and ("primal" in statement) is not svd

@@ -117,6 +117,14 @@ class GramFactorization(Generic[ParamsT]):
         """The eigenvalue cutoff λ > rtol·λ_max applied to G."""
         return self._problem.rtol
 
+    @property
+    def preconditioner(self) -> object:
+        """The ``structured-krylov`` preconditioner its solves ran on, for ``factorize(..., preconditioner=)``
+        at a nearby point of the same batch (None for the other routes)."""
+        fac = self._factorization()
+        reusable = getattr(fac, "reusable", None)
+        return reusable() if callable(reusable) else None
+
     def _fall_back(self, error: StructuredUnsupported) -> None:
         """``auto``: a structured route gave up; continue with the rule without either (they share the layer
         formulas, so what defeats one defeats the other)."""
@@ -370,6 +378,7 @@ def prepare(
     tol: float | None,
     max_iter: int | None,
     eager: bool,
+    preconditioner: object = None,
 ) -> GramFactorization[ParamsT]:
     """Validate the inputs, linearise φ, pick and check the route: the shared body of the public calls."""
     if method not in methods():
@@ -418,6 +427,7 @@ def prepare(
         max_iter=10 * min(r, d) + 50 if max_iter is None else int(max_iter),
         budget=budget,
         scaling=scaling(inverse, call),
+        preconditioner=preconditioner,
     )
     auto_reason = None
     if requested is None:
@@ -441,6 +451,7 @@ def factorize(
     memory_budget: int | None = None,
     tol: float | None = None,
     max_iter: int | None = None,
+    preconditioner: object = None,
 ) -> GramFactorization[ParamsT]:
     """Factorise G = Jᵀ g J at ξ = ``params`` once, for natural gradients of many losses at that point.
 
@@ -449,11 +460,27 @@ def factorize(
     solves for an output gradient directly; both take ``inverse=Damped(λ)`` (any λ) or another inverse with
     the same cutoff to reuse the factorisation.
 
+    ``preconditioner``: the ``fac.preconditioner`` of an earlier ``structured-krylov`` factorisation (an
+    optimizer's previous step). The route preconditions its damped solves with it instead of building one
+    when it was built on the same batch and its solves stayed cheap, else builds a new one; the certificate
+    is the same either way, and ``info["certificate"]["preconditioner"]`` says what happened. Other routes
+    ignore it.
+
     Returns:
         :class:`GramFactorization`.
     """
     return prepare(
-        "factorize", phi, params, metric, inverse, method, memory_budget, tol, max_iter, eager=True
+        "factorize",
+        phi,
+        params,
+        metric,
+        inverse,
+        method,
+        memory_budget,
+        tol,
+        max_iter,
+        eager=True,
+        preconditioner=preconditioner,
     )
 
 

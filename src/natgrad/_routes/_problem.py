@@ -7,6 +7,7 @@ Moore–Penrose solution of the problem with A replaced by A S, so that no route
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,6 +49,8 @@ class Problem:
         max_iter: iteration cap of each iterative solve.
         budget: bytes the route may allocate.
         scaling: S = h^{-1/2} for MinNorm, else None.
+        preconditioner: a ``structured-krylov`` preconditioner of an earlier factorisation to start from
+            (``KernelPreconditioner``), or None; other routes ignore it.
     """
 
     lin: Linearization
@@ -60,6 +63,7 @@ class Problem:
     budget: int
     scaling: Scaling | None = None
     factor_bytes: int | None = None  # the structured routes' per-layer factors, once estimated
+    preconditioner: Any = None
 
     @property
     def r(self) -> int:

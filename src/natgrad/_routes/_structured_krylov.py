@@ -16,6 +16,10 @@ pushforward J v (returned anyway), the products with K, the preconditioner's ran
 and ``rounding_floor`` ≈ eps·‖A‖‖v‖/‖c‖, the residual the model's arithmetic can resolve at all: a residual read
 below it certifies no more than the floor (float32 at very large r, where K is ill-conditioned), so
 ``certified`` is False when the floor lies above tol (the result's status is then "at_rounding_floor").
+Preconditioner reuse (``_preconditioner_reuse``): ``preconditioner`` (the problem's, from an earlier
+factorisation's ``reusable()``) preconditions the damped solves instead of a new pivoted Cholesky when it was
+built on the same batch and its iteration count stayed low; the certificate is the same, so the answer is too.
+``info["certificate"]["preconditioner"]`` says whether it was reused, how many builds ran and why.
 Iterative refinement against that residual runs when the kernel solve met its tolerance but the pushforward
 residual did not; a result that still misses the tolerance raises ``KernelSolveError`` (a ``ConvergenceError``).
 The layered products are checked against the true A with a generic probe before any solve, and with the solve's
@@ -25,13 +29,19 @@ rebuilt once with the search for outside parameters, then ``StructuredUnsupporte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from natgrad._routes._factorization import Factorization, SolveInfo
 from natgrad._routes._krylov import KRYLOV
+from natgrad._routes._preconditioner_reuse import (
+    KernelPreconditioner,
+    batch_key,
+    iteration_limit,
+    reuse_refusal,
+)
 from natgrad._routes._problem import Problem
 from natgrad._routes._route import Route, RouteName
 from natgrad._routes._structured import factor_for, layer_factor_bytes, unsupported_reason
@@ -88,6 +98,10 @@ class StructuredKrylovFactorization(Factorization):
         self.context: StructuredContext = context
         self.model_dtype = factors.dtype
         self.rtol = kernel_rtol(problem.rtol, self.model_dtype, problem.r, problem.d)
+        self.batch = batch_key(record, problem.r, problem.metric)
+        given = problem.preconditioner
+        self.refusal = reuse_refusal(given, self.batch)
+        self.start = given if self.refusal is None else None
         self.kernel = MatrixFreeKernel(
             self.layered,
             lambda index: factors.columns(index).to(WORK),
@@ -98,7 +112,16 @@ class StructuredKrylovFactorization(Factorization):
             rank=DEFAULT_RANK,
             max_rank=max_preconditioner_rank(problem.r, problem.budget, factors.nbytes()),
             factor_eps=torch.finfo(self.model_dtype).eps,
+            start=None if self.start is None else (self.start.partial, self.start.preconditioner),
+            start_iterations=self._start_iterations(),
+            rebuild_on_pivots=self.start is None or not self.start.pivots_stale,
         )
+
+    def _start_iterations(self) -> int | None:
+        start = self.start
+        if start is None:
+            return None
+        return 0 if start.refresh_first else start.iteration_limit
 
     def layered(self, y: Tensor) -> Tensor:
         """K y from the layer factors (computed in the model's dtype, returned in float64)."""
@@ -224,6 +247,42 @@ class StructuredKrylovFactorization(Factorization):
     def certify(self, v: Tensor) -> Tensor | None:
         return self.last_jv
 
+    def reusable(self) -> KernelPreconditioner:
+        """The preconditioner the solves ran on, for a later factorisation (``preconditioner=``)."""
+        kernel, start = self.kernel, self.start
+        if kernel.reused and start is not None:
+            last = kernel.reused_iterations if kernel.reused_iterations is not None else start.last_iterations
+            return replace(start, last_iterations=last, reuses=start.reuses + 1, refresh_first=False)
+        fresh = kernel.fresh_iterations
+        on_pivots = kernel.greedy_builds == 0  # every build of this factorisation reused the old pivots
+        greedy = start.greedy_iterations if on_pivots and start is not None else fresh
+        limit = iteration_limit(greedy)
+        return KernelPreconditioner(
+            kernel.partial,
+            kernel.preconditioner,
+            self.batch,
+            greedy,
+            fresh,
+            0,
+            # a try as it is that failed: the next step goes to the pivots at once
+            refresh_first=start is not None and not start.refresh_first,
+            pivots_stale=on_pivots and fresh is not None and limit is not None and fresh > limit,
+        )
+
+    def _reuse_info(self) -> dict:
+        """The certificate's account of the preconditioner: reused as it was, rebuilt (on its pivots), built."""
+        kernel = self.kernel
+        rebuilt = next((s for s in kernel.record.solves if "rebuilt" in s), None)
+        return {
+            "reused": kernel.reused,
+            "builds": kernel.builds,
+            "greedy_builds": kernel.greedy_builds,
+            "on_old_pivots": bool(rebuilt and rebuilt["on_pivots"]),
+            "reuses": self.start.reuses + 1 if kernel.reused and self.start is not None else 0,
+            "iterations": kernel.reused_iterations if kernel.reused else kernel.fresh_iterations,
+            "built_because": None if kernel.reused else (rebuilt["because"] if rebuilt else self.refusal),
+        }
+
     def info(self) -> SolveInfo:
         kernel = self.kernel
         certificate = {
@@ -232,6 +291,7 @@ class StructuredKrylovFactorization(Factorization):
             "column_blocks": kernel.record.column_blocks,
             "preconditioner_rank": kernel.partial.rank,
             "complete_factorisation": kernel.partial.complete,
+            "preconditioner": self._reuse_info(),
         }
         return {
             "kernel_routes": dict(self.factors.routes),

@@ -71,11 +71,12 @@ class Training:
     # rounding floor of the d×d Gram matrix JᵀJ (its d − N zero eigenvalues come out at a few eps·λ_max when
     # d > N) would invert rounding noise
     primal_rtol: float | None = None
+    residual_svd: bool = False  # ngd: NGD(residual_svd=True), the SVD of J for float64 residuals with d ≤ N
     primal_memory_budget: int = 2**34  # bytes the forced primal route may allocate (its d×d matrices)
     damping: float = (
         0.0  # ngd: λ > 0 solves (G + λI) v = ∇ instead of the Moore–Penrose inverse (rtol unused)
     )
-    # ngd: β of natgrad.optim.AveragedGram — the step solves with Ḡ_t = β Ḡ_{t−1} + (1 − β) JᵀJ, Ḡ_0 = I
+    # ngd: β of natgrad.optim.AveragedGram — the step solves with Ḡ_t = β Ḡ_{t−1} + (1 − β) JᵀJ, Ḡ_0 = 0
     gram_average: float | None = None
     threads: int = 1
     cpu_budget_s: float | None = None  # equal CPU-time budget per method (process_time of its steps)
@@ -156,6 +157,7 @@ def train(
                 if settings.gram_average is not None
                 else None
             ),
+            residual_svd=settings.residual_svd and method == "ngd",
         )
 
         def step() -> float:
@@ -373,6 +375,7 @@ def combine_records(
         "rtol": settings.rtol,
         "damping": settings.damping,
         "gram_average": settings.gram_average,
+        "residual_svd": settings.residual_svd,
         "primal_rtol": settings.primal_rtol,
         "methods": methods,
     }
@@ -390,9 +393,15 @@ def _inverse_phrase(results: dict[str, Any]) -> str:
     average, damping = results.get("gram_average"), results.get("damping") or 0.0
     inverse = f"(G + {damping:g}·I)⁻¹" if damping > 0 else "Moore–Penrose"
     if average is not None:
-        return f"{inverse} of the moving average G_t = {average:g}·G_(t−1) + {1 - average:g}·JᵀJ, G_0 = I"
+        return f"{inverse} of the moving average G_t = {average:g}·G_(t−1) + {1 - average:g}·JᵀJ, G_0 = 0"
     rtol = results.get("rtol")
     return inverse if rtol is None or damping > 0 else f"{inverse} with cutoff {rtol:g}·λ_max"
+
+
+def _route(results: dict[str, Any]) -> str:
+    if results["num_params"] > results["num_residuals"]:
+        return "dual"
+    return "SVD of J, NGD(residual_svd=True)" if results.get("residual_svd") else "primal"
 
 
 def _timing(results: dict[str, Any], name: str) -> str:
@@ -425,7 +434,7 @@ def standard_claims(
         Claim(
             "ngd-error",
             f"ENGD (Gauss–Newton on the residuals, {_inverse_phrase(results)}, grid line search; route "
-            f"{'primal' if results['num_params'] <= results['num_residuals'] else 'dual'}) reaches a relative "
+            f"{_route(results)}) reaches a relative "
             f"L2 error of at most {error_target:g} {_budget_of(results, 'ngd')} "
             f"({_timing(results, 'ngd')} of training, {results['torch_threads']} torch thread(s); "
             f"{_reported(results)})",

@@ -15,6 +15,13 @@ when it is complete (every residual diagonal entry at rounding level), the solve
   says why.
 
 Damped solves (K + λI)⁻¹ need no cutoff: PCG with P + λI.
+
+A factorisation of an earlier kernel (``start``: an optimizer's previous step) can precondition the damped
+solves instead of a new one: PCG converges with any SPD P, only the iteration count depends on it. It is
+replaced by a factorisation of this K on the same pivots (`cholesky_on_pivots`: one block of columns, no
+greedy search; a fresh greedy one if those pivots do not suit this K) before any Moore–Penrose solve (whose
+cutoff relies on range(L) ⊆ range(K) and on completeness, true only of its own K) and when a damped solve does
+not converge on it within ``start_iterations``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,12 @@ from torch import Tensor
 from natgrad.exceptions import ConvergenceError
 from natgrad.linalg._krylov import preconditioned_cg
 from natgrad.linalg._lsqr import KernelCoordinates, LsqrInfo, solve_lsqr
-from natgrad.linalg._pivoted_cholesky import LowRankPreconditioner, PartialCholesky, pivoted_cholesky
+from natgrad.linalg._pivoted_cholesky import (
+    LowRankPreconditioner,
+    PartialCholesky,
+    cholesky_on_pivots,
+    pivoted_cholesky,
+)
 
 Operator = Callable[[Tensor], Tensor]
 _MARGIN = (
@@ -65,6 +77,11 @@ class MatrixFreeKernel:
         max_rank: most pivots the memory allows.
         factor_eps: the unit roundoff of the arithmetic the columns were computed in.
         call: the public call, for error messages.
+        start: (L, P) of an earlier kernel to precondition the damped solves with (module docstring);
+            None builds the factorisation of this K.
+        start_iterations: CG iterations a damped solve may spend on ``start`` before it is replaced by a
+            factorisation of this K (None: ``max_iter``; 0: replace it at once, keeping only its pivots).
+        rebuild_on_pivots: replace ``start`` by a factorisation on its pivots (False: search them afresh).
     """
 
     def __init__(
@@ -80,6 +97,9 @@ class MatrixFreeKernel:
         max_rank: int,
         factor_eps: float,
         call: str = "natural_gradient",
+        start: tuple[PartialCholesky, LowRankPreconditioner] | None = None,
+        start_iterations: int | None = None,
+        rebuild_on_pivots: bool = True,
     ) -> None:
         self.call = call
         self.record = SolveRecord()
@@ -89,7 +109,55 @@ class MatrixFreeKernel:
         self._diagonal = diagonal
         self.factor_eps = float(factor_eps)
         self._stop = _ROUNDING * factor_eps * max(float(diagonal.max()), 0.0) if diagonal.numel() else 0.0
-        self.partial = self._factorise(min(max(1, rank), self.max_rank), None)
+        self._rank = min(max(1, rank), self.max_rank)
+        self._largest: float | None = None  # λ_max's lower bound when P came from another kernel
+        self.builds = 0  # factorisations of this K made (0: the solves so far ran on ``start``)
+        self.fresh_iterations: int | None = None  # CG iterations of the first damped solve on a new P
+        self.reused_iterations: int | None = None  # and on ``start``
+        self._start_iterations = self.max_iter if start_iterations is None else int(start_iterations)
+        self.greedy_builds = 0  # of ``builds``, those that searched their pivots afresh
+        self._rebuild_on_pivots = bool(rebuild_on_pivots)
+        if start is None:
+            self.partial = self._factorise(self._rank, None)
+            self.builds = self.greedy_builds = 1
+        else:
+            self.partial, self.preconditioner = start
+            if self._start_iterations == 0:
+                self._rebuild("the earlier factorisation did not converge as it was last time")
+            else:
+                self._largest = self._rayleigh_largest()
+
+    @property
+    def reused(self) -> bool:
+        """Whether the solves run on a factorisation of an earlier kernel (``start``)."""
+        return self.builds == 0
+
+    def _rayleigh_largest(self) -> float:
+        """uᵀK u for P's top eigenvector u: a lower bound of this K's λ_max (one product)."""
+        if not self.preconditioner.eigenvalues.numel():
+            return 0.0
+        top = self.preconditioner.top_vector()
+        return max(float(top @ self.matvec(top)), 0.0)
+
+    def _rebuild(self, why: str) -> None:
+        """Replace the factorisation of an earlier kernel by one of this K, on its pivots when they suit."""
+        pivots = self.partial.pivots
+        partial = (
+            cholesky_on_pivots(self._counted_columns, self._diagonal, pivots, self._stop)
+            if self._rebuild_on_pivots
+            else None
+        )
+        if partial is None:
+            self.partial = self._factorise(self._rank, None)
+            self.greedy_builds += 1
+        else:
+            self.partial = partial
+            self._set_preconditioner(partial)
+        self.builds += 1
+        self._largest = None
+        self.record.solves.append(
+            {"rebuilt": self.partial.rank, "on_pivots": partial is not None, "because": why}
+        )
 
     def matvec(self, y: Tensor) -> Tensor:
         """K y, counted."""
@@ -102,6 +170,10 @@ class MatrixFreeKernel:
 
     def _factorise(self, rank: int, start: PartialCholesky | None) -> PartialCholesky:
         partial = pivoted_cholesky(self._counted_columns, self._diagonal, rank, self._stop, start=start)
+        self._set_preconditioner(partial)
+        return partial
+
+    def _set_preconditioner(self, partial: PartialCholesky) -> None:
         sigma = (
             max(float(partial.residual_diagonal.max()), self._stop)
             if partial.rank < self._diagonal.numel()
@@ -110,7 +182,6 @@ class MatrixFreeKernel:
         self.preconditioner = LowRankPreconditioner(
             partial, max(sigma, torch.finfo(self._diagonal.dtype).tiny)
         )
-        return partial
 
     def _extend(self, why: str) -> bool:
         """Double the factorisation's rank; False when it is complete or at ``max_rank``."""
@@ -122,8 +193,9 @@ class MatrixFreeKernel:
 
     @property
     def largest(self) -> float:
-        """λ_max(L Lᵀ), a lower bound of λ_max(K) (pivoting takes the large directions first)."""
-        return self.preconditioner.largest
+        """λ_max(L Lᵀ), a lower bound of λ_max(K) (pivoting takes the large directions first); on a
+        factorisation of an earlier kernel the Rayleigh quotient of its top eigenvector, also a lower bound."""
+        return self.preconditioner.largest if self._largest is None else self._largest
 
     @property
     def threshold(self) -> float:
@@ -161,6 +233,8 @@ class MatrixFreeKernel:
         """K⁺ b with the cutoff to relative residual ``tol`` (default: the kernel's); raises
         :class:`KernelSolveError` when it cannot be certified."""
         tol = self.tol if tol is None else float(tol)
+        if self.reused:
+            self._rebuild("a Moore–Penrose solve needs a factorisation of this kernel")
         while True:
             if self.partial.complete:
                 y, kept = self._complete_pinv(b, tol)
@@ -238,9 +312,10 @@ class MatrixFreeKernel:
         """(K + λI)⁻¹ b by PCG with the preconditioner shifted by λ, to relative residual ``tol``."""
         tol = self.tol if tol is None else float(tol)
         while True:
-            shifted = LowRankPreconditioner(self.partial, self.preconditioner.sigma, damping)
+            shifted = self.preconditioner.shifted(damping)
+            limit = min(self.max_iter, self._start_iterations) if self.reused else self.max_iter
             y, info = preconditioned_cg(
-                lambda x: self.matvec(x) + damping * x, b, shifted.solve, tol=tol, max_iter=self.max_iter
+                lambda x: self.matvec(x) + damping * x, b, shifted.solve, tol=tol, max_iter=limit
             )
             stopped = "converged" if info.converged else "max_iter"
             entry = {"kind": "damped", "by": "pcg", "iterations": info.iterations, "stopped": stopped}
@@ -250,9 +325,23 @@ class MatrixFreeKernel:
                 entry["residual"] = residual
                 entry["at_rounding_floor"] = tol < residual <= self.rounding_floor(y, b)
                 if residual <= tol or entry["at_rounding_floor"]:
+                    self._note_iterations(info.iterations)
                     return y
+            if self.reused:
+                self._rebuild(
+                    f"a damped solve did not converge within {limit} iterations on the earlier kernel's "
+                    "factorisation"
+                )
+                continue
             if not self._extend("iteration limit"):
                 raise KernelSolveError(self._failure("iteration limit"))
+
+    def _note_iterations(self, iterations: int) -> None:
+        """Keep the first damped solve's iteration count on the current P (what the reuse rule compares)."""
+        if self.reused and self.reused_iterations is None:
+            self.reused_iterations = iterations
+        elif not self.reused and self.fresh_iterations is None:
+            self.fresh_iterations = iterations
 
     def _failure(self, why: str) -> str:
         r = self._diagonal.numel()

@@ -10,6 +10,7 @@ factorised one pivot at a time, so near-duplicate candidates inside a block are 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -106,6 +107,35 @@ def pivoted_cholesky(
     return PartialCholesky(factor[:, :rank], pivots, residual, complete=complete)
 
 
+def cholesky_on_pivots(
+    columns: Callable[[Tensor], Tensor], diagonal: Tensor, pivots: list[int], stop: float
+) -> PartialCholesky | None:
+    """K ≈ L Lᵀ on given pivots S (an earlier factorisation's): L = K[:, S] R⁻ᵀ with K[S, S] = R Rᵀ.
+
+    The same L as the greedy factorisation would give with S forced in that order, from one block of columns
+    and one ℓ × ℓ Cholesky instead of ℓ rank-one updates of the r × block panel; the residual K − L Lᵀ is the
+    Schur complement of K[S, S], PSD, and range(L) ⊆ range(K) as before. None when K[S, S] is not
+    numerically positive definite (the pivots do not suit this K: factorise afresh).
+    """
+    r = diagonal.numel()
+    index = torch.tensor(pivots, dtype=torch.long, device=diagonal.device)
+    cols = columns(index).to(diagonal.dtype)
+    block = cols[index]
+    chol, info = torch.linalg.cholesky_ex(0.5 * (block + block.T))
+    if int(info) != 0 or not bool(torch.isfinite(chol).all()):
+        return None
+    head = torch.diagonal(chol)
+    if float(head.min()) ** 2 <= stop:  # a pivot at or below the stopping level: not a pivot of this K
+        return None
+    factor = torch.linalg.solve_triangular(chol, cols.T, upper=False).T
+    residual = (diagonal - factor.pow(2).sum(dim=1)).clamp_min(0)
+    residual[index] = 0.0
+    chosen = torch.zeros(r, dtype=torch.bool, device=diagonal.device)
+    chosen[index] = True
+    free = torch.where(chosen, torch.zeros_like(residual), residual)
+    return PartialCholesky(factor, list(pivots), residual, complete=float(free.max()) <= stop)
+
+
 class LowRankPreconditioner:
     """P = U (Λ + σ) Uᵀ + σ (I − U Uᵀ) + λ I from K ≈ L Lᵀ = U Λ Uᵀ, and products with P⁻¹ and (L Lᵀ)⁺.
 
@@ -125,14 +155,33 @@ class LowRankPreconditioner:
         top = float(evals.max()) if evals.numel() else 0.0
         keep = evals > torch.finfo(evals.dtype).eps * max(top, 0.0) * max(1, evals.numel())
         self.eigenvalues = evals[keep]  # Λ: the nonzero eigenvalues of L Lᵀ
-        self.basis = (partial.factor @ evecs[:, keep]) / self.eigenvalues.sqrt()  # U, orthonormal columns
+        self.factor, self.vectors = partial.factor, evecs[:, keep]  # U = L V Λ^{-1/2}
+        self._basis: Tensor | None = None
         self.sigma = float(sigma)
         self.damping = float(damping)
+
+    @property
+    def basis(self) -> Tensor:
+        """U = L V Λ^{-1/2} (r × k, orthonormal columns), formed on first use: P⁻¹ alone does not need it."""
+        if self._basis is None:
+            self._basis = (self.factor @ self.vectors) / self.eigenvalues.sqrt()
+        return self._basis
+
+    def top_vector(self) -> Tensor:
+        """The unit eigenvector of L Lᵀ for its largest eigenvalue (one product with L)."""
+        j = int(torch.argmax(self.eigenvalues))
+        return (self.factor @ self.vectors[:, j]) / self.eigenvalues[j].sqrt()
 
     @property
     def largest(self) -> float:
         """λ_max(L Lᵀ), a lower bound of λ_max(K)."""
         return float(self.eigenvalues.max()) if self.eigenvalues.numel() else 0.0
+
+    def shifted(self, damping: float) -> LowRankPreconditioner:
+        """The same P with damping λ = ``damping``: shares U and Λ (no second eigendecomposition)."""
+        other = copy.copy(self)
+        other.damping = float(damping)
+        return other
 
     @property
     def norm(self) -> float:
@@ -140,11 +189,11 @@ class LowRankPreconditioner:
         return self.largest + self.sigma + self.damping
 
     def solve(self, x: Tensor) -> Tensor:
-        """P⁻¹ x."""
+        """P⁻¹ x, as L V diag(f/Λ) Vᵀ Lᵀ x + x/(σ + λ) with f = 1/(Λ + σ + λ) − 1/(σ + λ) (= U f Uᵀ x)."""
         floor = self.sigma + self.damping
-        coords = self.basis.T @ x
-        scale = 1.0 / (self.eigenvalues + floor) - 1.0 / floor
-        return self.basis @ (scale * coords) + x / floor
+        coords = self.vectors.T @ (self.factor.T @ x)
+        scale = (1.0 / (self.eigenvalues + floor) - 1.0 / floor) / self.eigenvalues
+        return self.factor @ (self.vectors @ (scale * coords)) + x / floor
 
     def inv_sqrt(self, x: Tensor) -> Tensor:
         """P^{-1/2} x (symmetric square root; maps range(K) and null(K) to themselves like P)."""

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
-from torch.func import jvp
+from torch.func import jvp, vjp
 
 import natgrad as ng
 from natgrad._loss import output_gradient
@@ -37,7 +37,8 @@ from ._damping import LevenbergMarquardt, reduction_ratio
 from ._errors import NGDStepError
 from ._line_search import FullStep, LineProblem, LineSearch
 from ._momentum import add_prior, shifted_loss
-from ._routing import RecordingForward, step_factorization
+from ._residuals import SVD_RESIDUAL_RTOL, SVD_ROUTE, residual_method
+from ._routing import RecordingForward, damped_goes_matrix_free, step_factorization
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
 Loss = Callable[[Tensor], Tensor]
@@ -52,10 +53,15 @@ class StepState:
     Attributes:
         damping: the current λ (acts on the loss's curvature sG).
         momentum: v_prev by parameter name, for the parameters whose group uses momentum.
+        preconditioner: the matrix-free route's preconditioner of the last step that ran it (``_routing``),
+            offered to the next step's factorisation; None when there is none (a resumed optimizer).
+        steps: steps taken before this one.
     """
 
     damping: float
     momentum: Mapping[str, Tensor] = field(default_factory=dict)
+    preconditioner: Any = None
+    steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class StepSettings:
         mc_samples: Monte-Carlo Fisher sample count, or None.
         method: engine route.
         max_attempts: solves per step when rejected steps are retried with more damping (≥ 1).
+        residual_svd: solve NGD's residual default by the SVD of J (``_residuals``) where it applies.
     """
 
     resting_damping: float = 0.0
@@ -89,6 +96,7 @@ class StepSettings:
     mc_samples: int | None = None
     method: str = "auto"
     max_attempts: int = 8
+    residual_svd: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,14 +153,21 @@ Factorize = Callable[[Forward, dict[str, Tensor], Any, Any, str], Factorized]
 
 
 def engine_factorize(
-    forward: Forward, theta: dict[str, Tensor], metric: Any, inverse: Any, method: str
+    forward: Forward,
+    theta: dict[str, Tensor],
+    metric: Any,
+    inverse: Any,
+    method: str,
+    *,
+    preconditioner: Any = None,
 ) -> Factorized:
     """The default: `natgrad.factorize` of G = JᵀgJ at θ, reused by every solve of the step.
 
     With ``method="auto"``, a damped step on a large module problem is factorised by the matrix-free
-    ``structured-krylov`` route (see ``natgrad.optim._routing``); otherwise ``auto`` chooses as everywhere.
+    ``structured-krylov`` route (see ``natgrad.optim._routing``), starting from ``preconditioner`` (the last
+    such step's) when it fits; otherwise ``auto`` chooses as everywhere.
     """
-    preferred = step_factorization(forward, theta, metric, inverse, method)
+    preferred = step_factorization(forward, theta, metric, inverse, method, preconditioner)
     return preferred if preferred is not None else ng.factorize(forward, theta, metric, inverse, method)
 
 
@@ -202,7 +217,21 @@ def ngd_step(
             cached["floor"] = precision_floor(model, theta, curvature, z0.dtype)
         return cached["floor"]
 
-    inverse = _inverse(state.damping, curvature, settings.inverse, z0, theta)
+    start = state.damping
+    starts_damped = (
+        safeguarded
+        and start == 0.0
+        and state.steps == 0
+        and settings.resting_damping == 0.0
+        and settings.inverse is None
+        and settings.method == "auto"
+        and damped_goes_matrix_free(model, theta, curvature.metric)
+    )
+    if starts_damped:  # the safeguard's level after a rejected λ = 0 step, without the dense solve (above)
+        assert grad_z is not None
+        q = output_gradient_curvature(model, theta, curvature, grad_z)
+        start = max(settings.damping_rule.start_fraction * q, floor(), settings.damping_rule.minimum)
+    inverse = _inverse(start, curvature, settings.inverse, z0, theta)
     # the residual cutoff of NGD's default inverse, under a line search that can tell a step it does not trust
     refined = (
         settings.inverse is None
@@ -210,8 +239,21 @@ def ngd_step(
         and inverse != ng.MoorePenrose()
         and not isinstance(line_search, FullStep)
     )
+    # residual_svd: NGD's residual default in float64 with d ≤ r by the SVD of J, not eigh of JᵀJ (``_residuals``)
+    method = settings.method
+    if settings.residual_svd:
+        residual_default = settings.inverse is None and isinstance(inverse, ng.MoorePenrose)
+        rows, cols = z0.numel(), ng.num_params(theta)
+        method = residual_method(method, curvature.metric, residual_default, rows, cols, z0.dtype)
+        if method == SVD_ROUTE:
+            inverse = ng.MoorePenrose(rtol=SVD_RESIDUAL_RTOL)
     with _solver_errors(loss0):
-        fac = factorize(model, theta, curvature.metric, inverse, settings.method)
+        if factorize is engine_factorize:  # the default knows the route's preconditioner; others keep theirs
+            fac = engine_factorize(
+                model, theta, curvature.metric, inverse, method, preconditioner=state.preconditioner
+            )
+        else:
+            fac = factorize(model, theta, curvature.metric, inverse, method)
 
     def attempt(fac: Factorized, damping: float, first: bool) -> _Attempt:
         """Solve on ``fac`` with ``damping`` (its own inverse when ``first``) and search along the direction."""
@@ -234,7 +276,7 @@ def ngd_step(
         alpha, loss_new = line_search.search(LineProblem(loss_at, loss0, slope, curvature_term))
         return _Attempt(solved, direction, step_vec, slope, curvature_term, loss_at, alpha, loss_new)
 
-    damping, attempts = state.damping, 0
+    damping, attempts = start, 0
     while True:
         attempts += 1
         tried = attempt(fac, damping, attempts == 1)
@@ -243,7 +285,7 @@ def ngd_step(
             # the linearisation does not hold that far yet (a PINN's nonlinear phase). Also search along the
             # direction of the engine's default cutoff, and keep whichever lowers the loss more.
             with _solver_errors(loss0):
-                coarse = factorize(model, theta, curvature.metric, ng.MoorePenrose(), settings.method)
+                coarse = factorize(model, theta, curvature.metric, ng.MoorePenrose(), method)
             other = attempt(coarse, damping, True)
             attempts += 1
             if other.loss_new is not None and (tried.loss_new is None or other.loss_new < tried.loss_new):
@@ -285,8 +327,12 @@ def ngd_step(
         "rank": solved.rank,
         "method": solved.method,
         "certificate": solved.certificate,
+        "started_damped": starts_damped,
     }
-    return StepOutcome(update, StepState(next_damping, momentum), info)
+    preconditioner = getattr(fac, "preconditioner", None)
+    if preconditioner is None:  # a dense step: the last matrix-free one's stays on offer
+        preconditioner = state.preconditioner
+    return StepOutcome(update, StepState(next_damping, momentum, preconditioner, state.steps + 1), info)
 
 
 # A searched step shorter than this fraction of v: v leaves the region where the linearisation holds by orders
@@ -403,6 +449,19 @@ def precision_floor(
         total += float((ju * curvature.matvec(ju)).sum())
     trace = curvature.scale * total / _TRACE_PROBES
     return torch.finfo(dtype).eps * max(trace, 0.0)
+
+
+def output_gradient_curvature(
+    forward: Forward, theta: dict[str, Tensor], curvature: Curvature, grad_z: Tensor
+) -> float:
+    """q of `gradient_curvature` for ∇ = Jᵀ ∇z L before any solve (one VJP and one JVP)."""
+    pullback = vjp(forward, theta)[1]
+    (grad,) = pullback(grad_z)
+    norm2 = sum(float(g.pow(2).sum()) for g in grad.values())
+    if not norm2 > 0:
+        return 0.0
+    jg = jvp(forward, (theta,), (grad,))[1]
+    return curvature.scale * float((jg * curvature.matvec(jg)).sum()) / norm2
 
 
 def gradient_curvature(

@@ -19,6 +19,12 @@ eps·‖A‖‖v‖/‖c‖; in float32 that reaches 1e-6 along an ill-condition
 λ = 0.011), where the engine's default 1e-6 stopped the run. The optimizer asks ``STEP_TOL`` of its
 matrix-free solves: 1e-5 in float32 (the step is (G + λI)⁻¹∇ with a certified relative residual ≤ 1e-5),
 the engine's default (1e-12) in float64.
+
+Preconditioner reuse: the route's preconditioner (a pivoted Cholesky factorisation of K and its eigenbasis,
+most of a damped step's cost at full batch) is handed from step to step (``preconditioner=`` in, the
+factorisation's ``preconditioner`` out; NGD keeps it in its step state, not in ``state_dict``). The route uses
+it for the same batch while its CG iteration count stays low, and rebuilds it otherwise; every direction is
+certified by the same pushforward residual, so reuse changes the cost only.
 """
 
 from __future__ import annotations
@@ -145,6 +151,15 @@ def prefers_matrix_free(r: int, d: int, inverse: Any) -> bool:
     return isinstance(inverse, ng.Damped) and r * d * min(r, d) >= MATRIX_FREE_WORK
 
 
+def damped_goes_matrix_free(forward: Any, theta: dict[str, Tensor], metric: Any) -> bool:
+    """Whether a damped step at θ would be factorised by ``structured-krylov`` (a large module problem)."""
+    problem = module_problem(forward, theta)
+    if problem is None:
+        return False
+    d = sum(t.numel() for t in theta.values())
+    return prefers_matrix_free(metric.at(problem.output, call="NGD.step").r, d, ng.Damped(1.0))
+
+
 class MatrixFreeFactorization:
     """The module problem's ``structured-krylov`` factorisation, answering in the optimizer's parameter names.
 
@@ -157,6 +172,11 @@ class MatrixFreeFactorization:
         self.fac, self.names, self._make_dense = fac, names, dense
         self._dense: Any = None
         self._refusal: str | None = None
+
+    @property
+    def preconditioner(self) -> Any:
+        """The route's preconditioner for the next step's factorisation (see `natgrad.factorize`)."""
+        return self.fac.preconditioner
 
     @property
     def method(self) -> str:
@@ -195,9 +215,17 @@ class MatrixFreeFactorization:
 
 
 def step_factorization(
-    forward: Any, theta: dict[str, Tensor], metric: Any, inverse: Any, method: str
+    forward: Any,
+    theta: dict[str, Tensor],
+    metric: Any,
+    inverse: Any,
+    method: str,
+    preconditioner: Any = None,
 ) -> MatrixFreeFactorization | None:
-    """The matrix-free factorisation this step prefers (module docstring), or None for the engine's choice."""
+    """The matrix-free factorisation this step prefers (module docstring), or None for the engine's choice.
+
+    ``preconditioner``: an earlier step's (``MatrixFreeFactorization.preconditioner``), reused when it fits.
+    """
     if method != "auto" or not isinstance(inverse, ng.Damped):
         return None
     problem = module_problem(forward, theta)
@@ -208,7 +236,15 @@ def step_factorization(
         return None
     tol = STEP_TOL.get(problem.output.dtype)
     try:
-        fac = ng.factorize(problem.phi, problem.params, metric, inverse, "structured-krylov", tol=tol)
+        fac = ng.factorize(
+            problem.phi,
+            problem.params,
+            metric,
+            inverse,
+            "structured-krylov",
+            tol=tol,
+            preconditioner=preconditioner,
+        )
     except (StructuredUnsupported, MemoryBudgetError):  # layers without factors, or too large: auto's choice
         return None
     return MatrixFreeFactorization(

@@ -66,7 +66,9 @@ class NGD(torch.optim.Optimizer):
             λ = ``damping`` as its resting value: a step that increases the loss (or a non-finite one) is
             rejected (parameters unchanged) and λ grows — from 0 straight to the curvature along the gradient
             ∇ᵀ(sG)∇/‖∇‖² —, and after good steps λ shrinks back to ``damping`` (0: the generalized inverse
-            again). Never in (0, eps·tr(sG)). False: plain steps, exactly as computed.
+            again). Never in (0, eps·tr(sG)). On a problem whose damped steps run matrix-free (see
+            ``method``) the first step starts at that curvature instead of a dense λ = 0 solve. False: plain
+            steps, exactly as computed.
         line_search: None (α = 1), ``"grid"`` (best α on ``line_search_grid``), ``"backtracking"`` (Armijo),
             or a strategy object (`FullStep`, `GridSearch`, `Backtracking`). Both searches never accept a
             point with a larger loss (α = 0 then).
@@ -79,11 +81,18 @@ class NGD(torch.optim.Optimizer):
         mc_samples: k ≥ 1 for a Monte-Carlo Fisher from k sampled labels per example; None for the exact one.
         method: engine route (``"auto"``, ``"primal"``, ``"dual"``, ``"lstsq"``, ``"krylov"``, ...). With
             ``"auto"`` a damped step on a large module problem runs matrix-free (``"structured-krylov"``,
-            certified to 1e-5 in float32, 1e-12 in float64; see docs/optim.md), else ``auto`` chooses.
+            certified to 1e-5 in float32, 1e-12 in float64; its preconditioner is reused by the next step
+            on the same batch; see docs/optim.md), else ``auto`` chooses.
         seed: seed of the generator that draws Monte-Carlo labels (saved in ``state_dict``).
         factorize: the function that factorises G = JᵀgJ at θ for the step's solves (default
             `natgrad.optim.engine_factorize`, i.e. `natgrad.factorize`); its result needs
             ``solve(loss, inverse=...)``.
+        residual_svd: for Gauss–Newton on float64 residuals with d ≤ r, ``method="auto"``, no ``inverse`` and
+            no damping, solve by the thin SVD of J (route ``"lstsq"``) with the cutoff (10⁶·eps)²·λ_max on
+            the eigenvalues σ² instead of eigh of JᵀJ with `natgrad.linalg.residual_rtol` (the nonlinear-phase
+            fallback stays). Forming JᵀJ squares J's condition number; the SVD keeps directions 10⁵ times
+            smaller accurately (see docs/pde.md for where it helps and where it does not). Elsewhere the step
+            is the default one; ``last_step["method"]`` names the route taken.
     """
 
     def __init__(
@@ -104,6 +113,7 @@ class NGD(torch.optim.Optimizer):
         method: str = "auto",
         seed: int = 0,
         factorize: Factorize | None = None,
+        residual_svd: bool = False,
     ) -> None:
         _check_step_settings(lr, momentum)
         if not (isinstance(damping, (int, float)) and damping >= 0 and math.isfinite(damping)):
@@ -134,11 +144,17 @@ class NGD(torch.optim.Optimizer):
         self.inverse = inverse
         self.mc_samples = mc_samples
         self.method = method
+        if not isinstance(residual_svd, bool):
+            raise TypeError(f"NGD: residual_svd must be True or False, got {residual_svd!r}")
+        self.residual_svd = residual_svd
         self.seed = int(seed)
         self.steps_taken = 0
         self.last_step: dict[str, Any] = {}
         self._generator: torch.Generator | None = None
         self._generator_state: torch.Tensor | None = None
+        # the matrix-free route's preconditioner, reused by the next step on the same batch (not saved:
+        # a resumed optimizer builds a new one)
+        self._preconditioner: Any = None
 
     @classmethod
     def from_module(cls, module: torch.nn.Module, lr: float = 1.0, **settings: Any) -> NGD:
@@ -261,6 +277,7 @@ class NGD(torch.optim.Optimizer):
             inverse=self.inverse,
             mc_samples=self.mc_samples,
             method=self.method,
+            residual_svd=self.residual_svd,
         )
 
     def _take_step(
@@ -277,7 +294,7 @@ class NGD(torch.optim.Optimizer):
             except ValueError as error:
                 raise ValueError(f"NGD.step: parameter group {index}: {error}; nothing was changed") from None
         theta = {name: p.detach() for name, p in named.items()}
-        state = StepState(self.damping, self._momentum_buffers(named))
+        state = StepState(self.damping, self._momentum_buffers(named), self._preconditioner, self.steps_taken)
         problem = StepProblem(
             forward,
             theta,
@@ -294,6 +311,7 @@ class NGD(torch.optim.Optimizer):
                 if name in outcome.state.momentum:
                     self.state[p]["momentum_buffer"] = outcome.state.momentum[name]
         self.damping = outcome.state.damping
+        self._preconditioner = outcome.state.preconditioner
         self.steps_taken += 1
         self.last_step = outcome.info
 
@@ -393,6 +411,7 @@ class NGD(torch.optim.Optimizer):
         self.steps_taken = int(extra["steps_taken"])
         self._generator_state = extra["generator"]
         self._generator = None
+        self._preconditioner = None
 
 
 def _check_step_settings(lr: Any, momentum: Any) -> None:
