@@ -59,9 +59,11 @@ def run_one(name: str, method: str, out: Path, quick: bool, cpu_budget: float | 
     if method not in steps:
         raise SystemExit(f"pde_methods: {name} has no method {method!r}; its methods are {sorted(steps)}")
     make, error_of = module.problem(cfg)
+    # an experiment that resamples its collocation points says how (a factory of seeded resamplers)
+    resampler = getattr(module, "resampler", lambda cfg: None)(cfg)
     with fixed_threads(cfg.training.threads):
         warm_up(make())
-        record = method_record(method, steps[method], make, error_of, cfg.training, no_progress)
+        record = method_record(method, steps[method], make, error_of, cfg.training, no_progress, resampler)
     return atomic_write_json(
         _record_path(out, method),
         {

@@ -135,3 +135,49 @@ def test_training_settings_are_checked(options, message) -> None:
     settings = {"steps": (("ngd", 3),), "eval_every": (("ngd", 1),), **options}
     with pytest.raises(ValueError, match=message):
         Training(**settings)
+
+
+def test_resampling_hook_feeds_every_method_the_same_seeded_points_every_k_steps() -> None:
+    """Steps of the first block see the fixed points (the first draw), later ones fresh draws, reproducibly."""
+    import torch
+
+    from natgrad import pde
+    from natgrad.experiments import _poisson
+    from natgrad.experiments._pde_training import train
+
+    make, error_of = _poisson.poisson_5d((4,), 20, 10, seed=0)
+    draw = _poisson.poisson_5d_points(20, 10)
+    seed = _poisson.poisson_5d_seed(0)
+    settings = Training(steps=(("adam", 5),), eval_every=(("adam", 1),), resample_every=2)
+
+    def history(resampler):
+        problem = make()
+        out = train("adam", 5, 1, problem, lambda: error_of(problem), settings, no_progress, resampler)
+        return out, problem
+
+    fixed, _ = history(None)
+    resampled, problem = history(pde.Resampler(draw, 2, seed))
+    repeated, _ = history(pde.Resampler(draw, 2, seed))
+    assert (resampled["error"], resampled["loss"]) == (repeated["error"], repeated["loss"])
+    assert resampled["loss"][:2] == fixed["loss"][:2] and resampled["loss"][2] != fixed["loss"][2]
+    last = pde.Resampler(draw, 2, seed)
+    for step in range(5):
+        expected = last(step)
+    for condition in problem.conditions:  # step 4 is the third draw
+        assert torch.equal(condition.points, expected[condition.label])
+
+    def factory():
+        return pde.Resampler(draw, 2, seed)
+
+    with pytest.raises(ValueError, match="needs a resampler factory"):
+        method_record("adam", 5, make, error_of, settings, no_progress)
+    fixed_settings = Training(steps=(("adam", 5),), eval_every=(("adam", 1),))
+    with pytest.raises(ValueError, match="pass both or neither"):
+        method_record("adam", 5, make, error_of, fixed_settings, no_progress, factory)
+    record = method_record("adam", 5, make, error_of, settings, no_progress, factory)
+    assert record["error"] == resampled["error"]
+    combined = combine_records(settings, 1, False, {"adam": {**record}})
+    assert combined["resample_every"] == 2 and combined["damping"] == 0.0
+    for bad in ({"resample_every": 0}, {"resample_every": 1.5}, {"damping": -1e-3}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Training(steps=(("adam", 5),), eval_every=(("adam", 1),), **bad)

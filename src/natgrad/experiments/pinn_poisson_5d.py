@@ -67,8 +67,20 @@ def problem(cfg: Config) -> tuple[Callable[[], pde.Problem], Callable[[pde.Probl
     return problems.poisson_5d(cfg.widths, cfg.interior, cfg.boundary, cfg.seed)
 
 
+def resampler(cfg: Config) -> Callable[[], pde.Resampler] | None:
+    """A factory of fresh seeded resamplers (one per method) when the setting resamples, else None.
+
+    Its first draw is the problem's own point set, so step 0 is the same with or without resampling.
+    """
+    every = cfg.training.resample_every
+    if every is None:
+        return None
+    draw = problems.poisson_5d_points(cfg.interior, cfg.boundary)
+    return lambda: pde.Resampler(draw, every, problems.poisson_5d_seed(cfg.seed))
+
+
 def run(cfg: Config, progress: Progress) -> dict[str, Any]:
-    return finish(cfg, run_methods(*problem(cfg), cfg.training, progress))
+    return finish(cfg, run_methods(*problem(cfg), cfg.training, progress, resampler(cfg)))
 
 
 def finish(cfg: Config, results: dict[str, Any]) -> dict[str, Any]:
