@@ -49,15 +49,17 @@ def config(quick: bool, seed: int = 0) -> Config:
         # quick: d = 385 > N = 260, so ENGD interpolates the residuals within ~20 steps and the error stops at
         # what 260 points determine (about 3e-2); L-BFGS gets as far on this budget, so no claim about it here
         return Config(seed, (16, 16), 200, 60, training, 5e-2, (("adam", 10.0),))
-    # Full: an equal budget of 80 s of single-threaded CPU time per method (steps are caps only) — the issue
-    # asks for 3,000 s, which three methods could not get on the shared machine these results were made on;
-    # the Moore–Penrose cutoff 1e-15·λ_max is set explicitly (the default stalls near 1e-6).
+    # Full: an equal budget of single-threaded CPU time per method (steps are caps only), fresh uniform
+    # collocation points before every step for every method (d = 10,065 > N = 3,500: on fixed points ENGD
+    # interpolates the residuals and the error stalls near 3e-5), and ENGD's kernel system solved with
+    # damping λ = 1e-8 (one Cholesky factorisation of K + λI per step instead of the eigendecomposition of K)
     training = Training(
         steps=(("ngd", 10**6), ("adam", 10**8), ("lbfgs", 10**6)),
         eval_every=(("ngd", 1), ("adam", 100), ("lbfgs", 1)),
-        rtol=1e-15,
-        cpu_budget_s=80.0,
+        cpu_budget_s=3000.0,
         parallel_methods=True,
+        resample_every=1,
+        damping=1e-8,
     )
     return Config(seed, (64, 64, 48, 48), 3000, 500, training, 1e-6, (("adam", 10.0), ("lbfgs", 10.0)))
 
