@@ -181,3 +181,30 @@ def test_resampling_hook_feeds_every_method_the_same_seeded_points_every_k_steps
     for bad in ({"resample_every": 0}, {"resample_every": 1.5}, {"damping": -1e-3}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             Training(steps=(("adam", 5),), eval_every=(("adam", 1),), **bad)
+
+
+def test_pde_methods_combines_records_made_at_their_own_cpu_budgets(tmp_path) -> None:
+    """One job per method; a method run at a smaller budget is accepted only when combine is told so."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "pde_methods.py"
+    spec = importlib.util.spec_from_file_location("natgrad_bench_pde_methods", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    budgets = {"ngd": 0.3, "adam": 0.1, "lbfgs": 0.3}
+    for method, seconds in budgets.items():
+        bench.run_one("pinn-poisson-5d", method, tmp_path, quick=True, cpu_budget=seconds)
+    with pytest.raises(SystemExit, match="'adam'.*other settings"):
+        bench.combine("pinn-poisson-5d", tmp_path, quick=True, cpu_budget=0.3)
+    with pytest.raises(SystemExit, match="does not run"):
+        bench.combine("pinn-poisson-5d", tmp_path, True, 0.3, {"sgd": 0.1})
+    bench.combine("pinn-poisson-5d", tmp_path, True, 0.3, {"adam": 0.1})
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert {m: r["cpu_budget_s"] for m, r in results["methods"].items()} == budgets
+    assert results["budget"].endswith("smaller CPU budgets for adam: 0.1 s")
+    for method, seconds in budgets.items():
+        assert results["methods"][method]["training_cpu_s"] >= seconds
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert any("within 0.1 s of single-threaded CPU time" in c["statement"] for c in claims)

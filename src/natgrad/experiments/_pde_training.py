@@ -418,8 +418,9 @@ def _timing(results: dict[str, Any], name: str) -> str:
 
 def _budget_of(results: dict[str, Any], name: str) -> str:
     """ "after 300 steps" on step budgets, "within 1000 s of CPU time (712 steps)" on CPU-time budgets."""
-    budget = results.get("cpu_budget_s")
-    taken = results["methods"][name]["steps_taken"]
+    method = results["methods"][name]
+    budget = method.get("cpu_budget_s", results.get("cpu_budget_s"))  # a method may have had its own
+    taken = method["steps_taken"]
     if budget is None:
         return f"after {results['steps'][name]} steps"
     return f"within {budget:g} s of single-threaded CPU time ({taken} steps)"
