@@ -1,4 +1,8 @@
-"""Matrix-free Krylov solvers on operator products: LSQR (minimum-norm least squares) and CG (SPD)."""
+"""Matrix-free Krylov solvers on operator products: LSQR (minimum-norm least squares) and CG (SPD).
+
+LSQR itself is written once, in ``_lsqr``; :func:`lsqr` runs it on the products A·x and Aᵀ·y. CG is written
+once here, with an optional preconditioner (the matrix-free kernel's damped solves use it).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from natgrad.linalg._ritz import count_below, eigenvalue_bounds, normal_tridiagonal, watch
+from natgrad.linalg._lsqr import OperatorCoordinates, solve_lsqr
 
 Operator = Callable[[Tensor], Tensor]
 
@@ -42,73 +46,42 @@ def lsqr(
     θ² ≤ cutoff·θ²_max means LSQR is about to resolve a direction the cutoff drops (and would blow up along
     it). It then returns the last iterate checked before, with ``converged=False, near_singular=True``.
     """
-    x = torch.zeros(n_cols, dtype=b.dtype, device=b.device)
-    beta = torch.linalg.vector_norm(b)
-    if beta == 0:
-        return x, KrylovInfo(0, 0.0, True)
-    u = b / beta
-    v = rmatvec(u)
-    alpha = torch.linalg.vector_norm(v)
-    if alpha == 0:
-        return x, KrylovInfo(0, float(beta), True)
-    v = v / alpha
-    w = v.clone()
-    phibar, rhobar = beta, alpha
-    norm_a2 = alpha**2
-    b_norm = beta
-    alphas, betas, checked = [float(alpha)], [], x
-    for it in range(1, max_iter + 1):
-        u = matvec(v) - alpha * u
-        beta = torch.linalg.vector_norm(u)
-        if beta > 0:
-            u = u / beta
-        norm_a2 = norm_a2 + beta**2
-        if cutoff is not None:
-            betas.append(float(beta))
-            if watch(it):
-                tri = normal_tridiagonal(alphas, betas)
-                if count_below(*tri, cutoff * eigenvalue_bounds(*tri)[1]) > 0:
-                    return checked, KrylovInfo(it, float(phibar / b_norm), False, near_singular=True)
-                checked = x
-        v = rmatvec(u) - beta * v
-        alpha = torch.linalg.vector_norm(v)
-        if alpha > 0:
-            v = v / alpha
-        norm_a2 = norm_a2 + alpha**2
-        if cutoff is not None:
-            alphas.append(float(alpha))
-        rho = torch.sqrt(rhobar**2 + beta**2)
-        c, s = rhobar / rho, beta / rho
-        theta = s * alpha
-        rhobar = -c * alpha
-        phi = c * phibar
-        phibar = s * phibar
-        x = x + (phi / rho) * w
-        w = v - (theta / rho) * w
-        residual = phibar  # ‖b − A x‖
-        normal_residual = phibar * alpha * c.abs()  # ‖Aᵀ(b − A x)‖
-        if residual <= tol * b_norm or normal_residual <= tol * torch.sqrt(norm_a2) * residual or alpha == 0:
-            return x, KrylovInfo(it, float(residual / b_norm), True)
-    return x, KrylovInfo(max_iter, float(phibar / b_norm), False)
+    coordinates = OperatorCoordinates(matvec, rmatvec, n_cols)
+    x, info = solve_lsqr(coordinates, b, tol=tol, max_iter=max_iter, ritz_cutoff=cutoff)
+    return x, KrylovInfo(info.iterations, info.residual, info.converged, info.stopped == "ritz-floor")
 
 
 def cg(matvec: Operator, b: Tensor, *, tol: float, max_iter: int) -> tuple[Tensor, KrylovInfo]:
     """x = M⁻¹ b by conjugate gradients for symmetric positive definite M; stops at ‖r‖ ≤ tol·‖b‖."""
+    return preconditioned_cg(matvec, b, None, tol=tol, max_iter=max_iter)
+
+
+def preconditioned_cg(
+    matvec: Operator, b: Tensor, precondition: Operator | None, *, tol: float, max_iter: int
+) -> tuple[Tensor, KrylovInfo]:
+    """x = M⁻¹ b for SPD M by CG preconditioned with ``precondition`` (z = P⁻¹r; None: none).
+
+    Stops at ‖b − M x‖ ≤ tol·‖b‖. The scalars stay on the device: one read per iteration, for that test.
+    """
     x = torch.zeros_like(b)
-    r = b.clone()
     b_norm = torch.linalg.vector_norm(b)
     if b_norm == 0:
         return x, KrylovInfo(0, 0.0, True)
-    p = r.clone()
-    rr = r @ r
+    residual = b.clone()
+    z = residual if precondition is None else precondition(residual)
+    direction = z.clone()
+    rz = residual @ z
+    norm = b_norm
     for it in range(1, max_iter + 1):
-        mp = matvec(p)
-        step = rr / (p @ mp)
-        x = x + step * p
-        r = r - step * mp
-        rr_new = r @ r
-        if torch.sqrt(rr_new) <= tol * b_norm:
-            return x, KrylovInfo(it, float(torch.sqrt(rr_new) / b_norm), True)
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-    return x, KrylovInfo(max_iter, float(torch.sqrt(rr) / b_norm), False)
+        product = matvec(direction)
+        step = rz / (direction @ product)
+        x = x + step * direction
+        residual = residual - step * product
+        norm = torch.linalg.vector_norm(residual)
+        if norm <= tol * b_norm:
+            return x, KrylovInfo(it, float(norm / b_norm), True)
+        z = residual if precondition is None else precondition(residual)
+        rz_next = residual @ z
+        direction = z + (rz_next / rz) * direction
+        rz = rz_next
+    return x, KrylovInfo(max_iter, float(norm / b_norm), False)

@@ -6,7 +6,7 @@ when it is complete (every residual diagonal entry at rounding level), the solve
 * complete: K = L Lᵀ up to rounding, so K⁺ is applied on the eigenpairs of L Lᵀ above the Moore–Penrose cutoff
   (the literal cutoff, as the dense routes apply it), then refined with true products by corrections that stay
   in the retained eigenvectors' span (so nothing along a dropped direction is ever added back);
-* otherwise: kernel LSQR (``_kernel_solvers``) preconditioned by P = U(Λ + σ)Uᵀ + σ(I − UUᵀ), σ the largest
+* otherwise: LSQR in kernel coordinates (``_lsqr``) preconditioned by P = U(Λ + σ)Uᵀ + σ(I − UUᵀ), σ the largest
   residual diagonal, watching the Ritz values: if K had an eigenvalue μ ≤ τ = rtol·λ_max, then P^{-1/2}KP^{-1/2}
   has one ≤ μ/σ ≤ τ/σ, and a Ritz value below τ/σ means the solve is about to resolve it. The solve then stops
   before it does, and so it does when it cannot meet the tolerance (an inconsistent system, whose exact
@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from natgrad.exceptions import ConvergenceError
-from natgrad.linalg._kernel_solvers import kernel_lsqr, preconditioned_cg
+from natgrad.linalg._krylov import preconditioned_cg
+from natgrad.linalg._lsqr import KernelCoordinates, LsqrInfo, solve_lsqr
 from natgrad.linalg._pivoted_cholesky import LowRankPreconditioner, PartialCholesky, pivoted_cholesky
 
 Operator = Callable[[Tensor], Tensor]
@@ -140,6 +141,13 @@ class MatrixFreeKernel:
         b_norm = float(torch.linalg.vector_norm(b))
         return self.factor_eps * self.largest * float(torch.linalg.vector_norm(y)) / max(b_norm, 1e-300)
 
+    def _lsqr(self, b: Tensor, tol: float, floor: float) -> tuple[Tensor, LsqrInfo]:
+        """Coefficients y with Aᵀy = A⁺b by preconditioned LSQR in kernel coordinates, watching θ² against
+        ``floor``: min ‖C⁻¹(K y − b)‖ over y, C = P^{1/2}."""
+        apply = self.preconditioner.inv_sqrt
+        coordinates = KernelCoordinates(self.matvec, apply)
+        return solve_lsqr(coordinates, apply(b), tol=tol, max_iter=self.max_iter, ritz_floor=floor)
+
     def _complete_pinv(self, b: Tensor, tol: float) -> tuple[Tensor, int]:
         y, kept = self.preconditioner.pseudo_inverse(b, self.rtol)
         for _ in range(3):  # refinement by true products, corrections kept in the retained eigenvectors' span
@@ -159,14 +167,7 @@ class MatrixFreeKernel:
                 self.record.solves.append({"kind": "pinv", "by": "complete-factorisation", "rank": kept})
                 return y
             floor = self.threshold / self.preconditioner.sigma
-            y, info = kernel_lsqr(
-                self.matvec,
-                b,
-                self.preconditioner.inv_sqrt,
-                tol=_MARGIN * tol,
-                max_iter=self.max_iter,
-                ritz_floor=floor,
-            )
+            y, info = self._lsqr(b, _MARGIN * tol, floor)
             entry = {
                 "kind": "pinv",
                 "by": "kernel-lsqr",
@@ -218,14 +219,7 @@ class MatrixFreeKernel:
         ratio = max(1.0, residual / max(preconditioned, torch.finfo(b.dtype).tiny))
         for attempt in range(1, _REFINEMENTS + 1):
             step = b - self.matvec(y)
-            correction, info = kernel_lsqr(
-                self.matvec,
-                step,
-                self.preconditioner.inv_sqrt,
-                tol=min(0.5, tol / residual / (2.0 * ratio)),
-                max_iter=self.max_iter,
-                ritz_floor=floor,
-            )
+            correction, info = self._lsqr(step, min(0.5, tol / residual / (2.0 * ratio)), floor)
             entry["iterations"] += info.iterations
             if info.stopped != "converged":
                 break
@@ -248,9 +242,10 @@ class MatrixFreeKernel:
             y, info = preconditioned_cg(
                 lambda x: self.matvec(x) + damping * x, b, shifted.solve, tol=tol, max_iter=self.max_iter
             )
-            entry = {"kind": "damped", "by": "pcg", "iterations": info.iterations, "stopped": info.stopped}
+            stopped = "converged" if info.converged else "max_iter"
+            entry = {"kind": "damped", "by": "pcg", "iterations": info.iterations, "stopped": stopped}
             self.record.solves.append(entry)
-            if info.stopped == "converged":
+            if info.converged:
                 residual = self._residual(y, b, damping)
                 entry["residual"] = residual
                 entry["at_rounding_floor"] = tol < residual <= self.rounding_floor(y, b)
