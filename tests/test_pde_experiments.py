@@ -208,3 +208,27 @@ def test_pde_methods_combines_records_made_at_their_own_cpu_budgets(tmp_path) ->
         assert results["methods"][method]["training_cpu_s"] >= seconds
     claims = json.loads((tmp_path / "claims.json").read_text())
     assert any("within 0.1 s of single-threaded CPU time" in c["statement"] for c in claims)
+
+
+def test_residual_svd_reaches_the_optimizer_and_the_claim_names_the_route() -> None:
+    """Training(residual_svd=True) trains ENGD exactly as NGD(residual_svd=True) does, and the claim says so."""
+    import torch
+
+    from natgrad.experiments._pde_training import standard_claims
+    from natgrad.optim import NGD
+
+    make, error_of = _tiny_poisson()
+    for svd in (False, True):
+        settings = Training(steps=(("ngd", 8),), eval_every=(("ngd", 8),), residual_svd=svd)
+        results = run_methods(make, error_of, settings, no_progress)
+        problem = make()
+        opt = NGD(problem.network.module.named_parameters(), line_search="grid", residual_svd=svd)
+        for _ in range(8):
+            opt.step(problem)
+        assert opt.last_step["method"] == ("lstsq" if svd else "primal")
+        torch.testing.assert_close(
+            results["methods"]["ngd"]["final_error"], error_of(problem), rtol=1e-9, atol=0
+        )
+        assert results["residual_svd"] is svd
+        statement = standard_claims(results, 1.0, {})[0].statement
+        assert ("SVD of J" in statement) is svd and ("primal" in statement) is not svd

@@ -73,6 +73,7 @@ class Training:
     # rounding floor of the d×d Gram matrix JᵀJ (its d − N zero eigenvalues come out at a few eps·λ_max when
     # d > N) would invert rounding noise
     primal_rtol: float | None = None
+    residual_svd: bool = False  # ngd: NGD(residual_svd=True), the SVD of J for float64 residuals with d ≤ N
     primal_memory_budget: int = 2**34  # bytes the forced primal route may allocate (its d×d matrices)
     threads: int = 1
     resample_every: int | None = None  # fresh collocation points every k steps (None: fixed points)
@@ -154,6 +155,7 @@ def train(
             damping=settings.damping if method == "ngd" else 0.0,
             method="auto" if method == "ngd" else "primal",
             factorize=primal_factorize if method == "ngd-primal" else None,
+            residual_svd=settings.residual_svd and method == "ngd",
         )
 
         def step() -> float:
@@ -386,6 +388,7 @@ def combine_records(
         "num_residuals": num_residuals,
         "steps": dict(settings.steps),
         "rtol": settings.rtol,
+        "residual_svd": settings.residual_svd,
         "primal_rtol": settings.primal_rtol,
         "resample_every": settings.resample_every,
         "damping": settings.damping,
@@ -409,6 +412,12 @@ def _solve(results: dict[str, Any]) -> str:
         else "Moore–Penrose" + ("" if rtol is None else f" with cutoff {rtol:g}·λ_max")
     )
     return inverse + ("" if every is None else f", fresh collocation points every {every} step(s)")
+
+
+def _route(results: dict[str, Any]) -> str:
+    if results["num_params"] > results["num_residuals"]:
+        return "dual"
+    return "SVD of J, NGD(residual_svd=True)" if results.get("residual_svd") else "primal"
 
 
 def _timing(results: dict[str, Any], name: str) -> str:
@@ -442,7 +451,7 @@ def standard_claims(
         Claim(
             "ngd-error",
             f"ENGD (Gauss–Newton on the residuals, {_solve(results)}, grid line search; route "
-            f"{'primal' if results['num_params'] <= results['num_residuals'] else 'dual'}) reaches a relative "
+            f"{_route(results)}) reaches a relative "
             f"L2 error of at most {error_target:g} {_budget_of(results, 'ngd')} "
             f"({_timing(results, 'ngd')} of training, {results['torch_threads']} torch thread(s); "
             f"{_reported(results)})",

@@ -5,13 +5,19 @@
 generator, float64, trained on ½‖r(θ)‖² = ½ mean (Δu + f)² + ½ mean u² over a grid of interior points (cell
 centres, 30² full, 12² quick) and equispaced boundary points (30 per edge full, 12 quick). Written with
 `natgrad.pde`: the residual Jacobian comes from forward-propagated Laplacians, the natural gradient from
-``natgrad.optim.NGD`` (route ``auto``: the d×d system, as d ≤ N here). Relative L2 error by Gauss–Legendre
+``natgrad.optim.NGD`` (d ≤ N: the d×d system on the quick setting, the SVD of J on the full one, see
+below). Relative L2 error by Gauss–Legendre
 quadrature (40² nodes). Budgets, methods and timing: see `_pde_training`.
 
-Both settings use NGD's defaults: for residuals its Moore–Penrose cutoff is the measured rounding level of a
-float64 JᵀJ, 5·eps·λ_max (`natgrad.linalg.residual_rtol`). With the engine's general default
-(10·min(N, d)·eps·λ_max ≈ 5.7·10⁻¹³ here) ENGD leaves the nonlinear phase by step 50 and then stops at a
-relative error of 1.2·10⁻⁶ (no grid step decreases the loss any more).
+The quick setting uses NGD's defaults: for residuals the Moore–Penrose cutoff is the measured rounding
+level of a float64 JᵀJ, 5·eps·λ_max (`natgrad.linalg.residual_rtol`), on the primal route (eigh of JᵀJ).
+The full setting adds ``NGD(residual_svd=True)``: the step is solved by the thin SVD of J with the cutoff
+(10⁶·eps)²·λ_max on σ², keeping the defaults' nonlinear-phase fallback. On NGD's defaults the full setting
+ends on a loss plateau (2.05·10⁻¹³ from step 100 to 1,000) at 1.0·10⁻⁷ — the directions that carry the last
+digits lie below what eigh of the assembled JᵀJ can resolve; the SVD resolves them (seed 0: 10⁻⁷ at step
+~70, 2.7·10⁻¹⁰ from step 85 on). On the quick setting's 2-32-1 network the option stays in the nonlinear
+phase (0.33 after 70 steps), so the quick setting keeps the defaults. Measurements: ``natgrad.optim``'s
+``_residuals`` module and docs/pde.md.
 """
 
 from __future__ import annotations
@@ -48,7 +54,9 @@ def config(quick: bool, seed: int = 0) -> Config:
     training = Training(
         steps=(("ngd", 1000), ("adam", 40000), ("lbfgs", 1000)),
         eval_every=(("ngd", 5), ("adam", 200), ("lbfgs", 5)),
+        residual_svd=True,
     )
+    # claimed 10⁻⁷, the issue's target; measured 2.7·10⁻¹⁰ on seed 0 (seeds 1, 2: docs/pde.md)
     return Config(seed, (64,), 30, 30, training, 1e-7, (("adam", 100.0), ("lbfgs", 100.0)))
 
 

@@ -7,7 +7,9 @@ kernel system (cost O(N²d) per step); exact ENGD as usually implemented factori
 (O(d³), 0.78 GB per matrix in float64 at d = 9,873). Both compute the same Moore–Penrose step (up to their
 cutoffs), so on an equal step budget (quick) they reach the same errors; on the full setting's equal
 CPU-time budget the primal route affords a handful of steps where the dual one takes hundreds. Adam and
-L-BFGS get the same budget. Budgets, methods and timing: see `_pde_training`.
+L-BFGS get the same budget. The full setting's budget is 200 s of single-threaded CPU time per method, a
+fifth of the issue's 1,000 s (which was not run); its claims are stated on that budget. Budgets, methods and
+timing: see `_pde_training`.
 """
 
 from __future__ import annotations
@@ -61,10 +63,12 @@ def config(quick: bool, seed: int = 0) -> Config:
             (("adam", 10.0), ("lbfgs", 10.0)),
             primal_agreement=10.0,
         )
-    # Full: an equal budget of 200 s of single-threaded CPU time per method (steps are caps only) — the issue
-    # allows 1,000 s; four methods at 1,000 s did not fit the share of the shared machine these results were
-    # made on, and ENGD is asked to reach 1e-6 within the smaller budget. The Moore–Penrose cutoff 1e-15·λ_max is set
-    # explicitly (natgrad's default stalls near 1e-6 on these kernels).
+    # Full: an equal budget of 200 s of single-threaded CPU time per method (steps are caps only). The issue's
+    # target is 1e-6 within 1,000 s; 1,000 s for each of the four methods was not run (4,000 s of CPU did not
+    # fit the share of the shared machine these results were made on), so the claim is the stricter 1e-6
+    # within 200 s, with the primal d×d route on the same 200 s (its second step finishes past it, at 380 s).
+    # Measured (seed 0): 9.5e-8 at 200 s, 1e-6 after 26 s (step 25); primal 0.66 after 2 steps. The
+    # Moore–Penrose cutoff 1e-15·λ_max is set explicitly (natgrad's default stalls near 1e-6 on these kernels).
     training = Training(
         steps=(("ngd", 10**6), ("ngd-primal", 10**6), ("adam", 10**8), ("lbfgs", 10**6)),
         eval_every=(("ngd", 1), ("ngd-primal", 1), ("adam", 100), ("lbfgs", 1)),

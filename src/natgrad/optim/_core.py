@@ -37,6 +37,7 @@ from ._damping import LevenbergMarquardt, reduction_ratio
 from ._errors import NGDStepError
 from ._line_search import FullStep, LineProblem, LineSearch
 from ._momentum import add_prior, shifted_loss
+from ._residuals import SVD_RESIDUAL_RTOL, SVD_ROUTE, residual_method
 from ._routing import RecordingForward, step_factorization
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
@@ -77,6 +78,7 @@ class StepSettings:
         mc_samples: Monte-Carlo Fisher sample count, or None.
         method: engine route.
         max_attempts: solves per step when rejected steps are retried with more damping (≥ 1).
+        residual_svd: solve NGD's residual default by the SVD of J (``_residuals``) where it applies.
     """
 
     resting_damping: float = 0.0
@@ -89,6 +91,7 @@ class StepSettings:
     mc_samples: int | None = None
     method: str = "auto"
     max_attempts: int = 8
+    residual_svd: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,8 +213,16 @@ def ngd_step(
         and inverse != ng.MoorePenrose()
         and not isinstance(line_search, FullStep)
     )
+    # residual_svd: NGD's residual default in float64 with d ≤ r by the SVD of J, not eigh of JᵀJ (``_residuals``)
+    method = settings.method
+    if settings.residual_svd:
+        residual_default = settings.inverse is None and isinstance(inverse, ng.MoorePenrose)
+        rows, cols = z0.numel(), ng.num_params(theta)
+        method = residual_method(method, curvature.metric, residual_default, rows, cols, z0.dtype)
+        if method == SVD_ROUTE:
+            inverse = ng.MoorePenrose(rtol=SVD_RESIDUAL_RTOL)
     with _solver_errors(loss0):
-        fac = factorize(model, theta, curvature.metric, inverse, settings.method)
+        fac = factorize(model, theta, curvature.metric, inverse, method)
 
     def attempt(fac: Factorized, damping: float, first: bool) -> _Attempt:
         """Solve on ``fac`` with ``damping`` (its own inverse when ``first``) and search along the direction."""
@@ -243,7 +254,7 @@ def ngd_step(
             # the linearisation does not hold that far yet (a PINN's nonlinear phase). Also search along the
             # direction of the engine's default cutoff, and keep whichever lowers the loss more.
             with _solver_errors(loss0):
-                coarse = factorize(model, theta, curvature.metric, ng.MoorePenrose(), settings.method)
+                coarse = factorize(model, theta, curvature.metric, ng.MoorePenrose(), method)
             other = attempt(coarse, damping, True)
             attempts += 1
             if other.loss_new is not None and (tried.loss_new is None or other.loss_new < tried.loss_new):

@@ -84,6 +84,12 @@ class NGD(torch.optim.Optimizer):
         factorize: the function that factorises G = JᵀgJ at θ for the step's solves (default
             `natgrad.optim.engine_factorize`, i.e. `natgrad.factorize`); its result needs
             ``solve(loss, inverse=...)``.
+        residual_svd: for Gauss–Newton on float64 residuals with d ≤ r, ``method="auto"``, no ``inverse`` and
+            no damping, solve by the thin SVD of J (route ``"lstsq"``) with the cutoff (10⁶·eps)²·λ_max on
+            the eigenvalues σ² instead of eigh of JᵀJ with `natgrad.linalg.residual_rtol` (the nonlinear-phase
+            fallback stays). Forming JᵀJ squares J's condition number; the SVD keeps directions 10⁵ times
+            smaller accurately (see docs/pde.md for where it helps and where it does not). Elsewhere the step
+            is the default one; ``last_step["method"]`` names the route taken.
     """
 
     def __init__(
@@ -104,6 +110,7 @@ class NGD(torch.optim.Optimizer):
         method: str = "auto",
         seed: int = 0,
         factorize: Factorize | None = None,
+        residual_svd: bool = False,
     ) -> None:
         _check_step_settings(lr, momentum)
         if not (isinstance(damping, (int, float)) and damping >= 0 and math.isfinite(damping)):
@@ -134,6 +141,9 @@ class NGD(torch.optim.Optimizer):
         self.inverse = inverse
         self.mc_samples = mc_samples
         self.method = method
+        if not isinstance(residual_svd, bool):
+            raise TypeError(f"NGD: residual_svd must be True or False, got {residual_svd!r}")
+        self.residual_svd = residual_svd
         self.seed = int(seed)
         self.steps_taken = 0
         self.last_step: dict[str, Any] = {}
@@ -261,6 +271,7 @@ class NGD(torch.optim.Optimizer):
             inverse=self.inverse,
             mc_samples=self.mc_samples,
             method=self.method,
+            residual_svd=self.residual_svd,
         )
 
     def _take_step(
