@@ -1,11 +1,15 @@
 """Training a `natgrad.pde.Problem` by several methods on equal budgets, and what the PDE experiments report.
 
-Methods, each from the same initial network (a fresh copy per method) on the same collocation points:
+Methods, each from the same initial network (a fresh copy per method) on the same collocation points — fixed,
+or with ``resample_every`` = k fresh ones every k steps, the same seeded sequence for every method (a
+`pde.Resampler` per method, made by the experiment's ``resampler`` factory; the points of step s are drawn
+before step s, so step 0 sees the first draw):
 
 * ``ngd``: `natgrad.optim.NGD` on the residuals — Gauss–Newton natural gradient (= energy natural gradient for
   a linear PDE), Moore–Penrose inverse (cutoff ``rtol``·λ_max, natgrad's default when None), grid line search
   α ∈ {2⁻ᵏ, k < grid_size}; the route is natgrad's ``auto`` (the d×d primal system when d ≤ N, the N×N dual
-  system when d > N);
+  system when d > N); with ``damping`` λ > 0 instead the Levenberg–Marquardt step (G + λI)⁻¹∇, on the dual
+  route Jᵀ(K + λI)⁻¹r, one Cholesky factorisation of K + λI;
 * ``ngd-primal``: the same step forced onto the primal route (factorising the d×d Gram matrix, as the exact
   ENGD implementations of the literature do), to show what the size-chosen route avoids;
 * ``adam``: torch.optim.Adam; ``lbfgs``: torch.optim.LBFGS with a strong Wolfe line search (one step = one
@@ -72,6 +76,8 @@ class Training:
     residual_svd: bool = False  # ngd: NGD(residual_svd=True), the SVD of J for float64 residuals with d ≤ N
     primal_memory_budget: int = 2**34  # bytes the forced primal route may allocate (its d×d matrices)
     threads: int = 1
+    resample_every: int | None = None  # fresh collocation points every k steps (None: fixed points)
+    damping: float = 0.0  # ngd: λ > 0 for (G + λI)⁻¹∇ instead of the Moore–Penrose inverse
     cpu_budget_s: float | None = None  # equal CPU-time budget per method (process_time of its steps)
     parallel_methods: bool = (
         False  # one forked process per method (CPU only; same results, less elapsed time)
@@ -84,6 +90,14 @@ class Training:
             raise ValueError(
                 f"Training: cpu_budget_s must be a number of seconds > 0 or None, got {self.cpu_budget_s!r}"
             )
+        if self.resample_every is not None and not (
+            isinstance(self.resample_every, int) and self.resample_every >= 1
+        ):
+            raise ValueError(
+                f"Training: resample_every must be a number of steps >= 1 or None, got {self.resample_every!r}"
+            )
+        if not (isinstance(self.damping, int | float) and self.damping >= 0):
+            raise ValueError(f"Training: damping must be a number >= 0, got {self.damping!r}")
         unknown = sorted({m for m, _ in self.steps} - set(LABELS))
         if unknown:
             raise ValueError(
@@ -102,8 +116,13 @@ def train(
     error: Callable[[], float],
     settings: Training,
     progress: Progress,
+    resampler: pde.Resampler | None = None,
 ) -> dict[str, list[float]]:
-    """Train ``problem.network`` in place by ``method`` for ``steps`` steps; the error / loss / time history."""
+    """Train ``problem.network`` in place by ``method`` for ``steps`` steps; the error / loss / time history.
+
+    With a ``resampler`` (a sampler of {condition label: points}) the problem gets the points of step s
+    before step s; drawing them is charged to neither clock (it is the same work for every method).
+    """
     module = problem.network.module
     named = dict(module.named_parameters())
     grid = tuple(0.5**k for k in range(settings.grid_size))
@@ -130,9 +149,10 @@ def train(
                 ng.MoorePenrose(rtol=settings.primal_rtol)
                 if method == "ngd-primal"
                 else None
-                if settings.rtol is None
+                if settings.rtol is None or settings.damping > 0
                 else ng.MoorePenrose(rtol=settings.rtol)
             ),
+            damping=settings.damping if method == "ngd" else 0.0,
             method="auto" if method == "ngd" else "primal",
             factorize=primal_factorize if method == "ngd-primal" else None,
             residual_svd=settings.residual_svd and method == "ngd",
@@ -185,6 +205,8 @@ def train(
     cpu = 0.0
     budget = settings.cpu_budget_s
     for taken in progress(range(1, steps + 1), description=method, total=steps):
+        if resampler is not None:
+            resampler.update(problem, taken - 1)
         clock.resume()
         cpu_start = time.process_time()
         try:
@@ -228,12 +250,22 @@ def method_record(
     error_of: Callable[[pde.Problem], float],
     settings: Training,
     progress: Progress,
+    resampler: Callable[[], pde.Resampler] | None = None,
 ) -> dict[str, Any]:
     """Train one method on a fresh problem; its history and what is read off it (one entry of `run_methods`).
 
     `run_methods` calls it for every method; it can also run alone (one method per job) and the records be
     put together by `combine_records`: the results are the same, since every method starts afresh.
+
+    Args:
+        resampler: makes a fresh seeded `pde.Resampler` of {condition label: points} (one per method, so
+            every method sees the same sequence); required exactly when ``settings.resample_every`` is set.
     """
+    if (resampler is None) != (settings.resample_every is None):
+        raise ValueError(
+            f"method_record: resample_every={settings.resample_every!r} needs a resampler factory and a "
+            "resampler factory needs resample_every; pass both or neither"
+        )
     problem = make_problem()
     history = train(
         method,
@@ -243,6 +275,7 @@ def method_record(
         lambda: error_of(problem),
         settings,
         progress,
+        None if resampler is None else resampler(),
     )
     return {
         **history,
@@ -301,15 +334,19 @@ def run_methods(
     error_of: Callable[[pde.Problem], float],
     settings: Training,
     progress: Progress,
+    resampler: Callable[[], pde.Resampler] | None = None,
 ) -> dict[str, Any]:
-    """Every method of ``settings.steps`` on a fresh problem from ``make_problem`` (same seed ⇒ same start)."""
+    """Every method of ``settings.steps`` on a fresh problem from ``make_problem`` (same seed ⇒ same start).
+
+    ``resampler``: as in `method_record` (fresh points every ``settings.resample_every`` steps).
+    """
     jobs = list(settings.steps)
     parallel = settings.parallel_methods and len(jobs) > 1 and _can_fork()
     with fixed_threads(settings.threads) as threads:
         warm_up(make_problem())
 
         def record(method: str, steps: int, progress: Progress = progress) -> dict[str, Any]:
-            return method_record(method, steps, make_problem, error_of, settings, progress)
+            return method_record(method, steps, make_problem, error_of, settings, progress, resampler)
 
         if parallel:
             records = _forked_records(jobs, lambda m, s: record(m, s, no_progress))
@@ -353,6 +390,8 @@ def combine_records(
         "rtol": settings.rtol,
         "residual_svd": settings.residual_svd,
         "primal_rtol": settings.primal_rtol,
+        "resample_every": settings.resample_every,
+        "damping": settings.damping,
         "methods": methods,
     }
 
@@ -364,9 +403,15 @@ def with_cpu_per_step(results: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def _cutoff(results: dict[str, Any]) -> str:
-    rtol = results.get("rtol")
-    return "" if rtol is None else f" with cutoff {rtol:g}·λ_max"
+def _solve(results: dict[str, Any]) -> str:
+    """How the ENGD direction is solved, and on which points, for the claim's statement."""
+    damping, rtol, every = results.get("damping", 0.0), results.get("rtol"), results.get("resample_every")
+    inverse = (
+        f"damping λ = {damping:g}"
+        if damping
+        else "Moore–Penrose" + ("" if rtol is None else f" with cutoff {rtol:g}·λ_max")
+    )
+    return inverse + ("" if every is None else f", fresh collocation points every {every} step(s)")
 
 
 def _route(results: dict[str, Any]) -> str:
@@ -382,8 +427,9 @@ def _timing(results: dict[str, Any], name: str) -> str:
 
 def _budget_of(results: dict[str, Any], name: str) -> str:
     """ "after 300 steps" on step budgets, "within 1000 s of CPU time (712 steps)" on CPU-time budgets."""
-    budget = results.get("cpu_budget_s")
-    taken = results["methods"][name]["steps_taken"]
+    method = results["methods"][name]
+    budget = method.get("cpu_budget_s", results.get("cpu_budget_s"))  # a method may have had its own
+    taken = method["steps_taken"]
     if budget is None:
         return f"after {results['steps'][name]} steps"
     return f"within {budget:g} s of single-threaded CPU time ({taken} steps)"
@@ -404,7 +450,7 @@ def standard_claims(
     out = [
         Claim(
             "ngd-error",
-            f"ENGD (Gauss–Newton on the residuals, Moore–Penrose{_cutoff(results)}, grid line search; route "
+            f"ENGD (Gauss–Newton on the residuals, {_solve(results)}, grid line search; route "
             f"{_route(results)}) reaches a relative "
             f"L2 error of at most {error_target:g} {_budget_of(results, 'ngd')} "
             f"({_timing(results, 'ngd')} of training, {results['torch_threads']} torch thread(s); "
