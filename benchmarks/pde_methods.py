@@ -10,10 +10,13 @@ each method starts from the same seeded network and is charged only the CPU time
 Usage:
     python benchmarks/pde_methods.py run pinn-poisson-10k ngd --out DIR [--quick] [--cpu-budget S]
     python benchmarks/pde_methods.py combine pinn-poisson-10k --out DIR [--quick] [--cpu-budget S]
+        [--method-budget adam=S ...]
 
 ``--cpu-budget S`` replaces the full setting's equal CPU budget per method (the experiments' own full
 settings are cut to what one shared machine could give every method); the records store it, and ``combine``
-refuses records made with another budget.
+refuses records made with another budget. When the CPU time available cannot give every method the same
+budget, ``combine --method-budget METHOD=S`` (repeatable) accepts that method's record at its own smaller
+budget; the results then carry each method's ``cpu_budget_s`` and say which methods had less.
 
 ``combine`` writes DIR/results.json (with an environment record), DIR/claims.json and the figure.
 """
@@ -59,9 +62,11 @@ def run_one(name: str, method: str, out: Path, quick: bool, cpu_budget: float | 
     if method not in steps:
         raise SystemExit(f"pde_methods: {name} has no method {method!r}; its methods are {sorted(steps)}")
     make, error_of = module.problem(cfg)
+    # an experiment that resamples its collocation points says how (a factory of seeded resamplers)
+    resampler = getattr(module, "resampler", lambda cfg: None)(cfg)
     with fixed_threads(cfg.training.threads):
         warm_up(make())
-        record = method_record(method, steps[method], make, error_of, cfg.training, no_progress)
+        record = method_record(method, steps[method], make, error_of, cfg.training, no_progress, resampler)
     return atomic_write_json(
         _record_path(out, method),
         {
@@ -73,25 +78,57 @@ def run_one(name: str, method: str, out: Path, quick: bool, cpu_budget: float | 
     )
 
 
-def combine(name: str, out: Path, quick: bool, cpu_budget: float | None = None) -> dict[str, Any]:
-    """The experiment's results, claims and figure from the stored records of every method."""
+def combine(
+    name: str,
+    out: Path,
+    quick: bool,
+    cpu_budget: float | None = None,
+    method_budgets: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The experiment's results, claims and figure from the stored records of every method.
+
+    ``method_budgets``: methods whose records were made at their own CPU budget (each must match it).
+    """
     module = EXPERIMENTS[name]
     cfg = _config(module, quick, cpu_budget)
+    method_budgets = dict(method_budgets or {})
+    unknown = sorted(set(method_budgets) - {m for m, _ in cfg.training.steps})
+    if unknown:
+        raise SystemExit(f"pde_methods: --method-budget names method(s) {unknown} that {name} does not run")
     records, environments = {}, {}
     for method, _ in cfg.training.steps:
+        own = _config(module, quick, method_budgets.get(method, cpu_budget))
         stored = json.loads(_record_path(out, method).read_text())
-        if stored["config"] != json.loads(json.dumps(config_to_dict(cfg))):
+        if stored["config"] != json.loads(json.dumps(config_to_dict(own))):
             raise SystemExit(
                 f"pde_methods: the record of {method!r} in {out} has other settings; run it again"
             )
-        records[method], environments[method] = stored["record"], stored["environment"]
+        records[method] = {**stored["record"], "cpu_budget_s": own.training.cpu_budget_s}
+        environments[method] = stored["environment"]
     results = module.finish(cfg, combine_records(cfg.training, cfg.training.threads, True, records))
     results["jobs"] = "one job per method (benchmarks/pde_methods.py), records combined"
+    if method_budgets:
+        results["budget"] += "; smaller CPU budgets for " + ", ".join(
+            f"{m}: {b:g} s" for m, b in sorted(method_budgets.items())
+        )
     claims = [c.to_dict() for c in module.EXPERIMENT.claims(results)]
     atomic_write_json(out / "results.json", {"environment": environments, "results": results})
     atomic_write_json(out / "claims.json", claims)
     figures = module.EXPERIMENT.figures(results, out)
     return {"claims": claims, "figures": [str(p) for p in figures]}
+
+
+def _method_budgets(pairs: list[str]) -> dict[str, float]:
+    budgets = {}
+    for pair in pairs:
+        method, _, seconds = pair.partition("=")
+        try:
+            budgets[method] = float(seconds)
+        except ValueError:
+            raise SystemExit(
+                f"pde_methods: --method-budget takes METHOD=SECONDS, e.g. adam=150, got {pair!r}"
+            ) from None
+    return budgets
 
 
 def main() -> None:
@@ -106,6 +143,13 @@ def main() -> None:
     parser.add_argument(
         "--cpu-budget", type=float, default=None, help="CPU seconds per method (full setting)"
     )
+    parser.add_argument(
+        "--method-budget",
+        action="append",
+        default=[],
+        metavar="METHOD=S",
+        help="combine: a method whose record was made at its own (smaller) CPU budget",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.action == "run":
@@ -113,7 +157,9 @@ def main() -> None:
             parser.error("run needs a method (ngd, ngd-primal, adam, lbfgs)")
         print(run_one(args.experiment, args.method, args.out, args.quick, args.cpu_budget))
     else:
-        summary = combine(args.experiment, args.out, args.quick, args.cpu_budget)
+        summary = combine(
+            args.experiment, args.out, args.quick, args.cpu_budget, _method_budgets(args.method_budget)
+        )
         for claim in summary["claims"]:
             print(("holds  " if claim["holds"] else "FAILS  ") + claim["statement"])
         print("\n".join(summary["figures"]))

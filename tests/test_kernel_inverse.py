@@ -88,3 +88,23 @@ def test_cholesky_is_used_only_when_the_cutoff_keeps_every_eigenvalue(exponents,
 def test_cholesky_is_the_common_case_for_a_well_conditioned_kernel_in_float32():
     kernel = _kernel([float(v) for v in torch.linspace(1.0, 50.0, 200)], torch.float32)
     assert KernelInverse(kernel, 10 * 200 * torch.finfo(torch.float32).eps).method == "cholesky"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_damped_solves_and_rank_of_a_singular_kernel_need_no_eigenvectors(dtype):
+    """An uncertified K: (K + λI)⁻¹x by a Cholesky of K + λI, the rank from the eigenvalues, eigh only for K⁺."""
+    eigenvalues = [0.0, 0.0, 0.1, 2.0, 5.0, 10.0]
+    kernel = _kernel(eigenvalues, dtype, seed=4)
+    rtol = 1e-6
+    kinv = KernelInverse(kernel, rtol)
+    x = torch.randn(6, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(dtype)
+    for lam in (1e-4, 0.5):
+        ref = torch.linalg.solve(kernel.double() + lam * torch.eye(6, dtype=torch.float64), x.double())
+        tol = 100 * torch.finfo(dtype).eps * (10.0 + lam) / lam  # a backward-stable solve: eps · cond
+        assert float((kinv.damped(x, lam).double() - ref).norm() / ref.norm()) <= tol
+    assert kinv.method == "eigh" and kinv.rank == 4
+    assert not hasattr(kinv, "U")  # neither the damped solves nor the rank computed eigenvectors
+    ref = _reference(kernel, rtol, x)
+    got = kinv.pinv(x).double()
+    assert float((got - ref).norm() / ref.norm()) <= 100 * torch.finfo(dtype).eps * 10.0 / 0.1
+    assert kinv.rank == 4

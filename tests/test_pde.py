@@ -428,3 +428,46 @@ def test_a_residual_that_is_nan_at_a_point_trains_nothing_and_names_the_conditio
         match=r"^pde\.Problem\.linearize: the residual of condition 'interior' is NaN or inf at 3 of 9",
     ):
         problem.linearize(net.params())
+
+
+def test_resampler_update_puts_fresh_seeded_points_into_the_problem_every_k_steps() -> None:
+    """Shapes and domain of every draw, the every-k rhythm, same seed ⇒ same sequence, nothing half-updated."""
+    box = [(0.0, 1.0), (-1.0, 2.0)]
+    lo, hi = torch.tensor([0.0, -1.0], dtype=DT), torch.tensor([1.0, 2.0], dtype=DT)
+
+    def draw(gen: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"interior": pde.uniform(7, box, gen), "edge": pde.uniform_boundary(5, box, gen)}
+
+    def problem() -> pde.Problem:
+        return pde.Problem(
+            pde.Network(pde.mlp([2, 3, 1], generator=_gen(0))),
+            [
+                pde.interior(pde.grid(2, box), lambda jet, x: jet.laplacian()),
+                pde.boundary(pde.box_boundary_grid(2, box), lambda jet, x: jet.value, name="edge"),
+            ],
+        )
+
+    first, second = problem(), problem()
+    resample, again = pde.Resampler(draw, every=2, seed=5), pde.Resampler(draw, every=2, seed=5)
+    seen = []
+    for step in range(6):
+        fresh = resample.update(first, step)
+        assert fresh == (step % 2 == 0) and again.update(second, step) == fresh
+        inside, edge = (c.points for c in first.conditions)
+        assert inside.shape == (7, 2) and edge.shape == (5, 2) and first.num_residuals == 12
+        assert bool(((inside >= lo) & (inside <= hi)).all())
+        assert bool(((edge == lo) | (edge == hi)).any(1).all())
+        for mine, theirs in zip(first.conditions, second.conditions, strict=True):
+            assert torch.equal(mine.points, theirs.points)
+        seen.append(inside)
+    assert seen[0] is seen[1] and not torch.equal(seen[1], seen[2])
+    assert torch.equal(seen[0], draw(_gen(5))["interior"])  # the first draw comes from the seed itself
+
+    kept = [c.points for c in first.conditions]
+    with pytest.raises(KeyError, match="name no condition"):
+        pde.Resampler(lambda g: {**draw(g), "initial": pde.uniform(3, box, g)}, 1).update(first, 0)
+    with pytest.raises(ValueError, match="condition 'edge'"):  # the interior set is fine, nothing changes
+        pde.Resampler(lambda g: {**draw(g), "edge": pde.uniform(3, box, g)[:0]}, 1).update(first, 0)
+    assert all(c.points is p for c, p in zip(first.conditions, kept, strict=True))
+    with pytest.raises(TypeError, match=r"\{condition label: points\}"):
+        pde.Resampler(lambda g: pde.uniform(3, box, g), 1).update(first, 0)

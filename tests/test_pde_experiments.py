@@ -130,7 +130,6 @@ def test_methods_in_forked_processes_give_the_sequential_results_and_records_com
         ({"cpu_budget_s": 0.0}, "cpu_budget_s must be a number of seconds > 0"),
         ({"steps": (("sgd", 3),), "eval_every": (("sgd", 1),)}, r"unknown method\(s\) \['sgd'\]"),
         ({"eval_every": ()}, r"method\(s\) \['ngd'\] have a step budget but no eval_every"),
-        ({"damping": -1e-3}, "damping must be a finite number >= 0"),
         ({"gram_average": 1.0}, r"gram_average must be None or a decay in \[0, 1\)"),
     ],
 )
@@ -156,6 +155,79 @@ def test_gram_average_setting_trains_ngd_with_the_averaged_gram_and_its_damping(
     )
     losses = [float(opt.step(problem)) for _ in range(5)]
     assert record["loss"] == losses and record["error"][-1] == error_of(problem)
+
+
+def test_resampling_hook_feeds_every_method_the_same_seeded_points_every_k_steps() -> None:
+    """Steps of the first block see the fixed points (the first draw), later ones fresh draws, reproducibly."""
+    import torch
+
+    from natgrad import pde
+    from natgrad.experiments import _poisson
+    from natgrad.experiments._pde_training import train
+
+    make, error_of = _poisson.poisson_5d((4,), 20, 10, seed=0)
+    draw = _poisson.poisson_5d_points(20, 10)
+    seed = _poisson.poisson_5d_seed(0)
+    settings = Training(steps=(("adam", 5),), eval_every=(("adam", 1),), resample_every=2)
+
+    def history(resampler):
+        problem = make()
+        out = train("adam", 5, 1, problem, lambda: error_of(problem), settings, no_progress, resampler)
+        return out, problem
+
+    fixed, _ = history(None)
+    resampled, problem = history(pde.Resampler(draw, 2, seed))
+    repeated, _ = history(pde.Resampler(draw, 2, seed))
+    assert (resampled["error"], resampled["loss"]) == (repeated["error"], repeated["loss"])
+    assert resampled["loss"][:2] == fixed["loss"][:2] and resampled["loss"][2] != fixed["loss"][2]
+    last = pde.Resampler(draw, 2, seed)
+    for step in range(5):
+        expected = last(step)
+    for condition in problem.conditions:  # step 4 is the third draw
+        assert torch.equal(condition.points, expected[condition.label])
+
+    def factory():
+        return pde.Resampler(draw, 2, seed)
+
+    with pytest.raises(ValueError, match="needs a resampler factory"):
+        method_record("adam", 5, make, error_of, settings, no_progress)
+    fixed_settings = Training(steps=(("adam", 5),), eval_every=(("adam", 1),))
+    with pytest.raises(ValueError, match="pass both or neither"):
+        method_record("adam", 5, make, error_of, fixed_settings, no_progress, factory)
+    record = method_record("adam", 5, make, error_of, settings, no_progress, factory)
+    assert record["error"] == resampled["error"]
+    combined = combine_records(settings, 1, False, {"adam": {**record}})
+    assert combined["resample_every"] == 2 and combined["damping"] == 0.0
+    for bad in ({"resample_every": 0}, {"resample_every": 1.5}, {"damping": -1e-3}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Training(steps=(("adam", 5),), eval_every=(("adam", 1),), **bad)
+
+
+def test_pde_methods_combines_records_made_at_their_own_cpu_budgets(tmp_path) -> None:
+    """One job per method; a method run at a smaller budget is accepted only when combine is told so."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "pde_methods.py"
+    spec = importlib.util.spec_from_file_location("natgrad_bench_pde_methods", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    budgets = {"ngd": 0.3, "adam": 0.1, "lbfgs": 0.3}
+    for method, seconds in budgets.items():
+        bench.run_one("pinn-poisson-5d", method, tmp_path, quick=True, cpu_budget=seconds)
+    with pytest.raises(SystemExit, match="'adam'.*other settings"):
+        bench.combine("pinn-poisson-5d", tmp_path, quick=True, cpu_budget=0.3)
+    with pytest.raises(SystemExit, match="does not run"):
+        bench.combine("pinn-poisson-5d", tmp_path, True, 0.3, {"sgd": 0.1})
+    bench.combine("pinn-poisson-5d", tmp_path, True, 0.3, {"adam": 0.1})
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert {m: r["cpu_budget_s"] for m, r in results["methods"].items()} == budgets
+    assert results["budget"].endswith("smaller CPU budgets for adam: 0.1 s")
+    for method, seconds in budgets.items():
+        assert results["methods"][method]["training_cpu_s"] >= seconds
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert any("within 0.1 s of single-threaded CPU time" in c["statement"] for c in claims)
 
 
 def test_residual_svd_reaches_the_optimizer_and_the_claim_names_the_route() -> None:

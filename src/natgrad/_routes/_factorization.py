@@ -156,9 +156,14 @@ class KernelFactorization(Factorization):
     def __init__(self, kernel: Tensor, rtol: float, a: Operator, at: Operator) -> None:
         self.kernel = kernel
         self.inverse = KernelInverse(kernel, rtol)
-        self.rank, self.applied_rtol = self.inverse.rank, rtol
+        self.applied_rtol = rtol
         self.a, self.at = a, at
         self.last: KernelSolve | None = None
+
+    @property
+    def rank(self) -> int:  # type: ignore[override]  # computed on first use, not at construction
+        """The retained rank of K (its eigenvalues are computed when K is not certified full rank)."""
+        return self.inverse.rank
 
     def info(self) -> SolveInfo:
         return spectral_info(self.inverse)

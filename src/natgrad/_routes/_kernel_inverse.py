@@ -72,40 +72,69 @@ def certified_cholesky(kernel: Tensor, rtol: float) -> Tensor | None:
 class KernelInverse:
     """Products with K⁺ (retained eigenpairs only) and (K + λI)⁻¹ for a PSD kernel K.
 
+    The eigendecomposition of an uncertified K is computed only when a product needs it: (K + λI)⁻¹x alone
+    is a Cholesky solve of K + λI (positive definite for λ > 0), and the rank alone needs the eigenvalues
+    only (``eigvalsh``); each is several times cheaper than the eigenvectors.
+
     Attributes:
-        rank: number of eigenvalues kept by the cutoff λ > rtol·λ_max.
         method: "cholesky" (certified full rank) or "eigh".
         fallback: the eigh attempt that succeeded when the first failed (see ``robust_eigh``), else None.
     """
 
     def __init__(self, kernel: Tensor, rtol: float) -> None:
-        self.kernel = kernel
+        self.kernel, self.rtol = kernel, rtol
         self._chol = certified_cholesky(kernel, rtol)
-        self._damped_chol: dict[float, Tensor] = {}
+        self._damped_chol: dict[float, Tensor | None] = {}
         self.fallback: str | None = None
-        if self._chol is not None:
-            self.rank, self.method = kernel.shape[0], "cholesky"
-        else:
-            r = kernel.shape[0]
-            self.evals, self.U, self.fallback = robust_eigh(kernel, f"eigh of the {r} × {r} kernel K = AAᵀ")
-            keep = retained(self.evals, rtol)
-            self.rank, self.method = int(keep.sum()), "eigh"
-            self._Uk, self._ek = self.U[:, keep], self.evals[keep]
+        self.method = "cholesky" if self._chol is not None else "eigh"
+        self._rank: int | None = kernel.shape[0] if self._chol is not None else None
+
+    def _spectrum(self) -> None:
+        if not hasattr(self, "U"):
+            r = self.kernel.shape[0]
+            self.evals, self.U, self.fallback = robust_eigh(
+                self.kernel, f"eigh of the {r} × {r} kernel K = AAᵀ"
+            )
+            keep = retained(self.evals, self.rtol)
+            self._rank, self._Uk, self._ek = int(keep.sum()), self.U[:, keep], self.evals[keep]
+
+    @property
+    def rank(self) -> int:
+        """Number of eigenvalues kept by the cutoff λ > rtol·λ_max."""
+        if self._rank is None:
+            try:
+                self._rank = int(retained(torch.linalg.eigvalsh(self.kernel), self.rtol).sum())
+            except torch.linalg.LinAlgError:  # eigh's fallbacks (robust_eigh) then decide
+                self._spectrum()
+        assert self._rank is not None
+        return self._rank
 
     def pinv(self, x: Tensor) -> Tensor:
         """K⁺ x on the retained eigenpairs."""
         if self._chol is not None:
             return torch.cholesky_solve(x[:, None], self._chol)[:, 0]
+        self._spectrum()
         return self._Uk @ ((self._Uk.T @ x) / self._ek)
 
-    def damped(self, x: Tensor, lam: float) -> Tensor:
-        """(K + λI)⁻¹ x for λ > 0 (all eigenpairs: damping needs no cutoff)."""
-        if self._chol is None:
-            return self.U @ ((self.U.T @ x) / (self.evals.clamp_min(0) + lam))
+    def _shifted_cholesky(self, lam: float) -> Tensor | None:
         if lam not in self._damped_chol:
             eye = torch.eye(self.kernel.shape[0], dtype=self.kernel.dtype, device=self.kernel.device)
-            self._damped_chol[lam] = torch.linalg.cholesky(self.kernel + lam * eye)
-        return torch.cholesky_solve(x[:, None], self._damped_chol[lam])[:, 0]
+            chol, info = torch.linalg.cholesky_ex(self.kernel + lam * eye)
+            ok = int(info) == 0 and bool(torch.isfinite(chol).all())
+            self._damped_chol[lam] = chol if ok else None
+        return self._damped_chol[lam]
+
+    def damped(self, x: Tensor, lam: float) -> Tensor:
+        """(K + λI)⁻¹ x for λ > 0 (all eigenpairs: damping needs no cutoff).
+
+        A Cholesky solve of K + λI; eigh (negative rounding eigenvalues of K clamped to 0) only when the
+        shifted matrix does not factorise in the kernel's precision (λ below the rounding of K).
+        """
+        chol = self._shifted_cholesky(lam)
+        if chol is not None:
+            return torch.cholesky_solve(x[:, None], chol)[:, 0]
+        self._spectrum()
+        return self.U @ ((self.U.T @ x) / (self.evals.clamp_min(0) + lam))
 
     def damped_coefficients(self, a_grad: Tensor, lam: float) -> Tensor:
         """w with (G + λI)⁻¹∇ = Aᵀw + ∇/λ for K = AAᵀ, from a_grad = A∇ (any ∇, in the range of Aᵀ or not).

@@ -1,11 +1,15 @@
 """Training a `natgrad.pde.Problem` by several methods on equal budgets, and what the PDE experiments report.
 
-Methods, each from the same initial network (a fresh copy per method) on the same collocation points:
+Methods, each from the same initial network (a fresh copy per method) on the same collocation points — fixed,
+or with ``resample_every`` = k fresh ones every k steps, the same seeded sequence for every method (a
+`pde.Resampler` per method, made by the experiment's ``resampler`` factory; the points of step s are drawn
+before step s, so step 0 sees the first draw):
 
 * ``ngd``: `natgrad.optim.NGD` on the residuals — Gauss–Newton natural gradient (= energy natural gradient for
   a linear PDE), Moore–Penrose inverse (cutoff ``rtol``·λ_max, natgrad's default when None), grid line search
   α ∈ {2⁻ᵏ, k < grid_size}; the route is natgrad's ``auto`` (the d×d primal system when d ≤ N, the N×N dual
-  system when d > N);
+  system when d > N); with ``damping`` λ > 0 instead the Levenberg–Marquardt step (G + λI)⁻¹∇, on the dual
+  route Jᵀ(K + λI)⁻¹r, one Cholesky factorisation of K + λI;
   with ``gram_average`` = β the step solves with the moving average Ḡ_t = β Ḡ_{t−1} + (1 − β) JᵀJ instead
   (`natgrad.optim.AveragedGram`, damped by ``damping``);
 * ``ngd-primal``: the same step forced onto the primal route (factorising the d×d Gram matrix, as the exact
@@ -73,12 +77,11 @@ class Training:
     primal_rtol: float | None = None
     residual_svd: bool = False  # ngd: NGD(residual_svd=True), the SVD of J for float64 residuals with d ≤ N
     primal_memory_budget: int = 2**34  # bytes the forced primal route may allocate (its d×d matrices)
-    damping: float = (
-        0.0  # ngd: λ > 0 solves (G + λI) v = ∇ instead of the Moore–Penrose inverse (rtol unused)
-    )
     # ngd: β of natgrad.optim.AveragedGram — the step solves with Ḡ_t = β Ḡ_{t−1} + (1 − β) JᵀJ, Ḡ_0 = 0
     gram_average: float | None = None
     threads: int = 1
+    resample_every: int | None = None  # fresh collocation points every k steps (None: fixed points)
+    damping: float = 0.0  # ngd: λ > 0 for (G + λI)⁻¹∇ instead of the Moore–Penrose inverse
     cpu_budget_s: float | None = None  # equal CPU-time budget per method (process_time of its steps)
     parallel_methods: bool = (
         False  # one forked process per method (CPU only; same results, less elapsed time)
@@ -91,8 +94,14 @@ class Training:
             raise ValueError(
                 f"Training: cpu_budget_s must be a number of seconds > 0 or None, got {self.cpu_budget_s!r}"
             )
-        if not (isinstance(self.damping, int | float) and 0 <= self.damping < float("inf")):
-            raise ValueError(f"Training: damping must be a finite number >= 0, got {self.damping!r}")
+        if self.resample_every is not None and not (
+            isinstance(self.resample_every, int) and self.resample_every >= 1
+        ):
+            raise ValueError(
+                f"Training: resample_every must be a number of steps >= 1 or None, got {self.resample_every!r}"
+            )
+        if not (isinstance(self.damping, int | float) and self.damping >= 0):
+            raise ValueError(f"Training: damping must be a number >= 0, got {self.damping!r}")
         if self.gram_average is not None and not (
             isinstance(self.gram_average, int | float) and 0 <= self.gram_average < 1
         ):
@@ -117,8 +126,13 @@ def train(
     error: Callable[[], float],
     settings: Training,
     progress: Progress,
+    resampler: pde.Resampler | None = None,
 ) -> dict[str, list[float]]:
-    """Train ``problem.network`` in place by ``method`` for ``steps`` steps; the error / loss / time history."""
+    """Train ``problem.network`` in place by ``method`` for ``steps`` steps; the error / loss / time history.
+
+    With a ``resampler`` (a sampler of {condition label: points}) the problem gets the points of step s
+    before step s; drawing them is charged to neither clock (it is the same work for every method).
+    """
     module = problem.network.module
     named = dict(module.named_parameters())
     grid = tuple(0.5**k for k in range(settings.grid_size))
@@ -207,6 +221,8 @@ def train(
     cpu = 0.0
     budget = settings.cpu_budget_s
     for taken in progress(range(1, steps + 1), description=method, total=steps):
+        if resampler is not None:
+            resampler.update(problem, taken - 1)
         clock.resume()
         cpu_start = time.process_time()
         try:
@@ -250,12 +266,22 @@ def method_record(
     error_of: Callable[[pde.Problem], float],
     settings: Training,
     progress: Progress,
+    resampler: Callable[[], pde.Resampler] | None = None,
 ) -> dict[str, Any]:
     """Train one method on a fresh problem; its history and what is read off it (one entry of `run_methods`).
 
     `run_methods` calls it for every method; it can also run alone (one method per job) and the records be
     put together by `combine_records`: the results are the same, since every method starts afresh.
+
+    Args:
+        resampler: makes a fresh seeded `pde.Resampler` of {condition label: points} (one per method, so
+            every method sees the same sequence); required exactly when ``settings.resample_every`` is set.
     """
+    if (resampler is None) != (settings.resample_every is None):
+        raise ValueError(
+            f"method_record: resample_every={settings.resample_every!r} needs a resampler factory and a "
+            "resampler factory needs resample_every; pass both or neither"
+        )
     problem = make_problem()
     history = train(
         method,
@@ -265,6 +291,7 @@ def method_record(
         lambda: error_of(problem),
         settings,
         progress,
+        None if resampler is None else resampler(),
     )
     return {
         **history,
@@ -323,15 +350,19 @@ def run_methods(
     error_of: Callable[[pde.Problem], float],
     settings: Training,
     progress: Progress,
+    resampler: Callable[[], pde.Resampler] | None = None,
 ) -> dict[str, Any]:
-    """Every method of ``settings.steps`` on a fresh problem from ``make_problem`` (same seed ⇒ same start)."""
+    """Every method of ``settings.steps`` on a fresh problem from ``make_problem`` (same seed ⇒ same start).
+
+    ``resampler``: as in `method_record` (fresh points every ``settings.resample_every`` steps).
+    """
     jobs = list(settings.steps)
     parallel = settings.parallel_methods and len(jobs) > 1 and _can_fork()
     with fixed_threads(settings.threads) as threads:
         warm_up(make_problem())
 
         def record(method: str, steps: int, progress: Progress = progress) -> dict[str, Any]:
-            return method_record(method, steps, make_problem, error_of, settings, progress)
+            return method_record(method, steps, make_problem, error_of, settings, progress, resampler)
 
         if parallel:
             records = _forked_records(jobs, lambda m, s: record(m, s, no_progress))
@@ -373,10 +404,11 @@ def combine_records(
         "num_residuals": num_residuals,
         "steps": dict(settings.steps),
         "rtol": settings.rtol,
-        "damping": settings.damping,
         "gram_average": settings.gram_average,
         "residual_svd": settings.residual_svd,
         "primal_rtol": settings.primal_rtol,
+        "resample_every": settings.resample_every,
+        "damping": settings.damping,
         "methods": methods,
     }
 
@@ -388,14 +420,18 @@ def with_cpu_per_step(results: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def _inverse_phrase(results: dict[str, Any]) -> str:
-    """How the ngd step inverts its Gram matrix, for the claim statements."""
-    average, damping = results.get("gram_average"), results.get("damping") or 0.0
-    inverse = f"(G + {damping:g}·I)⁻¹" if damping > 0 else "Moore–Penrose"
+def _solve(results: dict[str, Any]) -> str:
+    """How the ENGD direction is solved, and on which points, for the claim's statement."""
+    damping, rtol, every = results.get("damping", 0.0), results.get("rtol"), results.get("resample_every")
+    average = results.get("gram_average")
+    inverse = (
+        f"damping λ = {damping:g}"
+        if damping
+        else "Moore–Penrose" + ("" if rtol is None or average is not None else f" with cutoff {rtol:g}·λ_max")
+    )
     if average is not None:
-        return f"{inverse} of the moving average G_t = {average:g}·G_(t−1) + {1 - average:g}·JᵀJ, G_0 = 0"
-    rtol = results.get("rtol")
-    return inverse if rtol is None or damping > 0 else f"{inverse} with cutoff {rtol:g}·λ_max"
+        inverse += f" on the moving average G_t = {average:g}·G_(t−1) + {1 - average:g}·JᵀJ, G_0 = 0"
+    return inverse + ("" if every is None else f", fresh collocation points every {every} step(s)")
 
 
 def _route(results: dict[str, Any]) -> str:
@@ -411,8 +447,9 @@ def _timing(results: dict[str, Any], name: str) -> str:
 
 def _budget_of(results: dict[str, Any], name: str) -> str:
     """ "after 300 steps" on step budgets, "within 1000 s of CPU time (712 steps)" on CPU-time budgets."""
-    budget = results.get("cpu_budget_s")
-    taken = results["methods"][name]["steps_taken"]
+    method = results["methods"][name]
+    budget = method.get("cpu_budget_s", results.get("cpu_budget_s"))  # a method may have had its own
+    taken = method["steps_taken"]
     if budget is None:
         return f"after {results['steps'][name]} steps"
     return f"within {budget:g} s of single-threaded CPU time ({taken} steps)"
@@ -433,7 +470,7 @@ def standard_claims(
     out = [
         Claim(
             "ngd-error",
-            f"ENGD (Gauss–Newton on the residuals, {_inverse_phrase(results)}, grid line search; route "
+            f"ENGD (Gauss–Newton on the residuals, {_solve(results)}, grid line search; route "
             f"{_route(results)}) reaches a relative "
             f"L2 error of at most {error_target:g} {_budget_of(results, 'ngd')} "
             f"({_timing(results, 'ngd')} of training, {results['torch_threads']} torch thread(s); "

@@ -5,8 +5,9 @@
 * heat on (x, t) ∈ (0, 1)², u_t = κ u_xx with κ = 1/4, u(0, t) = u(1, t) = 0, u(x, 0) = sin(πx),
   u* = exp(−κπ² t) sin(πx).
 
-Each builder returns the `pde.Problem` (network from a seeded generator, fixed collocation points) and the
-relative L2 error against u* by Gauss–Legendre quadrature.
+Each builder returns the `pde.Problem` (network from a seeded generator, collocation points) and the
+relative L2 error against u* by Gauss–Legendre quadrature; the 5-D problem's points also come as a sampler,
+for fresh points during training.
 """
 
 from __future__ import annotations
@@ -60,23 +61,40 @@ def cos_sum(points: torch.Tensor) -> torch.Tensor:
     return torch.cos(math.pi * points).sum(1)
 
 
+CUBE_5D = [(0.0, 1.0)] * 5
+
+
+def poisson_5d_points(interior: int, boundary: int):
+    """generator -> {"interior": (interior, 5) uniform in (0, 1)⁵, "boundary": (boundary, 5) uniform on ∂}."""
+
+    def draw(generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {
+            "interior": pde.uniform(interior, CUBE_5D, generator),
+            "boundary": pde.uniform_boundary(boundary, CUBE_5D, generator),
+        }
+
+    return draw
+
+
+def poisson_5d_seed(seed: int) -> int:
+    """The seed of the generator the 5-D collocation points come from (fixed, or the first draw)."""
+    return seed + 1000
+
+
 def poisson_5d(widths: tuple[int, ...], interior: int, boundary: int, seed: int):
-    """(make_problem, error_of) for the 5-D Poisson problem on uniform points drawn with seed ``seed``."""
-    box = [(0.0, 1.0)] * 5
-    generator = torch.Generator().manual_seed(seed + 1000)
-    inside = pde.uniform(interior, box, generator)
-    edge = pde.uniform_boundary(boundary, box, generator)
+    """(make_problem, error_of) for the 5-D Poisson problem on the first draw of `poisson_5d_points`."""
+    points = poisson_5d_points(interior, boundary)(torch.Generator().manual_seed(poisson_5d_seed(seed)))
 
     def make() -> pde.Problem:
         return pde.Problem(
             _network(5, widths, seed),
             [
-                pde.interior(inside, lambda jet, x: jet.laplacian() + math.pi**2 * cos_sum(x)),
-                pde.boundary(edge, lambda jet, x: jet.value - cos_sum(x)),
+                pde.interior(points["interior"], lambda jet, x: jet.laplacian() + math.pi**2 * cos_sum(x)),
+                pde.boundary(points["boundary"], lambda jet, x: jet.value - cos_sum(x)),
             ],
         )
 
-    return make, _error(cos_sum, box, 6)
+    return make, _error(cos_sum, CUBE_5D, 6)
 
 
 def heat_solution(points: torch.Tensor) -> torch.Tensor:

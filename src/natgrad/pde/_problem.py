@@ -114,10 +114,11 @@ class Problem:
                 raise TypeError(
                     f"pde.Problem: conditions must be pde.Condition objects, got {type(c).__name__}"
                 )
-            self._check_points(c, c.points)
+            self.check_points(c, c.points)
         self.conditions = conditions
 
-    def _check_points(self, condition: Condition, points: Tensor) -> None:
+    def check_points(self, condition: Condition, points: Tensor) -> None:
+        """Raise ValueError unless ``points`` suit ``condition``: (N ≥ 1, input_dim), finite."""
         call = f"pde.Problem: condition {condition.label!r}"
         self.network.check_points(call, points)
         if points.shape[0] == 0:
@@ -130,7 +131,7 @@ class Problem:
         """Replace the points of the condition called ``label`` (resampling), with the same checks."""
         for c in self.conditions:
             if c.label == label:
-                self._check_points(c, points)
+                self.check_points(c, points)
                 c.points = points
                 return
         raise KeyError(

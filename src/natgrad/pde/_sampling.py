@@ -6,12 +6,17 @@ Every random sampler takes an explicit ``torch.Generator``, so a seed fixes the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from ._problem import Problem
+
 Box = Sequence[tuple[float, float]]
+Drawn = TypeVar("Drawn")
 
 
 def _box(call: str, box: Box) -> tuple[Tensor, Tensor]:
@@ -107,19 +112,27 @@ def uniform_boundary(
     return points.to(dtype)
 
 
-class Resampler:
+class Resampler(Generic[Drawn]):
     """Fresh collocation points every ``every`` steps from ``sampler(generator)``, seeded once.
 
     ``resampler(step)`` returns the current points: new ones at steps 0, every, 2·every, …, the same
-    tensor in between. Same seed ⇒ same sequence of point sets.
+    object in between. Same seed ⇒ same sequence of point sets. A sampler that returns a mapping
+    ``{condition label: (N, D) points}`` draws every condition's points from the one generator (in the
+    mapping's order), and `update` puts them into a `Problem`.
+
+    Why resample: a network with more parameters than residuals (d > N) can drive the residuals at a fixed
+    set of points to zero without solving the PDE between them; fresh points every few steps make the
+    training loss a Monte-Carlo estimate of the residual's integral instead of a fixed interpolation problem.
 
     Args:
-        sampler: ``generator -> (N, D)`` points, e.g. ``lambda g: pde.uniform(900, box, g)``.
+        sampler: ``generator -> points``, e.g. ``lambda g: pde.uniform(900, box, g)``, or ``generator ->
+            {label: points}``, e.g. ``lambda g: {"interior": pde.uniform(900, box, g), "boundary":
+            pde.uniform_boundary(120, box, g)}``.
         every: steps between draws (≥ 1).
         seed: seed of the generator.
     """
 
-    def __init__(self, sampler: Callable[[torch.Generator], Tensor], every: int, seed: int = 0) -> None:
+    def __init__(self, sampler: Callable[[torch.Generator], Drawn], every: int, seed: int = 0) -> None:
         if not callable(sampler):
             raise TypeError(
                 f"pde.Resampler: sampler must be callable generator -> points, got {type(sampler).__name__}"
@@ -127,13 +140,43 @@ class Resampler:
         self.sampler = sampler
         self.every = _count("pde.Resampler", "every", every)
         self.generator = torch.Generator().manual_seed(int(seed))
-        self._points: Tensor | None = None
+        self._points: Drawn | None = None
         self._drawn_at: int | None = None
 
-    def __call__(self, step: int) -> Tensor:
+    def __call__(self, step: int) -> Drawn:
         """The points to use at ``step`` (≥ 0)."""
         block = int(step) // self.every
         if self._points is None or block != self._drawn_at:
             self._points = self.sampler(self.generator)
             self._drawn_at = block
         return self._points
+
+    def update(self, problem: Problem, step: int) -> bool:
+        """Give ``problem`` the points of ``step`` (a sampler returning {label: points}); True if freshly drawn.
+
+        Raises:
+            TypeError: the sampler does not return a mapping of condition labels to points.
+            KeyError: a label names no condition of ``problem``.
+            ValueError: points of the wrong shape, not finite, or empty (`Problem.set_points`' checks).
+
+        Every point set is checked before any is put in: on an error the problem keeps its points.
+        """
+        before = self._points
+        drawn = self(step)
+        if not isinstance(drawn, Mapping):
+            raise TypeError(
+                "pde.Resampler.update: the sampler must return {condition label: points} to update a "
+                f"Problem, got {type(drawn).__name__}; call the resampler itself for bare points"
+            )
+        conditions = {c.label: c for c in problem.conditions}
+        unknown = [label for label in drawn if label not in conditions]
+        if unknown:
+            raise KeyError(
+                f"pde.Resampler.update: the sampler draws points for {unknown}, which name no condition of "
+                f"the problem; its conditions are {list(conditions)}"
+            )
+        for label, points in drawn.items():  # every set is checked before any is put in
+            problem.check_points(conditions[label], points)
+        for label, points in drawn.items():
+            problem.set_points(label, points)
+        return drawn is not before
