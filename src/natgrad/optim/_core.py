@@ -457,11 +457,7 @@ def output_gradient_curvature(
     """q of `gradient_curvature` for ∇ = Jᵀ ∇z L before any solve (one VJP and one JVP)."""
     pullback = vjp(forward, theta)[1]
     (grad,) = pullback(grad_z)
-    norm2 = sum(float(g.pow(2).sum()) for g in grad.values())
-    if not norm2 > 0:
-        return 0.0
-    jg = jvp(forward, (theta,), (grad,))[1]
-    return curvature.scale * float((jg * curvature.matvec(jg)).sum()) / norm2
+    return _curvature_along(forward, theta, curvature, grad)
 
 
 def gradient_curvature(
@@ -469,6 +465,13 @@ def gradient_curvature(
 ) -> float:
     """q = ∇ᵀ(sG)∇ / ‖∇‖²: the loss's curvature along its gradient (near the top of G's spectrum)."""
     grad = {name: g.to(theta[name].dtype) for name, g in solved.gradient.items()}
+    return _curvature_along(forward, theta, curvature, grad)
+
+
+def _curvature_along(
+    forward: Forward, theta: dict[str, Tensor], curvature: Curvature, grad: dict[str, Tensor]
+) -> float:
+    """gᵀ(sG)g / ‖g‖² by one JVP (0 for g = 0)."""
     norm2 = sum(float(g.pow(2).sum()) for g in grad.values())
     if not norm2 > 0:
         return 0.0
