@@ -12,6 +12,8 @@ from typing import Any
 
 import torch.distributed as dist
 
+from natgrad.distributed._comm import resolve_group
+
 # Handles of the final barriers, held until the process exits (see the module docstring).
 _FINAL_BARRIERS: list[Any] = []
 
@@ -23,11 +25,7 @@ def shutdown(group: Any = None) -> None:
     handle is kept until the process exits, so that no gloo worker thread frees Python objects while the
     interpreter shuts down. Raises ``RuntimeError`` when torch.distributed is not initialised.
     """
-    if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError(
-            "natgrad.distributed.shutdown: torch.distributed is not initialised; there is no process group "
-            "to end (call torch.distributed.init_process_group first, or drop the shutdown call)"
-        )
+    resolve_group("natgrad.distributed.shutdown", group)  # raises, naming the call, when there is no group
     finished = dist.barrier(group=group, async_op=True)
     if finished is not None:
         finished.wait()
