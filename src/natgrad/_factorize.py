@@ -279,7 +279,7 @@ class GramFactorization(Generic[ParamsT]):
             direction=cast(ParamsT, unflatten_like(v, problem.params)),
             pushforward=pushforward,
             gradient=cast(ParamsT, unflatten_like(grad, problem.params)),
-            rank=fac.rank,
+            rank=fac.result_rank(),
             method=self.method,
             output=lin.z,
             loss=loss_value,
@@ -305,7 +305,7 @@ class GramFactorization(Generic[ParamsT]):
     def _info(self, fac: Factorization, inverse: Inverse, consistent: bool) -> SolveInfo:
         # how J t is formed and whether examples are coupled (models/_linearized.py), then the route's details
         parts: list[dict[str, Any]] = [dict(self._problem.lin.info), {"consistent": consistent}]
-        if fac.rank is not None and not isinstance(inverse, Damped):
+        if not isinstance(inverse, Damped) and fac.rank is not None:  # a damped solve applies no cutoff
             parts.append({"rtol": self._problem.rtol if fac.applied_rtol is None else fac.applied_rtol})
         parts.append(dict(fac.info()))
         actual = self._route.delegate(self._problem)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypedDict, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
 
 from torch import Tensor
 
@@ -71,7 +72,8 @@ class NaturalGradient(Generic[ParamsT]):
         direction: v = G⁻ ∇ξ(L∘φ), structured like ``params``.
         pushforward: J v, shaped like ``phi(params)``.
         gradient: the Euclidean gradient ∇ξ(L∘φ) = Jᵀ ∇z L, structured like ``params``.
-        rank: numerical rank of G (= of g^{1/2} J) retained by the solve; None on the krylov route.
+        rank: numerical rank of G (= of g^{1/2} J) retained by the solve; None on the krylov route. The kernel
+            routes compute it on first read when the solve itself did not need it (a damped solve).
         method: the route that ran: "primal", "dual", "lstsq", "krylov" or "structured" ("reference" for
             :func:`natgrad.reference.natural_gradient`).
         output: z = phi(params).
@@ -94,3 +96,52 @@ class NaturalGradient(Generic[ParamsT]):
     loss: Tensor | None
     info: SolveInfo = field(default_factory=lambda: SolveInfo())
     status: Status = "success"
+
+
+class _DeferredRank:
+    """A rank computed when first read; pickled or copied as its value."""
+
+    def __init__(self, compute: Callable[[], int | None]) -> None:
+        self.compute = compute
+
+    def __reduce__(self) -> tuple[Callable[[int | None], int | None], tuple[int | None]]:
+        return _identity, (self.compute(),)
+
+
+def _identity(value: int | None) -> int | None:
+    return value
+
+
+def deferred_rank(compute: Callable[[], int | None]) -> int | None:
+    """A ``rank`` for :class:`NaturalGradient` that ``compute`` gives when the field is first read.
+
+    The kernel routes find the rank from the eigenvalues of K (O(r³), several times a Cholesky solve), which
+    a damped solve does not otherwise need.
+    """
+    return cast("int | None", _DeferredRank(compute))
+
+
+def known_rank(result: NaturalGradient[Any]) -> int | None:
+    """The result's rank if it is already computed, else None (without computing it)."""
+    value = result.__dict__["_rank"]
+    return None if isinstance(value, _DeferredRank) else cast("int | None", value)
+
+
+class _RankField:
+    """``NaturalGradient.rank``: stored as given; a deferred rank is computed on first read, once."""
+
+    def __get__(self, obj: NaturalGradient[Any] | None, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__["_rank"]
+        if isinstance(value, _DeferredRank):
+            value = value.compute()
+            obj.__dict__["_rank"] = value
+        return value
+
+    def __set__(self, obj: NaturalGradient[Any], value: int | None) -> None:
+        obj.__dict__["_rank"] = value  # only the dataclass __init__ gets here: the class is frozen
+
+
+# after the dataclass is made, so that the field keeps no default; __init__ stores through __set__
+setattr(NaturalGradient, "rank", _RankField())  # noqa: B010

@@ -19,6 +19,7 @@ from natgrad._routes._factorization import Factorization, KernelFactorization, S
 from natgrad._routes._problem import Problem
 from natgrad._routes._route import AnyProblem, RouteName
 from natgrad.linalg._precision import kernel_rtol
+from natgrad.linalg._gram import row_gram
 
 WORK = torch.float64
 
@@ -86,7 +87,7 @@ class DualRoute(_DenseRoute):
         dtype = a.dtype
         del a  # only the float64 copy is kept
         return KernelFactorization(
-            wide @ wide.T, rtol, lambda x: wide @ x.to(WORK), lambda y: (wide.T @ y).to(dtype)
+            row_gram(wide), rtol, lambda x: wide @ x.to(WORK), lambda y: (wide.T @ y).to(dtype)
         )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
-from natgrad._result import SolveInfo
+from natgrad._result import SolveInfo, deferred_rank
 from natgrad._routes._kernel_inverse import KernelInverse, retained
 from natgrad.linalg._spectral import robust_eigh, robust_svd
 
@@ -49,6 +49,10 @@ class Factorization(ABC):
     @abstractmethod
     def damped(self, grad: Tensor, c: Tensor | None, damping: float) -> Tensor:
         """(G + λI)⁻¹∇ for λ = ``damping`` > 0."""
+
+    def result_rank(self) -> int | None:
+        """``rank`` for a result: the value, or a deferred one where computing it costs more than a solve."""
+        return self.rank
 
     def begin(self) -> None:
         """Start a new solve (resets per-solve records)."""
@@ -164,6 +168,11 @@ class KernelFactorization(Factorization):
     def rank(self) -> int:  # type: ignore[override]  # computed on first use, not at construction
         """The retained rank of K (its eigenvalues are computed when K is not certified full rank)."""
         return self.inverse.rank
+
+    def result_rank(self) -> int | None:
+        inverse = self.inverse  # the result keeps K alive until its rank is read, not A or the route
+        known = inverse.known_rank
+        return known if known is not None else deferred_rank(lambda: inverse.rank)
 
     def info(self) -> SolveInfo:
         return spectral_info(self.inverse)

@@ -76,18 +76,33 @@ class KernelInverse:
     is a Cholesky solve of K + λI (positive definite for λ > 0), and the rank alone needs the eigenvalues
     only (``eigvalsh``); each is several times cheaper than the eigenvectors.
 
+    The certificate of full rank (``certified_cholesky``) is attempted on first use of K⁺, the rank or ``method``.
+
     Attributes:
-        method: "cholesky" (certified full rank) or "eigh".
         fallback: the eigh attempt that succeeded when the first failed (see ``robust_eigh``), else None.
     """
 
     def __init__(self, kernel: Tensor, rtol: float) -> None:
         self.kernel, self.rtol = kernel, rtol
-        self._chol = certified_cholesky(kernel, rtol)
+        self._certified: bool = False  # whether the certificate below was attempted (on first need)
+        self._chol: Tensor | None = None
         self._damped_chol: dict[float, Tensor | None] = {}
         self.fallback: str | None = None
-        self.method = "cholesky" if self._chol is not None else "eigh"
-        self._rank: int | None = kernel.shape[0] if self._chol is not None else None
+        self._rank: int | None = None
+
+    def _certify(self) -> Tensor | None:
+        # only K⁺, the rank and ``method`` need it: a damped solve alone factorises K + λI and nothing else
+        if not self._certified:
+            self._certified = True
+            self._chol = certified_cholesky(self.kernel, self.rtol)
+            if self._chol is not None:
+                self._rank = self.kernel.shape[0]
+        return self._chol
+
+    @property
+    def method(self) -> str:
+        """"cholesky" (certified full rank) or "eigh"."""
+        return "cholesky" if self._certify() is not None else "eigh"
 
     def _spectrum(self) -> None:
         if not hasattr(self, "U"):
@@ -99,8 +114,14 @@ class KernelInverse:
             self._rank, self._Uk, self._ek = int(keep.sum()), self.U[:, keep], self.evals[keep]
 
     @property
+    def known_rank(self) -> int | None:
+        """The rank when it is already known (certified or computed), else None; computes nothing."""
+        return self._rank
+
+    @property
     def rank(self) -> int:
         """Number of eigenvalues kept by the cutoff λ > rtol·λ_max."""
+        self._certify()
         if self._rank is None:
             try:
                 self._rank = int(retained(torch.linalg.eigvalsh(self.kernel), self.rtol).sum())
@@ -111,8 +132,9 @@ class KernelInverse:
 
     def pinv(self, x: Tensor) -> Tensor:
         """K⁺ x on the retained eigenpairs."""
-        if self._chol is not None:
-            return torch.cholesky_solve(x[:, None], self._chol)[:, 0]
+        chol = self._certify()
+        if chol is not None:
+            return torch.cholesky_solve(x[:, None], chol)[:, 0]
         self._spectrum()
         return self._Uk @ ((self._Uk.T @ x) / self._ek)
 

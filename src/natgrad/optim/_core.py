@@ -29,6 +29,7 @@ from torch.func import jvp, vjp
 
 import natgrad as ng
 from natgrad._loss import output_gradient
+from natgrad._result import known_rank
 from natgrad.exceptions import NatgradError
 from natgrad.linalg import residual_rtol
 
@@ -390,7 +391,8 @@ def _solve(fac: Factorized, loss: Loss, damping: float, curvature: Curvature, fi
         dict(result.direction),
         result.pushforward,
         dict(result.gradient),
-        result.rank,
+        # not computed here when the solve did not need it (a damped kernel solve: eigenvalues cost O(r³))
+        known_rank(result) if isinstance(result, ng.NaturalGradient) else result.rank,
         result.method,
         info.get("certificate"),
     )
