@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,23 @@ def _config(module: Any, quick: bool, cpu_budget: float | None) -> Any:
     return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, cpu_budget_s=cpu_budget))
 
 
+def _reporting(method: str, error_of: Any) -> Any:
+    """``error_of`` that also prints each evaluation (the run takes up to hours and stores its record at the end)."""
+    start, count = time.monotonic(), [0]
+
+    def error(problem: Any) -> float:
+        value = float(error_of(problem))
+        count[0] += 1
+        print(
+            f"{method}: evaluation {count[0]}: relative L2 {value:.3e} ({time.monotonic() - start:.0f} s elapsed)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return value
+
+    return error
+
+
 def run_one(name: str, method: str, out: Path, quick: bool, cpu_budget: float | None = None) -> Path:
     """Train ``method`` of experiment ``name`` (seed 0) and store its record with the settings."""
     module = EXPERIMENTS[name]
@@ -62,6 +80,7 @@ def run_one(name: str, method: str, out: Path, quick: bool, cpu_budget: float | 
     if method not in steps:
         raise SystemExit(f"pde_methods: {name} has no method {method!r}; its methods are {sorted(steps)}")
     make, error_of = module.problem(cfg)
+    error_of = _reporting(method, error_of)
     # an experiment that resamples its collocation points says how (a factory of seeded resamplers)
     resampler = getattr(module, "resampler", lambda cfg: None)(cfg)
     with fixed_threads(cfg.training.threads):

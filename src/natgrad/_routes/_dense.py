@@ -18,8 +18,8 @@ from torch import Tensor
 from natgrad._routes._factorization import Factorization, KernelFactorization, SpectralFactorization
 from natgrad._routes._problem import Problem
 from natgrad._routes._route import AnyProblem, RouteName
-from natgrad.linalg._precision import kernel_rtol
 from natgrad.linalg._gram import row_gram
+from natgrad.linalg._precision import kernel_rtol
 
 WORK = torch.float64
 

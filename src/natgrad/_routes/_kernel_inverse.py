@@ -101,7 +101,7 @@ class KernelInverse:
 
     @property
     def method(self) -> str:
-        """"cholesky" (certified full rank) or "eigh"."""
+        """ "cholesky" (certified full rank) or "eigh"."""
         return "cholesky" if self._certify() is not None else "eigh"
 
     def _spectrum(self) -> None:

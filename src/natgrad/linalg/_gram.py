@@ -7,7 +7,6 @@ with (b + 1)/(2b) of the work for b blocks; the upper triangle is the transpose 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 # Row blocks of about this many rows: smaller blocks save more products but run at a lower BLAS rate.
@@ -35,4 +34,3 @@ def row_gram(a: Tensor, block_rows: int = BLOCK_ROWS) -> Tensor:
         square = kernel[start:stop, start:stop]  # a diagonal block: symmetrise its own rounding
         kernel[start:stop, start:stop] = (square + square.T) / 2
     return kernel
-
