@@ -41,6 +41,7 @@ from _env import cpu_time_call, time_call  # noqa: E402
 
 import natgrad as ng  # noqa: E402
 from natgrad import pde  # noqa: E402
+from natgrad.linalg._gram import row_gram  # noqa: E402
 from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
 FULL = [((2, 64, 1), 1020), ((2, 64, 64, 48, 48, 1), 1020), ((5, 64, 64, 48, 48, 1), 500)]
@@ -130,7 +131,8 @@ STEP_CASES_QUICK = {"poisson-2d": ((16, 16, 12, 12), 10, 10), "poisson-5d": ((16
 
 
 def step_breakdown(name: str, sizes: tuple, repeats: int) -> dict:
-    """CPU seconds of the parts of one ENGD step (grid line search, cutoff 1e-15·λ_max) on one problem."""
+    """CPU seconds of the parts of one ENGD step on one problem, and of two whole steps (grid line search):
+    Moore–Penrose (cutoff 1e-15·λ_max, eigh of K) and damped (λ = 1e-8, a Cholesky factorisation of K + λI)."""
     from natgrad.experiments import _poisson
     from natgrad.models import Linearization
     from natgrad.optim import NGD
@@ -141,7 +143,8 @@ def step_breakdown(name: str, sizes: tuple, repeats: int) -> dict:
     problem = make()
     params = problem.network.params()
     jac = problem.jacobian(params)
-    kernel = jac @ jac.T
+    kernel = row_gram(jac)
+    eye = torch.eye(kernel.shape[0], dtype=kernel.dtype)
     linearised = problem.linearize(params)
     grid = tuple(0.5**k for k in range(30))
     opt = NGD(
@@ -150,10 +153,16 @@ def step_breakdown(name: str, sizes: tuple, repeats: int) -> dict:
         line_search_grid=grid,
         inverse=ng.MoorePenrose(rtol=1e-15),
     )
+    damped = NGD(
+        problem.network.module.named_parameters(), line_search="grid", line_search_grid=grid, damping=1e-8
+    )
     parts = {
         "residual_jacobian": lambda: problem.jacobian(params),
         "kernel_JJt": lambda: jac @ jac.T,
+        "kernel_lower_blocks": lambda: row_gram(jac),  # what the dual route forms
         "eigh_kernel": lambda: torch.linalg.eigh(kernel),
+        "eigvalsh_kernel": lambda: torch.linalg.eigvalsh(kernel),
+        "cholesky_kernel_plus_1e-8": lambda: torch.linalg.cholesky_ex(kernel + 1e-8 * eye),
         "engine_J_by_vjps": lambda: Linearization(lambda p: linearised(p), params).jacobian(),
         "line_search_30_losses": lambda: [problem.loss(params) for _ in grid],
     }
@@ -165,6 +174,9 @@ def step_breakdown(name: str, sizes: tuple, repeats: int) -> dict:
     }
     # no warm-up call: every step moves the parameters
     out["cpu_seconds"]["ngd_step"] = cpu_time_call(lambda: opt.step(problem), repeats, warmup=0)["median"]
+    out["cpu_seconds"]["ngd_step_damped"] = cpu_time_call(lambda: damped.step(problem), repeats, warmup=0)[
+        "median"
+    ]
     return out
 
 
