@@ -128,3 +128,40 @@ def test_ngd_reports_no_rank_for_a_damped_dual_step_and_the_rank_otherwise():
         ref = torch.linalg.solve(x.T @ x + damping * torch.eye(10, dtype=F64), x.T @ y) if damping else None
         if ref is not None:
             assert float((w.detach() - ref).norm() / ref.norm()) <= 1e-12
+
+
+def test_a_damped_solve_says_when_k_plus_lambda_does_not_factorise():
+    """λ below the rounding of K: Cholesky of K + λI fails in float64 and eigh (K's negative rounding
+    eigenvalues clamped to 0) applies the inverse instead; info says which, and both match the reference."""
+    gen = torch.Generator().manual_seed(3)
+    # rows 0–3 independent, rows 4–7 exact combinations of them: K = AAᵀ has four zero eigenvalues, which
+    # come out of float64 rounding about ±eps·λ_max
+    base = (
+        torch.randn(4, 30, generator=gen, dtype=F64) * torch.tensor([1e3, 1.0, 1.0, 1.0], dtype=F64)[:, None]
+    )
+    a = torch.cat([base, torch.randn(4, 4, generator=gen, dtype=F64) @ base])
+    kernel = a @ a.T
+    lam_max = float(torch.linalg.eigvalsh(kernel).max())
+    target = torch.randn(8, generator=gen, dtype=F64)
+    found = {}
+    for lam in (1e-3 * lam_max, 1e-20 * lam_max):
+        x = torch.zeros(30, dtype=F64)
+        result = ng.natural_gradient(
+            lambda p: a @ p,
+            x,
+            lambda z: 0.5 * ((z - target) ** 2).sum(),
+            inverse=ng.Damped(lam),
+            method="dual",
+        )
+        found[lam] = result.info["damped_solve"]
+        if found[lam] == "cholesky":
+            ref = ng.reference.natural_gradient(
+                lambda p: a @ p, x, lambda z: 0.5 * ((z - target) ** 2).sum(), inverse=ng.Damped(lam)
+            )
+            want = ng.flatten_params(ref.direction)
+        else:  # the clamped eigendecomposition of the same K, written out
+            mu, vectors = torch.linalg.eigh(kernel)
+            want = a.T @ (vectors @ ((vectors.T @ -target) / (mu.clamp_min(0) + lam)))
+        got = ng.flatten_params(result.direction)
+        assert float((got - want).norm() / want.norm()) <= 1e-8, (lam, found[lam])
+    assert list(found.values()) == ["cholesky", "eigh"], found

@@ -25,6 +25,10 @@ class SolveInfo(TypedDict, total=False):
             the tolerance).
         kernel_routes: structured route, module name -> layer formula.
         kernel_solve: structured route, "cholesky" (certified full rank) or "eigh".
+        damped_solve: dual and structured routes, how (K + λI)⁻¹ was applied: "cholesky" (of K + λI), or
+            "eigh" when K + λI does not factorise in float64 — λ is below the rounding of K (its computed
+            eigenvalues reach about −eps·λ_max) and the eigendecomposition, several times the cost, clamps
+            K's negative eigenvalues to 0.
         fallback: the route that actually ran when it differs (structured + MinNorm runs "dual").
         structured_refused: ``method="auto"``: why the structured route was abandoned.
         near_singular: krylov route, LSQR stopped before resolving a direction below the Moore–Penrose cutoff.
@@ -52,6 +56,7 @@ class SolveInfo(TypedDict, total=False):
     converged: bool
     kernel_routes: dict[str, str]
     kernel_solve: str
+    damped_solve: str
     fallback: str
     structured_refused: str
     near_singular: bool

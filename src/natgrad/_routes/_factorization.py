@@ -169,6 +169,9 @@ class KernelFactorization(Factorization):
         """The retained rank of K (its eigenvalues are computed when K is not certified full rank)."""
         return self.inverse.rank
 
+    def begin(self) -> None:
+        self.inverse.damped_by = None  # the info of a solve says how that solve applied (K + λI)⁻¹
+
     def result_rank(self) -> int | None:
         inverse = self.inverse  # the result keeps K alive until its rank is read, not A or the route
         known = inverse.known_rank
@@ -200,8 +203,11 @@ class KernelFactorization(Factorization):
 
 
 def spectral_info(inverse: KernelInverse) -> SolveInfo:
-    """``spectral_fallback`` when the kernel's eigh needed one, else nothing."""
-    return {} if inverse.fallback is None else {"spectral_fallback": inverse.fallback}
+    """``spectral_fallback`` when the kernel's eigh needed one, and ``damped_solve`` after a damped solve."""
+    info: SolveInfo = {} if inverse.fallback is None else {"spectral_fallback": inverse.fallback}
+    if inverse.damped_by is not None:
+        info["damped_solve"] = inverse.damped_by
+    return info
 
 
 def merge_info(*parts: dict[str, Any]) -> SolveInfo:

@@ -89,6 +89,7 @@ class KernelInverse:
         self._damped_chol: dict[float, Tensor | None] = {}
         self.fallback: str | None = None
         self._rank: int | None = None
+        self.damped_by: str | None = None  # how the last damped product was applied ("cholesky" or "eigh")
 
     def _certify(self) -> Tensor | None:
         # only K⁺, the rank and ``method`` need it: a damped solve alone factorises K + λI and nothing else
@@ -153,6 +154,7 @@ class KernelInverse:
         shifted matrix does not factorise in the kernel's precision (λ below the rounding of K).
         """
         chol = self._shifted_cholesky(lam)
+        self.damped_by = "cholesky" if chol is not None else "eigh"
         if chol is not None:
             return torch.cholesky_solve(x[:, None], chol)[:, 0]
         self._spectrum()
