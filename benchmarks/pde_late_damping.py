@@ -1,0 +1,132 @@
+"""Late-phase damping of the 5-D Poisson ENGD run: from one point of the run, the same draws under several λ.
+
+The full setting of ``pinn-poisson-5d`` trains ENGD with λ = 1e-8 and fresh collocation points every step
+(``pde.Resampler``). This script trains it for ``--checkpoint`` steps, stores the network (resumed when the
+file is there), and continues from that point for ``--steps`` steps with each damping of ``--dampings`` on
+the same sequence of draws, recording per step the relative L2 error, the step size the grid line search
+chose, the damping used and the CPU time (one torch thread). It measures what limits the late phase: the
+line search cuts the damped Gauss–Newton step to a few percent (α ≪ 1) when λ leaves long directions in v.
+
+Usage:
+    python benchmarks/pde_late_damping.py [--checkpoint 150] [--steps 30] [--dampings 1e-9 1e-8 1e-7 1e-6]
+        [--out benchmarks/results/pde_late_damping.json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from natgrad.experiments import pinn_poisson_5d  # noqa: E402
+from natgrad.optim import NGD  # noqa: E402
+from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
+
+GRID = tuple(0.5**k for k in range(30))  # the experiments' line search grid
+
+
+def _optimizer(module: torch.nn.Module, damping: float) -> NGD:
+    return NGD(module.named_parameters(), lr=1.0, line_search="grid", line_search_grid=GRID, damping=damping)
+
+
+def _train(problem: Any, resampler: Any, error_of: Any, damping: float, first: int, steps: int) -> list[dict]:
+    """``steps`` ENGD steps from step ``first`` on; one record per step."""
+    opt = _optimizer(problem.network.module, damping)
+    records = []
+    for step in range(first, first + steps):
+        resampler.update(problem, step)
+        start = time.process_time()
+        opt.step(problem)
+        cpu = time.process_time() - start
+        info = opt.last_step
+        records.append(
+            {
+                "step": step + 1,
+                "error": float(error_of(problem)),
+                "loss": float(info["loss"]),
+                "step_size": float(info["step_size"]),
+                "damping": float(info["damping"]),
+                "cpu_s": cpu,
+            }
+        )
+        print(
+            f"λ = {damping:g}: step {step + 1}: relative L2 {records[-1]['error']:.3e}, α = {info['step_size']:g}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", type=int, default=150, help="steps at λ = the setting's before branching"
+    )
+    parser.add_argument("--steps", type=int, default=30, help="steps of each branch")
+    parser.add_argument("--dampings", type=float, nargs="+", default=[1e-9, 1e-8, 1e-7, 1e-6])
+    parser.add_argument("--quick", action="store_true", help="the quick setting's problem, 10 + 5 steps")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.checkpoint, args.steps = 10, 5
+    if args.checkpoint < 0 or args.steps < 1 or not all(lam > 0 for lam in args.dampings):
+        raise SystemExit("pde_late_damping: --checkpoint >= 0, --steps >= 1 and dampings > 0 expected")
+    torch.set_num_threads(1)
+    cfg = pinn_poisson_5d.config(args.quick, 0)
+    base_damping = cfg.training.damping or 1e-8  # the quick setting has none; the full one's is 1e-8
+    make, error_of = pinn_poisson_5d.problem(cfg)
+    draws = pinn_poisson_5d.resampler(cfg) or (lambda: _FixedPoints())
+    stem = "pde_late_damping_quick" if args.quick else "pde_late_damping"
+    out = args.out or Path(__file__).parent / "results" / f"{stem}.json"
+    state_file = out.with_suffix(f".step{args.checkpoint}.pt")
+
+    problem, resampler = make(), draws()
+    if state_file.exists():  # resume: the network at the checkpoint, the draws replayed up to it
+        problem.network.module.load_state_dict(torch.load(state_file))
+        for step in range(args.checkpoint):
+            resampler.update(problem, step)
+        trunk: list[dict] = []
+    else:
+        trunk = _train(problem, resampler, error_of, base_damping, 0, args.checkpoint)
+        tmp = state_file.with_suffix(".tmp")
+        torch.save(problem.network.module.state_dict(), tmp)
+        tmp.replace(state_file)
+    start_state = {k: v.clone() for k, v in problem.network.module.state_dict().items()}
+
+    branches = {}
+    for lam in args.dampings:
+        problem, resampler = make(), draws()
+        problem.network.module.load_state_dict(start_state)
+        for step in range(args.checkpoint):
+            resampler.update(problem, step)
+        branches[f"{lam:g}"] = _train(problem, resampler, error_of, lam, args.checkpoint, args.steps)
+    path = atomic_write_json(
+        out,
+        {
+            "environment": collect_environment(),
+            "setting": {"quick": args.quick, "checkpoint": args.checkpoint, "steps": args.steps},
+            "trunk_damping": base_damping,
+            "trunk": trunk,
+            "branches": branches,
+        },
+    )
+    print(f"wrote {path}")
+
+
+class _FixedPoints:
+    """The quick setting keeps its points: a resampler that changes nothing."""
+
+    def update(self, problem: Any, step: int) -> None:
+        return None
+
+
+if __name__ == "__main__":
+    main()
