@@ -108,14 +108,38 @@ def main() -> None:
         for step in range(args.checkpoint):
             resampler.update(problem, step)
         branches[f"{lam:g}"] = _train(problem, resampler, error_of, lam, args.checkpoint, args.steps)
+    summary = {}
+    for lam, records in branches.items():
+        sizes = [r["step_size"] for r in records]
+        summary[f"λ = {lam}"] = {
+            "first_step": records[0]["step"],
+            "last_step": records[-1]["step"],
+            "final_error": records[-1]["error"],
+            "step_size_min": min(sizes),
+            "step_size_max": max(sizes),
+            "cpu_s_per_step": sum(r["cpu_s"] for r in records) / len(records),
+        }
+    rows = [{"run": f"λ = {base_damping:g} to the checkpoint", **r} for r in trunk]
+    rows += [{"run": f"λ = {lam}", **r} for lam, records in branches.items() for r in records]
     path = atomic_write_json(
         out,
         {
+            "benchmark": "pde_late_damping",
+            "description": (
+                "5-D Poisson ENGD (fresh points every step): from the network after the checkpoint's steps, the "
+                "same draws under several dampings; error, the step size the grid search chose, CPU per step"
+            ),
+            "settings": {
+                "quick": args.quick,
+                "checkpoint": args.checkpoint,
+                "steps": args.steps,
+                "trunk_damping": base_damping,
+                "dampings": args.dampings,
+                "trunk_resumed": not trunk and args.checkpoint > 0,
+            },
             "environment": collect_environment(),
-            "setting": {"quick": args.quick, "checkpoint": args.checkpoint, "steps": args.steps},
-            "trunk_damping": base_damping,
-            "trunk": trunk,
-            "branches": branches,
+            "summary": summary,
+            "steps": rows,
         },
     )
     print(f"wrote {path}")
