@@ -20,17 +20,12 @@ def row_gram(a: Tensor, block_rows: int = BLOCK_ROWS) -> Tensor:
     if block_rows < 1:
         raise ValueError(f"row_gram: block_rows must be >= 1, got {block_rows}")
     r = a.shape[0]
-    if r <= block_rows:
-        kernel = a @ a.T
-        return (kernel + kernel.T) / 2  # the same products either way round, so only rounding differs
     kernel = a.new_empty(r, r)
     for start in range(0, r, block_rows):
         stop = min(start + block_rows, r)
         block = a[start:stop] @ a[:stop].T  # rows start:stop against rows 0:stop
+        square = block[:, start:]  # the diagonal block: the same products either way round, so symmetrise
+        block[:, start:] = (square + square.T) / 2  # its rounding
         kernel[start:stop, :stop] = block
         kernel[:start, start:stop] = block[:, :start].T
-    for start in range(0, r, block_rows):
-        stop = min(start + block_rows, r)
-        square = kernel[start:stop, start:stop]  # a diagonal block: symmetrise its own rounding
-        kernel[start:stop, start:stop] = (square + square.T) / 2
     return kernel
