@@ -28,16 +28,18 @@ from natgrad.experiments import pinn_poisson_5d  # noqa: E402
 from natgrad.optim import NGD  # noqa: E402
 from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
-GRID = tuple(0.5**k for k in range(30))  # the experiments' line search grid
+
+def _optimizer(module: torch.nn.Module, damping: float, grid_size: int) -> NGD:
+    """ENGD as the PDE experiments run it (`_pde_training.train`): the grid 1, ½, …, 2^(1 − grid_size)."""
+    grid = tuple(0.5**k for k in range(grid_size))
+    return NGD(module.named_parameters(), lr=1.0, line_search="grid", line_search_grid=grid, damping=damping)
 
 
-def _optimizer(module: torch.nn.Module, damping: float) -> NGD:
-    return NGD(module.named_parameters(), lr=1.0, line_search="grid", line_search_grid=GRID, damping=damping)
-
-
-def _train(problem: Any, resampler: Any, error_of: Any, damping: float, first: int, steps: int) -> list[dict]:
+def _train(
+    problem: Any, resampler: Any, error_of: Any, damping: float, grid_size: int, first: int, steps: int
+) -> list[dict]:
     """``steps`` ENGD steps from step ``first`` on; one record per step."""
-    opt = _optimizer(problem.network.module, damping)
+    opt = _optimizer(problem.network.module, damping, grid_size)
     records = []
     for step in range(first, first + steps):
         resampler.update(problem, step)
@@ -88,26 +90,27 @@ def main() -> None:
     out = args.out or Path(__file__).parent / "results" / f"{stem}.json"
     state_file = out.with_suffix(f".step{args.checkpoint}.pt")
 
-    problem, resampler = make(), draws()
-    if state_file.exists():  # resume: the network at the checkpoint, the draws replayed up to it
-        problem.network.module.load_state_dict(torch.load(state_file))
-        for step in range(args.checkpoint):
-            resampler.update(problem, step)
+    grid_size = cfg.training.grid_size
+    if state_file.exists():  # resume: the network at the checkpoint
+        start_state = torch.load(state_file)
         trunk: list[dict] = []
     else:
-        trunk = _train(problem, resampler, error_of, base_damping, 0, args.checkpoint)
+        problem, resampler = make(), draws()
+        trunk = _train(problem, resampler, error_of, base_damping, grid_size, 0, args.checkpoint)
+        start_state = {k: v.clone() for k, v in problem.network.module.state_dict().items()}
         tmp = state_file.with_suffix(".tmp")
-        torch.save(problem.network.module.state_dict(), tmp)
+        torch.save(start_state, tmp)
         tmp.replace(state_file)
-    start_state = {k: v.clone() for k, v in problem.network.module.state_dict().items()}
 
     branches = {}
-    for lam in args.dampings:
+    for lam in args.dampings:  # each from the checkpoint's network, with the draws replayed up to it
         problem, resampler = make(), draws()
         problem.network.module.load_state_dict(start_state)
         for step in range(args.checkpoint):
             resampler.update(problem, step)
-        branches[f"{lam:g}"] = _train(problem, resampler, error_of, lam, args.checkpoint, args.steps)
+        branches[f"{lam:g}"] = _train(
+            problem, resampler, error_of, lam, grid_size, args.checkpoint, args.steps
+        )
     summary = {}
     for lam, records in branches.items():
         sizes = [r["step_size"] for r in records]
