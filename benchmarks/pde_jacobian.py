@@ -18,7 +18,8 @@ Every J is checked against the forward-Laplacian one (max abs difference recorde
 N = 1,020) and 5-D Poisson 5-64-64-48-48-1 on 3,000 + 500 points (d = 10,065, N = 3,500): the residual
 Jacobian J; the kernel K = J Jᵀ; its eigendecomposition (the Moore–Penrose solve); J as the engine would
 form it from the linearised map without its own J (N vector–Jacobian products, what it did before it took
-the map's J); the grid line search (30 loss evaluations); and one whole ``NGD.step``.
+the map's J); what it spends on the linearised map (an affine map, taken as its value and J); the grid line
+search (30 loss evaluations); and one whole ``NGD.step``.
 
 Usage:
     python benchmarks/pde_jacobian.py [--quick] [--step] [--threads 1] [--out FILE]
@@ -164,6 +165,8 @@ def step_breakdown(name: str, sizes: tuple, repeats: int) -> dict:
         "eigvalsh_kernel": lambda: torch.linalg.eigvalsh(kernel),
         "cholesky_kernel_plus_1e-8": lambda: torch.linalg.cholesky_ex(kernel + 1e-8 * eye),
         "engine_J_by_vjps": lambda: Linearization(lambda p: linearised(p), params).jacobian(),
+        # what the engine spends on the linearised map itself: an AffineMap, taken as z₀ and J
+        "engine_takes_affine_map": lambda: Linearization(linearised, params).jacobian(),
         "line_search_30_losses": lambda: [problem.loss(params) for _ in grid],
     }
     out = {

@@ -22,6 +22,7 @@ from torch.func import jvp, vjp, vmap
 from natgrad._checks import check_params
 from natgrad._tree import Parametrisation, Params, flatten_params, leaves
 from natgrad.exceptions import InvalidInputError, InvalidTypeError
+from natgrad.models._affine import AffineMap
 from natgrad.models._module import module_record
 
 
@@ -80,19 +81,24 @@ class Linearization:
             return out.reshape(-1)
 
         self._phi_leaves = phi_leaves
-        try:
-            # The math attention kernel: its backward has vmap batching rules (the fused kernels' do not,
-            # and batched VJPs through them fall back to a slow loop).
-            with _math_attention():
-                z_flat, self._vjp_fn = vjp(phi_leaves, *self._leaves)[:2]  # (output, vjp_fn): no aux
-        except RuntimeError as error:
-            if "doesn't have storage" not in str(error):
-                raise
-            raise RuntimeError(
-                f"{call}: phi cannot be differentiated with torch.func ({error}): an operation reads the raw "
-                "storage of a parameter-dependent tensor (e.g. an RNN fed a PackedSequence); pass padded "
-                "tensors instead"
-            ) from error
+        self._affine = self._affine_jacobian(phi)
+        if isinstance(phi, AffineMap):  # z₀ and J as they are: no evaluation, no probe, no check
+            z_flat = self._affine_value(phi)
+            self.out_shape = phi.z0.shape
+        else:
+            try:
+                # The math attention kernel: its backward has vmap batching rules (the fused kernels' do not,
+                # and batched VJPs through them fall back to a slow loop).
+                with _math_attention():
+                    z_flat, self._vjp_fn = vjp(phi_leaves, *self._leaves)[:2]  # (output, vjp_fn): no aux
+            except RuntimeError as error:
+                if "doesn't have storage" not in str(error):
+                    raise
+                raise RuntimeError(
+                    f"{call}: phi cannot be differentiated with torch.func ({error}): an operation reads the raw "
+                    "storage of a parameter-dependent tensor (e.g. an RNN fed a PackedSequence); pass padded "
+                    "tensors instead"
+                ) from error
         self.z_flat = z_flat.detach()
         self.z = self.z_flat.reshape(self.out_shape)
         self.n = self.z_flat.numel()
@@ -103,8 +109,34 @@ class Linearization:
                 repr(n) for n in record.coupled
             )
         self._reverse: tuple[Tensor, tuple[Tensor | None, ...]] | None = None
-        self.info["jvp"] = self._choose_mode()
-        self.dense_jacobian = self._known_jacobian(phi)
+        if self._affine is not None:
+            self.info["jvp"] = "forward"
+            self.dense_jacobian: Tensor | None = self._affine
+        else:
+            self.info["jvp"] = self._choose_mode()
+            self.dense_jacobian = self._known_jacobian(phi)
+
+    def _affine_jacobian(self, phi: Parametrisation) -> Tensor | None:
+        """J of an `AffineMap` at parameters shaped like its θ₀, in their dtype; None for any other φ."""
+        if not isinstance(phi, AffineMap):
+            return None
+        expected = (phi.z0.numel(), self.d)
+        if tuple(phi.dense_jacobian.shape) != expected or phi.theta0.numel() != self.d:
+            raise InvalidInputError(
+                f"{self.call}: the affine map's Jacobian has shape {tuple(phi.dense_jacobian.shape)} and θ₀ "
+                f"{phi.theta0.numel()} entries, but the parameters have {self.d}; evaluate the map at "
+                "parameters like those it was built at"
+            )
+        return phi.dense_jacobian.detach().to(self.flat)
+
+    def _affine_value(self, phi: AffineMap) -> Tensor:
+        """φ(ξ) = z₀ + J (ξ − θ₀): z₀ itself at ξ = θ₀ (the usual case, a model linearised where it is used)."""
+        assert self._affine is not None
+        if torch.equal(self.flat, phi.theta0.to(self.flat)):
+            return phi.z0.detach().reshape(-1).to(self.flat)
+        return phi.z0.detach().reshape(-1).to(self.flat) + self._affine @ (
+            self.flat - phi.theta0.to(self.flat)
+        )
 
     def _choose_mode(self) -> str:
         """Probe J t once: forward mode if it works, else build the reverse-mode graph (and probe it)."""
@@ -228,6 +260,8 @@ class Linearization:
         )
 
     def _vjp_flat(self, u: Tensor) -> Tensor:
+        if self._affine is not None:
+            return self._affine.t().mv(u) if u.ndim == 1 else self._affine.T @ u
         return torch.cat([g.reshape(-1) for g in self._vjp_fn(u)])
 
     def vjp(self, u: Tensor) -> Tensor:
@@ -240,12 +274,16 @@ class Linearization:
 
     def jvp(self, t: Tensor) -> Tensor:
         """J t for t of shape (d,)."""
+        if self._affine is not None:
+            return self._affine.mv(t)
         if self._reverse is not None:
             return self._reverse_jvp(t)
         return jvp(self._phi_leaves, self._leaves, self._split(t))[1]
 
     def jvp_rows(self, t: Tensor) -> Tensor:
         """(J tᵢ)ᵢ for t of shape (k, d): returns (k, n)."""
+        if self._affine is not None:
+            return t @ self._affine.T
         if self._reverse is not None:
             return self._reverse_jvp(t, batched=True)
         return vmap(self.jvp, randomness="same")(t)

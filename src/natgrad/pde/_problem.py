@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
 
-from natgrad._tree import flatten_params
+from natgrad.models._affine import AffineMap
 
 from ._network import Jet, Network, Params, _dims
 
@@ -193,16 +193,28 @@ class Problem:
             chunk_size: points per vectorised batch (memory control; default: all at once).
         """
         params = {k: v.detach() for k, v in params.items()}
-        blocks = []
+        d = sum(v.numel() for v in params.values())
+        # rows written in place, scaled as they are copied: one pass over J instead of three (cat, scale, cat)
+        out: Tensor | None = None
+        start = 0
         for c in self.conditions:
 
             def one(p: Params, x: Tensor, c: Condition = c) -> Tensor:
                 return self._condition_residual(c, p, x.unsqueeze(0)).squeeze(0)
 
             rows = vmap(jacrev(one), in_dims=(None, 0), chunk_size=chunk_size)(params, c.points)
-            flat = torch.cat([rows[k].reshape(c.points.shape[0], -1) for k in params], dim=1)
-            blocks.append(flat * math.sqrt(c.weight / c.points.shape[0]))
-        return torch.cat(blocks)
+            n, col = c.points.shape[0], 0
+            scale = math.sqrt(c.weight / n)
+            if out is None:
+                some = next(iter(rows.values()))
+                out = torch.empty(self.num_residuals, d, dtype=some.dtype, device=some.device)
+            for k, v in params.items():
+                block = out[start : start + n, col : col + v.numel()]
+                torch.mul(rows[k].reshape(n, -1), scale, out=block)
+                col += v.numel()
+            start += n
+        assert out is not None  # a Problem has at least one condition
+        return out
 
     def linearize(self, params: Params, memory_budget: int | None = 2**30) -> Callable[[Params], Tensor]:
         """The residual map linearised at θ₀ = ``params``: θ ↦ r(θ₀) + J (θ − θ₀), with J materialised.
@@ -223,18 +235,14 @@ class Problem:
         return LinearisedResiduals(r0, self.jacobian(params), params)
 
 
-class LinearisedResiduals:
+class LinearisedResiduals(AffineMap):
     """θ ↦ r₀ + J (θ − θ₀), the residual map linearised at θ₀, with its Jacobian J at hand.
 
-    ``dense_jacobian`` is J (N × d, parameters flattened in θ₀'s order): natgrad's engine takes it (after one
-    product checks it against autodiff) instead of forming J again from N vector–Jacobian products.
+    ``dense_jacobian`` is J (N × d, parameters flattened in θ₀'s order). As an `AffineMap` it is its own
+    Jacobian by construction: natgrad's engine takes J and r₀ as they are, with no product to form or check.
     """
 
-    def __init__(self, r0: Tensor, jacobian: Tensor, params: Params) -> None:
-        self.r0 = r0
-        self.dense_jacobian = jacobian
-        self.theta0 = flatten_params(params)
-
-    def __call__(self, params: Params) -> Tensor:
-        """r₀ + J (θ − θ₀), shape (N,)."""
-        return self.r0 + self.dense_jacobian @ (flatten_params(params) - self.theta0)
+    @property
+    def r0(self) -> Tensor:
+        """r(θ₀), shape (N,)."""
+        return self.z0
