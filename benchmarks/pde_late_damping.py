@@ -4,12 +4,17 @@ The full setting of ``pinn-poisson-5d`` trains ENGD with λ = 1e-8 and fresh col
 (``pde.Resampler``). This script trains it for ``--checkpoint`` steps, stores the network (resumed when the
 file is there), and continues from that point for ``--steps`` steps with each damping of ``--dampings`` on
 the same sequence of draws, recording per step the relative L2 error, the step size the grid line search
-chose, the damping used and the CPU time (one torch thread). It measures what limits the late phase: the
-line search cuts the damped Gauss–Newton step to a few percent (α ≪ 1) when λ leaves long directions in v.
+chose, the damping used, the loss on the step's own points before and after the step, and the CPU time (one
+torch thread). It measures what limits the late phase: the line search cuts the damped Gauss–Newton step to a
+few percent (α ≪ 1) when λ leaves long directions in v, and what a step removes from the loss on its own
+points is compared with the loss the next, fresh points show. ``--momenta`` runs every damping with each
+dual-form momentum μ as well (``NGD(momentum=μ)``: v = μ v_prev + (G + λI)⁻¹(∇ − μ G v_prev), the SPRING
+form); ``--sobol`` draws the branches' points as scrambled Sobol points (``pde.sobol``, ``pde.sobol_boundary``)
+instead of uniform ones.
 
 Usage:
     python benchmarks/pde_late_damping.py [--checkpoint 150] [--steps 30] [--dampings 1e-9 1e-8 1e-7 1e-6]
-        [--out benchmarks/results/pde_late_damping.json] [--quick]
+        [--momenta 0] [--sobol] [--out benchmarks/results/pde_late_damping.json] [--quick]
 """
 
 from __future__ import annotations
@@ -24,22 +29,41 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from natgrad.experiments import pinn_poisson_5d  # noqa: E402
+from natgrad import pde  # noqa: E402
+from natgrad.experiments import _poisson, pinn_poisson_5d  # noqa: E402
 from natgrad.optim import NGD  # noqa: E402
 from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
 
-def _optimizer(module: torch.nn.Module, damping: float, grid_size: int) -> NGD:
+def _optimizer(module: torch.nn.Module, damping: float, grid_size: int, momentum: float = 0.0) -> NGD:
     """ENGD as the PDE experiments run it (`_pde_training.train`): the grid 1, ½, …, 2^(1 − grid_size)."""
     grid = tuple(0.5**k for k in range(grid_size))
-    return NGD(module.named_parameters(), lr=1.0, line_search="grid", line_search_grid=grid, damping=damping)
+    return NGD(
+        module.named_parameters(),
+        lr=1.0,
+        line_search="grid",
+        line_search_grid=grid,
+        damping=damping,
+        momentum=momentum,
+    )
+
+
+def _label(damping: float, momentum: float) -> str:
+    return f"λ = {damping:g}" if momentum == 0 else f"λ = {damping:g}, μ = {momentum:g}"
 
 
 def _train(
-    problem: Any, resampler: Any, error_of: Any, damping: float, grid_size: int, first: int, steps: int
+    problem: Any,
+    resampler: Any,
+    error_of: Any,
+    damping: float,
+    grid_size: int,
+    first: int,
+    steps: int,
+    momentum: float = 0.0,
 ) -> list[dict]:
     """``steps`` ENGD steps from step ``first`` on; one record per step."""
-    opt = _optimizer(problem.network.module, damping, grid_size)
+    opt = _optimizer(problem.network.module, damping, grid_size, momentum)
     records = []
     for step in range(first, first + steps):
         resampler.update(problem, step)
@@ -52,13 +76,15 @@ def _train(
                 "step": step + 1,
                 "error": float(error_of(problem)),
                 "loss": float(info["loss"]),
+                "loss_after": float(info["loss_after"]),  # on the same points
                 "step_size": float(info["step_size"]),
                 "damping": float(info["damping"]),
                 "cpu_s": cpu,
             }
         )
         print(
-            f"λ = {damping:g}: step {step + 1}: relative L2 {records[-1]['error']:.3e}, α = {info['step_size']:g}",
+            f"{_label(damping, momentum)}: step {step + 1}: relative L2 {records[-1]['error']:.3e}, "
+            f"α = {info['step_size']:g}",
             file=sys.stderr,
             flush=True,
         )
@@ -74,13 +100,24 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=30, help="steps of each branch")
     parser.add_argument("--dampings", type=float, nargs="+", default=[1e-9, 1e-8, 1e-7, 1e-6])
+    parser.add_argument(
+        "--momenta", type=float, nargs="+", default=[0.0], help="dual-form momenta μ in [0, 1)"
+    )
+    parser.add_argument("--sobol", action="store_true", help="the branches on scrambled Sobol points")
     parser.add_argument("--quick", action="store_true", help="the quick setting's problem, 10 + 5 steps")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.quick:
         args.checkpoint, args.steps = 10, 5
-    if args.checkpoint < 0 or args.steps < 1 or not all(lam > 0 for lam in args.dampings):
-        raise SystemExit("pde_late_damping: --checkpoint >= 0, --steps >= 1 and dampings > 0 expected")
+    if (
+        args.checkpoint < 0
+        or args.steps < 1
+        or not all(lam > 0 for lam in args.dampings)
+        or not all(0 <= mu < 1 for mu in args.momenta)
+    ):
+        raise SystemExit(
+            "pde_late_damping: --checkpoint >= 0, --steps >= 1, dampings > 0 and momenta in [0, 1) expected"
+        )
     torch.set_num_threads(1)
     cfg = pinn_poisson_5d.config(args.quick, 0)
     base_damping = cfg.training.damping or 1e-8  # the quick setting has none; the full one's is 1e-8
@@ -103,27 +140,37 @@ def main() -> None:
         tmp.replace(state_file)
 
     branches = {}
-    for lam in args.dampings:  # each from the checkpoint's network, with the draws replayed up to it
-        problem, resampler = make(), draws()
-        problem.network.module.load_state_dict(start_state)
-        for step in range(args.checkpoint):
-            resampler.update(problem, step)
-        branches[f"{lam:g}"] = _train(
-            problem, resampler, error_of, lam, grid_size, args.checkpoint, args.steps
-        )
+    for mu in args.momenta:
+        for lam in args.dampings:  # each from the checkpoint's network, with the draws replayed up to it
+            problem = make()
+            problem.network.module.load_state_dict(start_state)
+            if args.sobol:  # fresh quasi-random points from the branch's first step on, seeded
+                resampler = _sobol_resampler(cfg)
+            else:
+                resampler = draws()
+                for step in range(args.checkpoint):
+                    resampler.update(problem, step)
+            branches[_label(lam, mu)] = _train(
+                problem, resampler, error_of, lam, grid_size, args.checkpoint, args.steps, mu
+            )
     summary = {}
-    for lam, records in branches.items():
+    for label, records in branches.items():
         sizes = [r["step_size"] for r in records]
-        summary[f"λ = {lam}"] = {
+        # what a step removes from the loss on its own points, and what the next fresh points show of it
+        own = [1 - r["loss_after"] / r["loss"] for r in records]
+        carried = [1 - b["loss"] / a["loss"] for a, b in zip(records, records[1:], strict=False)]
+        summary[label] = {
             "first_step": records[0]["step"],
             "last_step": records[-1]["step"],
             "final_error": records[-1]["error"],
             "step_size_min": min(sizes),
             "step_size_max": max(sizes),
             "cpu_s_per_step": sum(r["cpu_s"] for r in records) / len(records),
+            "mean_loss_reduction_on_own_points": sum(own) / len(own),
+            "mean_loss_reduction_on_next_points": sum(carried) / max(1, len(carried)),
         }
     rows = [{"run": f"λ = {base_damping:g} to the checkpoint", **r} for r in trunk]
-    rows += [{"run": f"λ = {lam}", **r} for lam, records in branches.items() for r in records]
+    rows += [{"run": label, **r} for label, records in branches.items() for r in records]
     path = atomic_write_json(
         out,
         {
@@ -138,6 +185,8 @@ def main() -> None:
                 "steps": args.steps,
                 "trunk_damping": base_damping,
                 "dampings": args.dampings,
+                "momenta": args.momenta,
+                "branch_points": "scrambled Sobol" if args.sobol else "the setting's uniform draws",
                 "trunk_resumed": not trunk and args.checkpoint > 0,
             },
             "environment": collect_environment(),
@@ -146,6 +195,18 @@ def main() -> None:
         },
     )
     print(f"wrote {path}")
+
+
+def _sobol_resampler(cfg: Any) -> pde.Resampler:
+    """Scrambled Sobol points of the setting's sizes, fresh every step, from the setting's seed."""
+
+    def draw(generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {
+            "interior": pde.sobol(cfg.interior, _poisson.CUBE_5D, generator),
+            "boundary": pde.sobol_boundary(cfg.boundary, _poisson.CUBE_5D, generator),
+        }
+
+    return pde.Resampler(draw, 1, _poisson.poisson_5d_seed(cfg.seed))
 
 
 class _FixedPoints:

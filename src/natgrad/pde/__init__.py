@@ -22,7 +22,15 @@ from ._errors import gauss_legendre, l2_error
 from ._network import Jet, Network, mlp
 from ._operators import LinearOperator, divergence, gradient, laplacian, time_derivative, value
 from ._problem import Condition, Problem, boundary, initial, interior
-from ._sampling import Resampler, box_boundary_grid, grid, uniform, uniform_boundary
+from ._sampling import (
+    Resampler,
+    box_boundary_grid,
+    grid,
+    sobol,
+    sobol_boundary,
+    uniform,
+    uniform_boundary,
+)
 
 __all__ = [
     "Condition",
@@ -42,6 +50,8 @@ __all__ = [
     "l2_error",
     "laplacian",
     "mlp",
+    "sobol",
+    "sobol_boundary",
     "time_derivative",
     "uniform",
     "uniform_boundary",

@@ -1,6 +1,10 @@
-"""Collocation points in a box Π_i [lo_i, hi_i]: uniform draws, fixed grids, boundary points, resampling.
+"""Collocation points in a box Π_i [lo_i, hi_i]: uniform and quasi-random draws, fixed grids, boundary points,
+resampling.
 
-Every random sampler takes an explicit ``torch.Generator``, so a seed fixes the points.
+Every random sampler takes an explicit ``torch.Generator``, so a seed fixes the points. The quasi-random ones
+are scrambled Sobol points (``torch.quasirandom.SobolEngine``, its scrambling seeded from the generator): a
+mean over N of them integrates a smooth function with an error close to O(N⁻¹) instead of the O(N^(−1/2)) of
+independent uniform draws, and every fresh draw is a new randomisation of the same low-discrepancy set.
 """
 
 from __future__ import annotations
@@ -86,6 +90,15 @@ def box_boundary_grid(points_per_edge: int, box: Box, dtype: torch.dtype = torch
     return torch.cat(edges, 0).to(dtype)
 
 
+def _faces(call: str, box: Box, dims: Sequence[int] | None) -> tuple[Tensor, Tensor, list[int], Tensor]:
+    """(lo, hi, the face coordinates, the (D−1)-volumes of the faces lo_i, hi_i of each in turn)."""
+    lo, hi = _box(call, box)
+    dim = lo.numel()
+    faces = list(range(dim)) if dims is None else [int(i) % dim for i in dims]
+    widths = hi - lo
+    return lo, hi, faces, torch.stack([widths.prod() / widths[i] for i in faces]).repeat_interleave(2)
+
+
 def uniform_boundary(
     n: int,
     box: Box,
@@ -98,18 +111,66 @@ def uniform_boundary(
     A face is chosen with probability proportional to its (D−1)-volume, then the point is uniform on it.
     For a time-dependent problem pass the spatial ``dims`` only (the lateral boundary).
     """
-    lo, hi = _box("pde.uniform_boundary", box)
     _count("pde.uniform_boundary", "n", n)
-    dim = lo.numel()
-    dims = list(range(dim)) if dims is None else [int(i) % dim for i in dims]
-    widths = hi - lo
-    areas = torch.stack([widths.prod() / widths[i] for i in dims]).repeat_interleave(2)
+    lo, hi, dims, areas = _faces("pde.uniform_boundary", box, dims)
+    dim, widths = lo.numel(), hi - lo
     faces = torch.multinomial(areas / areas.sum(), n, replacement=True, generator=generator)
     points = lo + widths * torch.rand(n, dim, generator=generator, dtype=torch.float64)
     for j, i in enumerate(dims):
         points[faces == 2 * j, i] = lo[i]
         points[faces == 2 * j + 1, i] = hi[i]
     return points.to(dtype)
+
+
+def _scrambled_sobol(n: int, dim: int, generator: torch.Generator) -> Tensor:
+    """n scrambled Sobol points in [0, 1)^dim, the scrambling seeded from ``generator``: (n, dim)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed).draw(n, dtype=torch.float64)
+
+
+def sobol(n: int, box: Box, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
+    """n scrambled Sobol points in the box (quasi-random, uniform in distribution): (n, D).
+
+    Balanced best when n is a power of 2; any n ≥ 1 is allowed.
+    """
+    lo, hi = _box("pde.sobol", box)
+    _count("pde.sobol", "n", n)
+    return (lo + (hi - lo) * _scrambled_sobol(n, lo.numel(), generator)).to(dtype)
+
+
+def sobol_boundary(
+    n: int,
+    box: Box,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+    dims: Sequence[int] | None = None,
+) -> Tensor:
+    """n quasi-random points on the faces x_i ∈ {lo_i, hi_i} (i in ``dims``, default all) of the box: (n, D).
+
+    Each face gets its share of n by (D−1)-volume (largest remainders, ties to the first faces), filled with
+    its own scrambled Sobol set of the face's D − 1 coordinates; a 1-D box's two faces are its end points.
+    """
+    _count("pde.sobol_boundary", "n", n)
+    lo, hi, dims, areas = _faces("pde.sobol_boundary", box, dims)
+    dim, widths = lo.numel(), hi - lo
+    quota = areas / areas.sum() * n
+    counts = quota.floor().long()
+    rest = int(n - counts.sum())
+    if rest:
+        order = sorted(range(len(quota)), key=lambda f: (-float(quota[f] - counts[f]), f))
+        counts[order[:rest]] += 1
+    faces = []
+    for face, count in enumerate(counts.tolist()):
+        if count == 0:
+            continue
+        i, side = dims[face // 2], (lo, hi)[face % 2][dims[face // 2]]
+        free = [j for j in range(dim) if j != i]
+        points = torch.empty(count, dim, dtype=torch.float64)
+        if free:
+            points[:, free] = lo[free] + widths[free] * _scrambled_sobol(count, len(free), generator)
+        points[:, i] = side
+        faces.append(points)
+    return torch.cat(faces).to(dtype)
 
 
 class Resampler(Generic[Drawn]):
