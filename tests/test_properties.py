@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -107,3 +108,29 @@ def test_reference_ignores_negative_rounding_eigenvalues():
     for route in ("primal", "dual", "lstsq", "krylov"):
         res = ng.natural_gradient(phi, xi, loss, metric, method=route)
         assert relative_error(res.direction, ref.direction) <= 1e-9
+
+
+@pytest.mark.parametrize("route", ["primal", "dual", "lstsq", "krylov"])
+def test_the_reference_rank_is_exact_when_the_metric_nearly_annihilates_the_jacobian(route):
+    """g = bbᵀ nearly orthogonal to J's dominant direction: G = JᵀgJ has rank 1 and λ_max ≈ 18, while
+    ‖J‖²‖g‖ ≈ 10⁸. Formed as (Jᵀg)J, its zero eigenvalues come out at 5·10⁻¹⁰ — above the cutoff — and the
+    reference counted rank 3 and a direction off by 100 %; formed as AᵀA with A = bᵀJ it agrees with every
+    route (the hypothesis search above found such a case)."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    v1, v2 = (
+        torch.randn(8, generator=g, dtype=torch.float64),
+        torch.randn(8, generator=g, dtype=torch.float64),
+    )
+    jac = 1e4 * torch.outer(q[:, 0], v1) + torch.outer(q[:, 1], v2)
+    metric = ng.metrics.Factor((q[:, 1] + 1e-6 * q[:, 0])[:, None])
+    y = torch.randn(6, generator=g, dtype=torch.float64)
+
+    def loss(z):
+        return 0.5 * ((z - y) ** 2).sum()
+
+    xi = torch.zeros(8, dtype=torch.float64)
+    ref = ng.reference.natural_gradient(lambda p: jac @ p, xi, loss, metric)
+    res = ng.natural_gradient(lambda p: jac @ p, xi, loss, metric, method=route)
+    assert ref.rank == 1 and (route == "krylov" or res.rank == 1)
+    assert relative_error(res.direction, ref.direction) <= _tolerance(lambda p: jac @ p, xi, metric, 1)

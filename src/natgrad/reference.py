@@ -30,7 +30,13 @@ def _to64(params: Params) -> Params:
 
 
 def gram(phi: Parametrisation, params: Params, metric: Metric | None = None) -> dict[str, Tensor]:
-    """Literal float64 pieces at ξ: J (n×d), g (n×n), G = Jᵀ g J, z. Keys: "J", "g", "G", "z"."""
+    """Literal float64 pieces at ξ: J (n×d), g (n×n), G = Jᵀ g J, z. Keys: "J", "g", "G", "z".
+
+    G is formed as AᵀA with A = BᵀJ for the metric's factor B (g = BBᵀ): the same matrix, but its rounding is
+    relative to ‖A‖² = λ_max(G), as the rank cutoff assumes. Formed as (Jᵀg)J its rounding is relative to
+    ‖J‖²‖g‖, which exceeds λ_max(G) when g nearly annihilates the range of J, and a zero eigenvalue can then
+    come out above the cutoff.
+    """
     metric = Euclidean() if metric is None else metric
     p64 = _to64(params)
     flat = flatten_params(p64)
@@ -40,8 +46,9 @@ def gram(phi: Parametrisation, params: Params, metric: Metric | None = None) -> 
 
     z = phi(p64)
     J = jacrev(phi_flat)(flat)
-    g = metric.matrix(z)
-    return {"J": J, "g": g, "G": J.T @ g @ J, "z": z}
+    local = metric.at(z, call=CALL)
+    a = local.factor().to(J).T @ J
+    return {"J": J, "g": local.matrix(), "G": a.T @ a, "z": z}
 
 
 def pinv_rtol(inverse: MoorePenrose | GInverse | MinNorm, n: int, d: int) -> float:
