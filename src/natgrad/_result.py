@@ -24,7 +24,8 @@ class SolveInfo(TypedDict, total=False):
         iterations, residual, converged: Krylov solves (summed iterations, worst relative residual, all met
             the tolerance).
         kernel_routes: structured route, module name -> layer formula.
-        kernel_solve: structured route, "cholesky" (certified full rank) or "eigh".
+        kernel_solve: structured route, how K⁺ was applied: "cholesky" (certified full rank) or "eigh";
+            absent after a damped solve, which factorises K + λI only (see damped_solve).
         damped_solve: dual and structured routes, how (K + λI)⁻¹ was applied: "cholesky" (of K + λI), or
             "eigh" when K + λI does not factorise in float64 — λ is below the rounding of K (its computed
             eigenvalues reach about −eps·λ_max) and the eigendecomposition, several times the cost, clamps

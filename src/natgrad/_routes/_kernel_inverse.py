@@ -101,6 +101,11 @@ class KernelInverse:
         return self._chol
 
     @property
+    def certified(self) -> bool:
+        """Whether the full-rank certificate has run (`method` is then known without further work)."""
+        return self._certified
+
+    @property
     def method(self) -> str:
         """ "cholesky" (certified full rank) or "eigh"."""
         return "cholesky" if self._certify() is not None else "eigh"
