@@ -456,6 +456,13 @@ def test_sobol_points_are_seeded_inside_the_box_with_face_shares_by_area() -> No
         pde.sobol(0, box, _gen(0))
     with pytest.raises(ValueError, match="pde.sobol_boundary: box must be"):
         pde.sobol_boundary(4, [(1.0, 0.0)], _gen(0))
+    for sampler in (pde.sobol_boundary, pde.uniform_boundary):
+        for dims in [(), (3,), (0, -3), (0.5,)]:
+            with pytest.raises(
+                ValueError, match=rf"pde.{sampler.__name__}: dims must be distinct coordinates"
+            ):
+                sampler(4, box, _gen(0), dims=dims)
+        assert bool((sampler(4, box, _gen(0), dims=(-1,))[:, 2] % 0.5 == 0).all())  # −1: the last coordinate
 
 
 def test_sobol_points_integrate_a_smooth_function_far_better_than_uniform_draws() -> None:

@@ -94,7 +94,17 @@ def _faces(call: str, box: Box, dims: Sequence[int] | None) -> tuple[Tensor, Ten
     """(lo, hi, the face coordinates, the (D−1)-volumes of the faces lo_i, hi_i of each in turn)."""
     lo, hi = _box(call, box)
     dim = lo.numel()
-    faces = list(range(dim)) if dims is None else [int(i) % dim for i in dims]
+    faces = list(range(dim)) if dims is None else list(dims)
+    if (
+        not faces
+        or any(isinstance(i, bool) or not isinstance(i, int) or not -dim <= i < dim for i in faces)
+        or len({i % dim for i in faces}) != len(faces)
+    ):
+        raise ValueError(
+            f"{call}: dims must be distinct coordinates in [-{dim}, {dim}) of the {dim}-D box, at least one, "
+            f"got {dims!r}; e.g. dims=(0,) for the faces x_0 = lo_0 and x_0 = hi_0"
+        )
+    faces = [i % dim for i in faces]
     widths = hi - lo
     return lo, hi, faces, torch.stack([widths.prod() / widths[i] for i in faces]).repeat_interleave(2)
 
