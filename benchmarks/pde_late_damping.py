@@ -10,11 +10,12 @@ few percent (α ≪ 1) when λ leaves long directions in v, and what a step remo
 points is compared with the loss the next, fresh points show. ``--momenta`` runs every damping with each
 dual-form momentum μ as well (``NGD(momentum=μ)``: v = μ v_prev + (G + λI)⁻¹(∇ − μ G v_prev), the SPRING
 form); ``--sobol`` draws the branches' points as scrambled Sobol points (``pde.sobol``, ``pde.sobol_boundary``)
-instead of uniform ones.
+instead of uniform ones; ``--geodesic`` searches along the geodesically accelerated path
+(``NGD(geodesic_acceleration=True)``: θ(α) = θ − α v − ½α² a).
 
 Usage:
     python benchmarks/pde_late_damping.py [--checkpoint 150] [--steps 30] [--dampings 1e-9 1e-8 1e-7 1e-6]
-        [--momenta 0] [--sobol] [--out benchmarks/results/pde_late_damping.json] [--quick]
+        [--momenta 0] [--sobol] [--geodesic] [--out benchmarks/results/pde_late_damping.json] [--quick]
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from natgrad.optim import NGD  # noqa: E402
 from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
 
-def _optimizer(module: torch.nn.Module, damping: float, grid_size: int, momentum: float = 0.0) -> NGD:
+def _optimizer(
+    module: torch.nn.Module, damping: float, grid_size: int, momentum: float = 0.0, geodesic: bool = False
+) -> NGD:
     """ENGD as the PDE experiments run it (`_pde_training.train`): the grid 1, ½, …, 2^(1 − grid_size)."""
     grid = tuple(0.5**k for k in range(grid_size))
     return NGD(
@@ -45,6 +48,7 @@ def _optimizer(module: torch.nn.Module, damping: float, grid_size: int, momentum
         line_search_grid=grid,
         damping=damping,
         momentum=momentum,
+        geodesic_acceleration=geodesic,
     )
 
 
@@ -61,9 +65,10 @@ def _train(
     first: int,
     steps: int,
     momentum: float = 0.0,
+    geodesic: bool = False,
 ) -> list[dict]:
     """``steps`` ENGD steps from step ``first`` on; one record per step."""
-    opt = _optimizer(problem.network.module, damping, grid_size, momentum)
+    opt = _optimizer(problem.network.module, damping, grid_size, momentum, geodesic)
     records = []
     for step in range(first, first + steps):
         resampler.update(problem, step)
@@ -104,6 +109,9 @@ def main() -> None:
         "--momenta", type=float, nargs="+", default=[0.0], help="dual-form momenta μ in [0, 1)"
     )
     parser.add_argument("--sobol", action="store_true", help="the branches on scrambled Sobol points")
+    parser.add_argument(
+        "--geodesic", action="store_true", help="the branches with NGD(geodesic_acceleration=True)"
+    )
     parser.add_argument("--quick", action="store_true", help="the quick setting's problem, 10 + 5 steps")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -151,7 +159,7 @@ def main() -> None:
                 for step in range(args.checkpoint):
                     resampler.update(problem, step)
             branches[_label(lam, mu)] = _train(
-                problem, resampler, error_of, lam, grid_size, args.checkpoint, args.steps, mu
+                problem, resampler, error_of, lam, grid_size, args.checkpoint, args.steps, mu, args.geodesic
             )
     summary = {}
     for label, records in branches.items():
@@ -187,6 +195,7 @@ def main() -> None:
                 "dampings": args.dampings,
                 "momenta": args.momenta,
                 "branch_points": "scrambled Sobol" if args.sobol else "the setting's uniform draws",
+                "geodesic_acceleration": args.geodesic,
                 "trunk_resumed": not trunk and args.checkpoint > 0,
             },
             "environment": collect_environment(),

@@ -85,6 +85,8 @@ class StepSettings:
         method: engine route.
         max_attempts: solves per step when rejected steps are retried with more damping (≥ 1).
         residual_svd: solve NGD's residual default by the SVD of J (``_residuals``) where it applies.
+        geodesic_acceleration: search along θ(α) = θ − α d − ½α² a with the second-order correction a
+            (`_geodesic_correction`) instead of the straight line θ − α d.
     """
 
     resting_damping: float = 0.0
@@ -98,6 +100,7 @@ class StepSettings:
     method: str = "auto"
     max_attempts: int = 8
     residual_svd: bool = False
+    geodesic_acceleration: bool = False
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,10 @@ def ngd_step(
         _check_direction(direction, solved, model, theta, loss0)
         _check_update(theta, direction, problem.lr)
         step_vec = {name: problem.lr[name] * v for name, v in direction.items()}
+        accel = None
+        if settings.geodesic_acceleration:
+            with _solver_errors(loss0):
+                accel = _geodesic_correction(forward, theta, step_vec, fac, damping, curvature, first)
         slope = curvature_term = math.nan
         if grad_z is not None:
             jd = _step_pushforward(model, theta, step_vec, solved, jp, problem.lr, z0)
@@ -271,11 +278,10 @@ def ngd_step(
             curvature_term = curvature.scale * float((jd * curvature.matvec(jd)).sum())  # dᵀ (sG) d
 
         def loss_at(alpha: float) -> float:
-            trial = {name: t - alpha * step_vec[name] for name, t in theta.items()}
-            return float(loss(forward(trial)).detach())
+            return float(loss(forward(_moved(theta, step_vec, accel, alpha))).detach())
 
         alpha, loss_new = line_search.search(LineProblem(loss_at, loss0, slope, curvature_term))
-        return _Attempt(solved, direction, step_vec, slope, curvature_term, loss_at, alpha, loss_new)
+        return _Attempt(solved, direction, step_vec, slope, curvature_term, loss_at, alpha, loss_new, accel)
 
     damping, attempts = start, 0
     while True:
@@ -315,7 +321,7 @@ def ngd_step(
         damping = next_damping  # rejected: solve again with more damping on the same factorisation
 
     momentum = {name: direction[name].detach().clone() for name in direction if problem.momentum[name] > 0}
-    update = None if alpha == 0.0 else {name: alpha * s for name, s in step_vec.items()}
+    update = None if alpha == 0.0 else _update(step_vec, tried.accel, alpha)
     info = {
         "loss": loss0,
         "loss_after": loss_new,
@@ -330,6 +336,8 @@ def ngd_step(
         "certificate": solved.certificate,
         "started_damped": starts_damped,
     }
+    if tried.accel is not None:  # ‖a‖ / ‖d‖: the correction against the step (small: a nearly straight path)
+        info["acceleration_ratio"] = _norm(tried.accel) / max(_norm(step_vec), torch.finfo(z0.dtype).tiny)
     preconditioner = getattr(fac, "preconditioner", None)
     if preconditioner is None:  # a dense step: the last matrix-free one's stays on offer
         preconditioner = state.preconditioner
@@ -353,6 +361,62 @@ class _Attempt:
     loss_at: Callable[[float], float]
     alpha: float
     loss_new: float | None
+    accel: dict[str, Tensor] | None = None  # the geodesic correction a, when the step uses it
+
+
+def _update(step_vec: dict[str, Tensor], accel: dict[str, Tensor] | None, alpha: float) -> dict[str, Tensor]:
+    """α d, or α d + ½α² a on the geodesic path (θ moves to θ − update)."""
+    if accel is None:
+        return {name: alpha * s for name, s in step_vec.items()}
+    return {name: alpha * s + 0.5 * alpha**2 * accel[name] for name, s in step_vec.items()}
+
+
+def _moved(
+    theta: dict[str, Tensor], step_vec: dict[str, Tensor], accel: dict[str, Tensor] | None, alpha: float
+) -> dict[str, Tensor]:
+    """The trial point θ − update (exactly the parameters a step of this α leaves)."""
+    update = _update(step_vec, accel, alpha)
+    return {name: t - update[name] for name, t in theta.items()}
+
+
+def _norm(tensors: dict[str, Tensor]) -> float:
+    return math.sqrt(sum(float(t.pow(2).sum()) for t in tensors.values()))
+
+
+def second_directional_derivative(forward: Forward, theta: dict[str, Tensor], d: dict[str, Tensor]) -> Tensor:
+    """D²φ(θ)[d, d] = d²/dt² φ(θ + t d) at t = 0, by forward-mode over forward-mode differentiation."""
+
+    def along(t: dict[str, Tensor]) -> Tensor:
+        return jvp(forward, (t,), (d,))[1]
+
+    return jvp(along, (theta,), (d,))[1]
+
+
+def _geodesic_correction(
+    forward: Forward,
+    theta: dict[str, Tensor],
+    step_vec: dict[str, Tensor],
+    fac: Factorized,
+    damping: float,
+    curvature: Curvature,
+    first: bool,
+) -> dict[str, Tensor]:
+    """a with θ(α) = θ − α d − ½α² a following φ to second order (geodesic acceleration).
+
+    Along θ(α), φ(θ(α)) = φ − α J d + ½α² (D²φ[d, d] − J a) + O(α³); a is the least-squares solution, in the
+    step's metric and with its damping, of J a = D²φ[d, d]: a = (JᵀgJ + λI)⁻¹ Jᵀ g D²φ[d, d] (G⁻ of the
+    step's inverse when λ = 0), one more solve on the step's factorisation. The second-order term of the
+    model's move then vanishes where J can represent it, so the path bends with the model instead of
+    leaving the region where the linearisation holds.
+    """
+    curve = second_directional_derivative(forward, theta, step_vec).detach()
+    weight = curvature.matvec(curve)
+
+    def linear(z: Tensor) -> Tensor:
+        return (weight * z).sum()
+
+    solved = _solve(fac, linear, damping, curvature, first)
+    return {name: v.detach() for name, v in solved.direction.items()}
 
 
 def _next_damping(

@@ -42,7 +42,7 @@ from ._checkpoint import check_state_dict
 from ._closure import OutputGradientLoss, is_closure, run_closure
 from ._core import Factorize, StepProblem, StepSettings, StepState, engine_factorize, ngd_step
 from ._damping import LevenbergMarquardt
-from ._line_search import LineSearch, default_grid, resolve_line_search
+from ._line_search import GridSearch, LineSearch, default_grid, resolve_line_search
 from ._losses import LeastSquares
 from ._routing import ModuleCall, note_call
 
@@ -93,6 +93,12 @@ class NGD(torch.optim.Optimizer):
             fallback stays). Forming JᵀJ squares J's condition number; the SVD keeps directions 10⁵ times
             smaller accurately (see docs/pde.md for where it helps and where it does not). Elsewhere the step
             is the default one; ``last_step["method"]`` names the route taken.
+        geodesic_acceleration: search along the curve θ(α) = θ − α d − ½α² a instead of the line θ − α d,
+            with a = (JᵀgJ + λI)⁻¹ Jᵀ g D²φ[d, d] (the same inverse and factorisation as the step; one forward-
+            over-forward second derivative of φ along d and one more solve): the second-order correction of
+            the Levenberg–Marquardt step (geodesic acceleration), which lets the search keep far more of a step
+            whose model bends within it. Needs ``line_search="grid"`` (or a `GridSearch`) and no adaptive
+            damping; ``last_step["acceleration_ratio"]`` is ‖a‖ / ‖d‖.
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class NGD(torch.optim.Optimizer):
         seed: int = 0,
         factorize: Factorize | None = None,
         residual_svd: bool = False,
+        geodesic_acceleration: bool = False,
     ) -> None:
         _check_step_settings(lr, momentum)
         if not (isinstance(damping, (int, float)) and damping >= 0 and math.isfinite(damping)):
@@ -147,6 +154,17 @@ class NGD(torch.optim.Optimizer):
         if not isinstance(residual_svd, bool):
             raise TypeError(f"NGD: residual_svd must be True or False, got {residual_svd!r}")
         self.residual_svd = residual_svd
+        if not isinstance(geodesic_acceleration, bool):
+            raise TypeError(
+                f"NGD: geodesic_acceleration must be True or False, got {geodesic_acceleration!r}"
+            )
+        if geodesic_acceleration and (not isinstance(strategy, GridSearch) or adaptive_damping):
+            raise ValueError(
+                "NGD: geodesic_acceleration searches along a curved path and needs line_search='grid' without "
+                f"adaptive_damping (got line_search={line_search!r}, adaptive_damping={adaptive_damping}): the "
+                "Armijo test and the damping rule's predicted reduction are for straight steps"
+            )
+        self.geodesic_acceleration = geodesic_acceleration
         self.seed = int(seed)
         self.steps_taken = 0
         self.last_step: dict[str, Any] = {}
@@ -278,6 +296,7 @@ class NGD(torch.optim.Optimizer):
             mc_samples=self.mc_samples,
             method=self.method,
             residual_svd=self.residual_svd,
+            geodesic_acceleration=self.geodesic_acceleration,
         )
 
     def _take_step(
