@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -131,6 +132,7 @@ def test_methods_in_forked_processes_give_the_sequential_results_and_records_com
         ({"steps": (("sgd", 3),), "eval_every": (("sgd", 1),)}, r"unknown method\(s\) \['sgd'\]"),
         ({"eval_every": ()}, r"method\(s\) \['ngd'\] have a step budget but no eval_every"),
         ({"gram_average": 1.0}, r"gram_average must be None or a decay in \[0, 1\)"),
+        ({"geodesic_acceleration": 1}, "geodesic_acceleration must be True or False, got 1"),
     ],
 )
 def test_training_settings_are_checked(options, message) -> None:
@@ -155,6 +157,33 @@ def test_gram_average_setting_trains_ngd_with_the_averaged_gram_and_its_damping(
     )
     losses = [float(opt.step(problem)) for _ in range(5)]
     assert record["loss"] == losses and record["error"][-1] == error_of(problem)
+
+
+def test_geodesic_setting_trains_ngd_with_the_accelerated_search_and_leaves_baselines_alone() -> None:
+    make, error_of = _tiny_poisson()
+    settings = Training(
+        steps=(("ngd", 4), ("adam", 3)),
+        eval_every=(("ngd", 1), ("adam", 1)),
+        damping=1e-8,
+        geodesic_acceleration=True,
+    )
+    record = method_record("ngd", 4, make, error_of, settings, no_progress)
+    problem = make()
+    opt = NGD(
+        problem.network.module.named_parameters(),
+        damping=1e-8,
+        line_search="grid",
+        line_search_grid=tuple(0.5**k for k in range(settings.grid_size)),
+        geodesic_acceleration=True,
+    )
+    losses = [float(opt.step(problem)) for _ in range(4)]
+    assert record["loss"] == losses and record["error"][-1] == error_of(problem)
+    plain = dataclasses.replace(settings, geodesic_acceleration=False)
+    assert (
+        method_record("adam", 3, make, error_of, settings, no_progress)["loss"]
+        == method_record("adam", 3, make, error_of, plain, no_progress)["loss"]
+    )
+    assert method_record("ngd", 4, make, error_of, plain, no_progress)["loss"] != losses
 
 
 def test_resampling_hook_feeds_every_method_the_same_seeded_points_every_k_steps() -> None:

@@ -60,6 +60,20 @@ LABELS = {
 }
 
 
+# Training fields read only by the ENGD methods ("ngd", "ngd-primal"): a baseline's record does not depend on them
+NGD_ONLY_FIELDS = frozenset(
+    {
+        "rtol",
+        "primal_rtol",
+        "residual_svd",
+        "primal_memory_budget",
+        "gram_average",
+        "damping",
+        "geodesic_acceleration",
+    }
+)
+
+
 @dataclass(frozen=True)
 class Training:
     """Optimizer settings shared by the PDE experiments."""
@@ -82,6 +96,9 @@ class Training:
     threads: int = 1
     resample_every: int | None = None  # fresh collocation points every k steps (None: fixed points)
     damping: float = 0.0  # ngd: λ > 0 for (G + λI)⁻¹∇ instead of the Moore–Penrose inverse
+    geodesic_acceleration: bool = (
+        False  # ngd: NGD(geodesic_acceleration=True), the grid search on θ − αd − ½α²a
+    )
     cpu_budget_s: float | None = None  # equal CPU-time budget per method (process_time of its steps)
     parallel_methods: bool = (
         False  # one forked process per method (CPU only; same results, less elapsed time)
@@ -102,6 +119,10 @@ class Training:
             )
         if not (isinstance(self.damping, int | float) and self.damping >= 0):
             raise ValueError(f"Training: damping must be a number >= 0, got {self.damping!r}")
+        if not isinstance(self.geodesic_acceleration, bool):
+            raise ValueError(
+                f"Training: geodesic_acceleration must be True or False, got {self.geodesic_acceleration!r}"
+            )
         if self.gram_average is not None and not (
             isinstance(self.gram_average, int | float) and 0 <= self.gram_average < 1
         ):
@@ -172,6 +193,7 @@ def train(
                 else None
             ),
             residual_svd=settings.residual_svd and method == "ngd",
+            geodesic_acceleration=settings.geodesic_acceleration and method == "ngd",
         )
 
         def step() -> float:
@@ -409,6 +431,7 @@ def combine_records(
         "primal_rtol": settings.primal_rtol,
         "resample_every": settings.resample_every,
         "damping": settings.damping,
+        "geodesic_acceleration": settings.geodesic_acceleration,
         "methods": methods,
     }
 
@@ -431,6 +454,8 @@ def _solve(results: dict[str, Any]) -> str:
     )
     if average is not None:
         inverse += f" on the moving average G_t = {average:g}·G_(t−1) + {1 - average:g}·JᵀJ, G_0 = 0"
+    if results.get("geodesic_acceleration"):
+        inverse += ", geodesic acceleration (search along θ − αd − ½α²a)"
     return inverse + ("" if every is None else f", fresh collocation points every {every} step(s)")
 
 
