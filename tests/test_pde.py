@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -463,6 +464,10 @@ def test_sobol_points_are_seeded_inside_the_box_with_face_shares_by_area() -> No
             ):
                 sampler(4, box, _gen(0), dims=dims)
         assert bool((sampler(4, box, _gen(0), dims=(-1,))[:, 2] % 0.5 == 0).all())  # −1: the last coordinate
+        # any integer type names a coordinate: NumPy and 0-d tensor integers as plain ones
+        plain = sampler(4, box, _gen(0), dims=(2,))
+        assert torch.equal(sampler(4, box, _gen(0), dims=(np.int64(2),)), plain)
+        assert torch.equal(sampler(4, box, _gen(0), dims=(torch.tensor(2),)), plain)
 
 
 def test_sobol_points_integrate_a_smooth_function_far_better_than_uniform_draws() -> None:

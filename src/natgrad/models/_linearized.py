@@ -81,9 +81,10 @@ class Linearization:
             return out.reshape(-1)
 
         self._phi_leaves = phi_leaves
-        self._affine = self._affine_jacobian(phi)
+        self._affine: Tensor | None = None
         if isinstance(phi, AffineMap):  # z₀ and J as they are: no evaluation, no probe, no check
-            z_flat = self._affine_value(phi)
+            self._affine = self._affine_jacobian(phi)
+            z_flat = self._affine_value(phi, self._affine)
             self.out_shape = phi.z0.shape
         else:
             try:
@@ -116,10 +117,8 @@ class Linearization:
             self.info["jvp"] = self._choose_mode()
             self.dense_jacobian = self._known_jacobian(phi)
 
-    def _affine_jacobian(self, phi: Parametrisation) -> Tensor | None:
-        """J of an `AffineMap` at parameters shaped like its θ₀, in their dtype; None for any other φ."""
-        if not isinstance(phi, AffineMap):
-            return None
+    def _affine_jacobian(self, phi: AffineMap) -> Tensor:
+        """J of an `AffineMap` at parameters shaped like its θ₀, in their dtype."""
         expected = (phi.z0.numel(), self.d)
         if tuple(phi.dense_jacobian.shape) != expected or phi.theta0.numel() != self.d:
             raise InvalidInputError(
@@ -129,14 +128,10 @@ class Linearization:
             )
         return phi.dense_jacobian.detach().to(self.flat)
 
-    def _affine_value(self, phi: AffineMap) -> Tensor:
+    def _affine_value(self, phi: AffineMap, jacobian: Tensor) -> Tensor:
         """φ(ξ) = z₀ + J (ξ − θ₀): z₀ itself at ξ = θ₀ (the usual case, a model linearised where it is used)."""
-        assert self._affine is not None
-        if torch.equal(self.flat, phi.theta0.to(self.flat)):
-            return phi.z0.detach().reshape(-1).to(self.flat)
-        return phi.z0.detach().reshape(-1).to(self.flat) + self._affine @ (
-            self.flat - phi.theta0.to(self.flat)
-        )
+        z0, theta0 = phi.z0.detach().reshape(-1).to(self.flat), phi.theta0.to(self.flat)
+        return z0 if torch.equal(self.flat, theta0) else z0 + jacobian @ (self.flat - theta0)
 
     def _choose_mode(self) -> str:
         """Probe J t once: forward mode if it works, else build the reverse-mode graph (and probe it)."""

@@ -337,7 +337,10 @@ def ngd_step(
         "started_damped": starts_damped,
     }
     if tried.accel is not None:  # ‖a‖ / ‖d‖: the correction against the step (small: a nearly straight path)
-        info["acceleration_ratio"] = _norm(tried.accel) / max(_norm(step_vec), torch.finfo(z0.dtype).tiny)
+        size = float(ng.flatten_params(step_vec).norm())
+        info["acceleration_ratio"] = float(ng.flatten_params(tried.accel).norm()) / max(
+            size, torch.finfo(z0.dtype).tiny
+        )
     preconditioner = getattr(fac, "preconditioner", None)
     if preconditioner is None:  # a dense step: the last matrix-free one's stays on offer
         preconditioner = state.preconditioner
@@ -377,10 +380,6 @@ def _moved(
     """The trial point θ − update (exactly the parameters a step of this α leaves)."""
     update = _update(step_vec, accel, alpha)
     return {name: t - update[name] for name, t in theta.items()}
-
-
-def _norm(tensors: dict[str, Tensor]) -> float:
-    return math.sqrt(sum(float(t.pow(2).sum()) for t in tensors.values()))
 
 
 def second_directional_derivative(forward: Forward, theta: dict[str, Tensor], d: dict[str, Tensor]) -> Tensor:

@@ -10,6 +10,7 @@ independent uniform draws, and every fresh draw is a new randomisation of the sa
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -90,21 +91,28 @@ def box_boundary_grid(points_per_edge: int, box: Box, dtype: torch.dtype = torch
     return torch.cat(edges, 0).to(dtype)
 
 
+def _coordinate(i: object) -> int | None:
+    """An integer coordinate (Python, NumPy or 0-d tensor integer), or None for anything else (bools too)."""
+    if isinstance(i, bool):
+        return None
+    try:
+        return operator.index(i)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def _faces(call: str, box: Box, dims: Sequence[int] | None) -> tuple[Tensor, Tensor, list[int], Tensor]:
     """(lo, hi, the face coordinates, the (D−1)-volumes of the faces lo_i, hi_i of each in turn)."""
     lo, hi = _box(call, box)
     dim = lo.numel()
-    faces = list(range(dim)) if dims is None else list(dims)
-    if (
-        not faces
-        or any(isinstance(i, bool) or not isinstance(i, int) or not -dim <= i < dim for i in faces)
-        or len({i % dim for i in faces}) != len(faces)
-    ):
+    given = list(range(dim)) if dims is None else [_coordinate(i) for i in dims]
+    valid = [i for i in given if i is not None and -dim <= i < dim]
+    faces = [i % dim for i in valid]
+    if not faces or len(valid) != len(given) or len(set(faces)) != len(faces):
         raise ValueError(
             f"{call}: dims must be distinct coordinates in [-{dim}, {dim}) of the {dim}-D box, at least one, "
             f"got {dims!r}; e.g. dims=(0,) for the faces x_0 = lo_0 and x_0 = hi_0"
         )
-    faces = [i % dim for i in faces]
     widths = hi - lo
     return lo, hi, faces, torch.stack([widths.prod() / widths[i] for i in faces]).repeat_interleave(2)
 
@@ -173,7 +181,8 @@ def sobol_boundary(
     for face, count in enumerate(counts.tolist()):
         if count == 0:
             continue
-        i, side = dims[face // 2], (lo, hi)[face % 2][dims[face // 2]]
+        i = dims[face // 2]
+        side = (lo, hi)[face % 2][i]
         free = [j for j in range(dim) if j != i]
         points = torch.empty(count, dim, dtype=torch.float64)
         if free:
