@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,19 @@ from natgrad.optim import NGD  # noqa: E402
 from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
 
+def _grid(grid_size: int, top: float = 1.0) -> tuple[float, ...]:
+    """The PDE experiments' grid (`_pde_training.train`) 1, ½, …, 2^(1 − grid_size), scaled by ``top``."""
+    return tuple(top * 0.5**k for k in range(grid_size))
+
+
 def _optimizer(
-    module: torch.nn.Module, damping: float, grid_size: int, momentum: float = 0.0, geodesic: bool = False
+    module: torch.nn.Module,
+    damping: float,
+    grid: tuple[float, ...],
+    momentum: float = 0.0,
+    geodesic: bool = False,
 ) -> NGD:
-    """ENGD as the PDE experiments run it (`_pde_training.train`): the grid 1, ½, …, 2^(1 − grid_size)."""
-    grid = tuple(0.5**k for k in range(grid_size))
+    """ENGD as the PDE experiments run it, on the step sizes ``grid``."""
     return NGD(
         module.named_parameters(),
         lr=1.0,
@@ -61,27 +70,55 @@ def _train(
     resampler: Any,
     error_of: Any,
     damping: float,
-    grid_size: int,
+    grid: tuple[float, ...],
     first: int,
     steps: int,
     momentum: float = 0.0,
     geodesic: bool = False,
+    averages: tuple[float, ...] = (),
+    search_resampler: Any = None,
 ) -> list[dict]:
-    """``steps`` ENGD steps from step ``first`` on; one record per step."""
-    opt = _optimizer(problem.network.module, damping, grid_size, momentum, geodesic)
+    """``steps`` ENGD steps from step ``first`` on; one record per step.
+
+    ``averages`` are decays β of exponential moving averages of the parameters, θ̄ ← β θ̄ + (1 − β) θ, started at
+    the branch's first network; each record carries their errors (the iterate is still what trains).
+    """
+    module = problem.network.module
+    opt = _optimizer(module, damping, grid, momentum, geodesic)
+    means = {beta: [p.detach().clone() for p in module.parameters()] for beta in averages}
+    # the grid search on the next draw's points: a copy of the problem (same network) one draw ahead
+    search = (
+        None
+        if search_resampler is None
+        else pde.Problem(problem.network, [replace(c) for c in problem.conditions])
+    )
     records = []
     for step in range(first, first + steps):
         resampler.update(problem, step)
+        if search is not None:
+            search_resampler.update(search, step + 1)
         start = time.process_time()
-        opt.step(problem)
+        opt.step(problem, search=search)
         cpu = time.process_time() - start
         info = opt.last_step
+        averaged = {}
+        for beta, mean in means.items():
+            with torch.no_grad():
+                for m, p in zip(mean, module.parameters(), strict=True):
+                    m.mul_(beta).add_(p, alpha=1 - beta)
+            averaged[f"{beta:g}"] = _error_at(problem, error_of, mean)
         records.append(
             {
                 "step": step + 1,
                 "error": float(error_of(problem)),
+                "averaged_errors": averaged,
                 "loss": float(info["loss"]),
                 "loss_after": float(info["loss_after"]),  # on the same points
+                **(
+                    {}
+                    if search is None
+                    else {"search_loss": info["search_loss"], "search_loss_after": info["search_loss_after"]}
+                ),
                 "step_size": float(info["step_size"]),
                 "damping": float(info["damping"]),
                 "cpu_s": cpu,
@@ -89,11 +126,26 @@ def _train(
         )
         print(
             f"{_label(damping, momentum)}: step {step + 1}: relative L2 {records[-1]['error']:.3e}, "
-            f"α = {info['step_size']:g}",
+            f"α = {info['step_size']:g}"
+            + "".join(f", β = {beta}: {err:.3e}" for beta, err in averaged.items()),
             file=sys.stderr,
             flush=True,
         )
     return records
+
+
+def _error_at(problem: Any, error_of: Any, values: list[torch.Tensor]) -> float:
+    """The error of the problem's network with its parameters set to ``values``; the parameters are restored."""
+    params = list(problem.network.module.parameters())
+    kept = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, v in zip(params, values, strict=True):
+            p.copy_(v)
+        try:
+            return float(error_of(problem))
+        finally:
+            for p, v in zip(params, kept, strict=True):
+                p.copy_(v)
 
 
 def main() -> None:
@@ -112,6 +164,27 @@ def main() -> None:
     parser.add_argument(
         "--geodesic", action="store_true", help="the branches with NGD(geodesic_acceleration=True)"
     )
+    parser.add_argument(
+        "--averages",
+        type=float,
+        nargs="*",
+        default=[],
+        help="decays β in (0, 1) of parameter moving averages whose errors are recorded",
+    )
+    parser.add_argument(
+        "--grid-top",
+        type=float,
+        default=1.0,
+        help="the branches' largest step size (the grid halves from it)",
+    )
+    parser.add_argument(
+        "--search-next", action="store_true", help="the branches' grid search on the next draw's points"
+    )
+    parser.add_argument(
+        "--save-final",
+        action="store_true",
+        help="store a single branch's last network as the checkpoint file of step checkpoint + steps",
+    )
     parser.add_argument("--quick", action="store_true", help="the quick setting's problem, 10 + 5 steps")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -122,9 +195,13 @@ def main() -> None:
         or args.steps < 1
         or not all(lam > 0 for lam in args.dampings)
         or not all(0 <= mu < 1 for mu in args.momenta)
+        or not all(0 < beta < 1 for beta in args.averages)
+        or not 0 < args.grid_top <= 1
+        or (args.save_final and len(args.dampings) * len(args.momenta) != 1)
     ):
         raise SystemExit(
-            "pde_late_damping: --checkpoint >= 0, --steps >= 1, dampings > 0 and momenta in [0, 1) expected"
+            "pde_late_damping: --checkpoint >= 0, --steps >= 1, dampings > 0, momenta in [0, 1), averages in"
+            " (0, 1), --grid-top in (0, 1] and one branch with --save-final expected"
         )
     torch.set_num_threads(1)
     cfg = pinn_poisson_5d.config(args.quick, 0)
@@ -141,7 +218,7 @@ def main() -> None:
         trunk: list[dict] = []
     else:
         problem, resampler = make(), draws()
-        trunk = _train(problem, resampler, error_of, base_damping, grid_size, 0, args.checkpoint)
+        trunk = _train(problem, resampler, error_of, base_damping, _grid(grid_size), 0, args.checkpoint)
         start_state = {k: v.clone() for k, v in problem.network.module.state_dict().items()}
         tmp = state_file.with_suffix(".tmp")
         torch.save(start_state, tmp)
@@ -158,9 +235,32 @@ def main() -> None:
                 resampler = draws()
                 for step in range(args.checkpoint):
                     resampler.update(problem, step)
+            search_resampler = None
+            if args.search_next:  # one draw ahead of the branch's: draws 0, …, checkpoint replayed
+                if args.sobol:
+                    raise SystemExit("pde_late_damping: --search-next runs on the setting's uniform draws")
+                search_resampler = draws()
+                scratch = make()
+                for step in range(args.checkpoint + 1):
+                    search_resampler.update(scratch, step)
             branches[_label(lam, mu)] = _train(
-                problem, resampler, error_of, lam, grid_size, args.checkpoint, args.steps, mu, args.geodesic
+                problem,
+                resampler,
+                error_of,
+                lam,
+                _grid(grid_size, args.grid_top),
+                args.checkpoint,
+                args.steps,
+                mu,
+                args.geodesic,
+                tuple(args.averages),
+                search_resampler,
             )
+            if args.save_final:
+                final = out.with_suffix(f".step{args.checkpoint + args.steps}.pt")
+                tmp = final.with_suffix(".tmp")
+                torch.save(problem.network.module.state_dict(), tmp)
+                tmp.replace(final)
     summary = {}
     for label, records in branches.items():
         sizes = [r["step_size"] for r in records]
@@ -176,6 +276,7 @@ def main() -> None:
             "cpu_s_per_step": sum(r["cpu_s"] for r in records) / len(records),
             "mean_loss_reduction_on_own_points": sum(own) / len(own),
             "mean_loss_reduction_on_next_points": sum(carried) / max(1, len(carried)),
+            "final_averaged_errors": records[-1]["averaged_errors"],
         }
     rows = [{"run": f"λ = {base_damping:g} to the checkpoint", **r} for r in trunk]
     rows += [{"run": label, **r} for label, records in branches.items() for r in records]
@@ -196,6 +297,9 @@ def main() -> None:
                 "momenta": args.momenta,
                 "branch_points": "scrambled Sobol" if args.sobol else "the setting's uniform draws",
                 "geodesic_acceleration": args.geodesic,
+                "averages": args.averages,
+                "grid_top": args.grid_top,
+                "search_next_points": args.search_next,
                 "trunk_resumed": not trunk and args.checkpoint > 0,
             },
             "environment": collect_environment(),

@@ -625,3 +625,18 @@ ZOO = [
 def zoo_loss(z: Tensor) -> Callable[[Tensor], Tensor]:
     """A smooth loss with a non-trivial output gradient at z, for the zoo."""
     return _smooth_loss(z)
+
+
+def curved_residuals(
+    n: int, d: int, seed: int
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """Float64 residuals r(θ) = 2 tanh(Aθ + b) + 0.3 (Aθ)² − y on n rows of θ ∈ ℝᵈ (they bend), and a start θ₀."""
+    g = _gen(seed)
+    a = torch.randn(n, d, generator=g, dtype=torch.float64) / d**0.5
+    b = torch.randn(n, generator=g, dtype=torch.float64)
+    y = torch.randn(n, generator=g, dtype=torch.float64)
+
+    def residuals(flat: torch.Tensor) -> torch.Tensor:
+        return 2.0 * torch.tanh(a @ flat + b) + 0.3 * (a @ flat) ** 2 - y
+
+    return residuals, 0.5 * torch.randn(d, generator=g, dtype=torch.float64)

@@ -13,6 +13,7 @@ import torch
 from torch.func import hessian, jacrev
 
 import natgrad as ng
+from cases import curved_residuals
 from natgrad import pde
 from natgrad.optim import NGD
 from natgrad.optim._core import second_directional_derivative
@@ -37,24 +38,13 @@ def _literal_step(residuals, flat: torch.Tensor, damping: float) -> tuple[torch.
     return flat - best * v - 0.5 * best**2 * a, best
 
 
-def _curved_residuals(n: int, d: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(n, d, generator=g, dtype=DT) / math.sqrt(d)
-    b, y = torch.randn(n, generator=g, dtype=DT), torch.randn(n, generator=g, dtype=DT)
-
-    def residuals(flat: torch.Tensor) -> torch.Tensor:
-        return 2.0 * torch.tanh(a @ flat + b) + 0.3 * (a @ flat) ** 2 - y
-
-    return residuals, 0.5 * torch.randn(d, generator=g, dtype=DT)
-
-
 @pytest.mark.parametrize(
     ("n", "d", "damping"),
     [(9, 4, 0.0), (9, 4, 1e-2), (4, 9, 1e-3)],
     ids=["primal-moore-penrose", "primal-damped", "dual-damped"],
 )
 def test_one_geodesic_step_is_the_literal_one(n, d, damping) -> None:
-    residuals, start = _curved_residuals(n, d, seed=n * d)
+    residuals, start = curved_residuals(n, d, seed=n * d)
     want, alpha = _literal_step(residuals, start, damping)
     w = torch.nn.Parameter(start.clone())
     opt = NGD(
@@ -97,7 +87,7 @@ def test_a_pde_problem_is_accelerated_along_its_own_residual_map() -> None:
 
 
 def test_the_second_directional_derivative_is_the_hessian_contraction() -> None:
-    residuals, start = _curved_residuals(5, 3, seed=1)
+    residuals, start = curved_residuals(5, 3, seed=1)
     d = torch.tensor([0.3, -1.0, 0.5], dtype=DT)
     got = second_directional_derivative(lambda p: residuals(p["w"]), {"w": start}, {"w": d})
     want = torch.einsum("nij,i,j->n", hessian(residuals)(start), d, d)
@@ -105,7 +95,7 @@ def test_the_second_directional_derivative_is_the_hessian_contraction() -> None:
 
 
 def test_without_acceleration_the_step_is_unchanged_and_settings_are_checked() -> None:
-    residuals, start = _curved_residuals(9, 4, seed=2)
+    residuals, start = curved_residuals(9, 4, seed=2)
     steps = []
     for flag in (False, True):
         w = torch.nn.Parameter(start.clone())

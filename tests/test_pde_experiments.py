@@ -133,6 +133,8 @@ def test_methods_in_forked_processes_give_the_sequential_results_and_records_com
         ({"eval_every": ()}, r"method\(s\) \['ngd'\] have a step budget but no eval_every"),
         ({"gram_average": 1.0}, r"gram_average must be None or a decay in \[0, 1\)"),
         ({"geodesic_acceleration": 1}, "geodesic_acceleration must be True or False, got 1"),
+        ({"search_next_points": 1}, "search_next_points must be True or False, got 1"),
+        ({"search_next_points": True}, "searches on the next draw of points and needs resample_every"),
     ],
 )
 def test_training_settings_are_checked(options, message) -> None:
@@ -184,6 +186,65 @@ def test_geodesic_setting_trains_ngd_with_the_accelerated_search_and_leaves_base
         == method_record("adam", 3, make, error_of, plain, no_progress)["loss"]
     )
     assert method_record("ngd", 4, make, error_of, plain, no_progress)["loss"] != losses
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_search_on_next_points_takes_each_step_s_factor_from_the_next_draw(every) -> None:
+    """Step s of ENGD searches on the points the next draw brings (the draw after the one step s fits)."""
+    import torch
+
+    from natgrad import pde
+    from natgrad.experiments import _poisson
+
+    make, error_of = _poisson.poisson_5d((4,), 12, 10, seed=0)
+    draw = _poisson.poisson_5d_points(12, 10)
+    seed = _poisson.poisson_5d_seed(0)
+    settings = Training(
+        steps=(("ngd", 4), ("adam", 2)),
+        eval_every=(("ngd", 1), ("adam", 1)),
+        damping=1e-6,
+        grid_size=12,
+        resample_every=every,
+        search_next_points=True,
+    )
+
+    def factory():
+        return pde.Resampler(draw, every, seed)
+
+    record = method_record("ngd", 4, make, error_of, settings, no_progress, factory)
+    generator = torch.Generator().manual_seed(seed)
+    draws = [draw(generator) for _ in range(6)]  # the resampler's sequence, one generator in turn
+    searched, problem, sizes = _engd_on_draws(make, draws, every, search_next=True)
+    assert record["loss"] == searched and record["error"][-1] == error_of(problem)
+    assert sizes != _engd_on_draws(make, draws, every, search_next=False)[2]
+    plain = dataclasses.replace(settings, search_next_points=False)
+    assert (
+        method_record("adam", 2, make, error_of, settings, no_progress, factory)["loss"]
+        == method_record("adam", 2, make, error_of, plain, no_progress, factory)["loss"]
+    )
+
+
+def _engd_on_draws(make, draws, every, search_next):
+    """4 ENGD steps on ``draws[s // every]``, searching on the next draw's points or the step's own: the losses,
+    the trained problem and the step sizes."""
+    from natgrad import pde
+
+    problem = make()
+    search = pde.Problem(problem.network, [dataclasses.replace(c) for c in problem.conditions])
+    opt = NGD(
+        problem.network.module.named_parameters(),
+        damping=1e-6,
+        line_search="grid",
+        line_search_grid=tuple(0.5**k for k in range(12)),
+    )
+    losses, sizes = [], []
+    for step in range(4):
+        for condition in problem.conditions:
+            problem.set_points(condition.label, draws[step // every][condition.label])
+            search.set_points(condition.label, draws[step // every + 1][condition.label])
+        losses.append(float(opt.step(problem, search=search if search_next else None)))
+        sizes.append(opt.last_step["step_size"])
+    return losses, problem, sizes
 
 
 def test_resampling_hook_feeds_every_method_the_same_seeded_points_every_k_steps() -> None:

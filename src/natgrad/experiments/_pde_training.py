@@ -38,7 +38,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ NGD_ONLY_FIELDS = frozenset(
         "gram_average",
         "damping",
         "geodesic_acceleration",
+        "search_next_points",
     }
 )
 
@@ -99,6 +100,9 @@ class Training:
     geodesic_acceleration: bool = (
         False  # ngd: NGD(geodesic_acceleration=True), the grid search on θ − αd − ½α²a
     )
+    # ngd: the grid search of step s on the points of the next draw (``NGD.step(problem, search=...)``), so α
+    # is chosen by a loss the step did not fit; needs resample_every
+    search_next_points: bool = False
     cpu_budget_s: float | None = None  # equal CPU-time budget per method (process_time of its steps)
     parallel_methods: bool = (
         False  # one forked process per method (CPU only; same results, less elapsed time)
@@ -122,6 +126,15 @@ class Training:
         if not isinstance(self.geodesic_acceleration, bool):
             raise ValueError(
                 f"Training: geodesic_acceleration must be True or False, got {self.geodesic_acceleration!r}"
+            )
+        if not isinstance(self.search_next_points, bool):
+            raise ValueError(
+                f"Training: search_next_points must be True or False, got {self.search_next_points!r}"
+            )
+        if self.search_next_points and self.resample_every is None:
+            raise ValueError(
+                "Training: search_next_points=True searches on the next draw of points and needs "
+                "resample_every (fixed points have no next draw)"
             )
         if self.gram_average is not None and not (
             isinstance(self.gram_average, int | float) and 0 <= self.gram_average < 1
@@ -148,15 +161,19 @@ def train(
     settings: Training,
     progress: Progress,
     resampler: pde.Resampler | None = None,
+    search_resampler: pde.Resampler | None = None,
 ) -> dict[str, list[float]]:
     """Train ``problem.network`` in place by ``method`` for ``steps`` steps; the error / loss / time history.
 
     With a ``resampler`` (a sampler of {condition label: points}) the problem gets the points of step s
-    before step s; drawing them is charged to neither clock (it is the same work for every method).
+    before step s; drawing them is charged to neither clock (it is the same work for every method). A
+    ``search_resampler`` (a second resampler with the same seed, ENGD only) keeps a copy of the problem on the
+    next draw's points, and step s's grid search minimises the loss there (``NGD.step(problem, search=...)``).
     """
     module = problem.network.module
     named = dict(module.named_parameters())
     grid = tuple(0.5**k for k in range(settings.grid_size))
+    search: pde.Problem | None = None  # ENGD's grid search on the next draw's points (search_resampler)
 
     def loss_of_model() -> torch.Tensor:
         return problem.loss(named)
@@ -196,8 +213,14 @@ def train(
             geodesic_acceleration=settings.geodesic_acceleration and method == "ngd",
         )
 
+        if search_resampler is not None:
+            if resampler is None:
+                raise ValueError("train: a search_resampler needs the resampler it runs one draw ahead of")
+            search = pde.Problem(problem.network, [replace(c) for c in problem.conditions])
+            search_resampler.update(search, 0)  # the training points' first draw: from here on one draw ahead
+
         def step() -> float:
-            return float(opt.step(problem))
+            return float(opt.step(problem, search=search))
 
     elif method == "adam":
         opt = torch.optim.Adam(module.parameters(), lr=settings.adam_lr)
@@ -245,6 +268,8 @@ def train(
     for taken in progress(range(1, steps + 1), description=method, total=steps):
         if resampler is not None:
             resampler.update(problem, taken - 1)
+        if search is not None and search_resampler is not None and resampler is not None:
+            search_resampler.update(search, taken - 1 + resampler.every)
         clock.resume()
         cpu_start = time.process_time()
         try:
@@ -305,6 +330,7 @@ def method_record(
             "resampler factory needs resample_every; pass both or neither"
         )
     problem = make_problem()
+    searches = settings.search_next_points and method == "ngd" and resampler is not None
     history = train(
         method,
         steps,
@@ -314,6 +340,7 @@ def method_record(
         settings,
         progress,
         None if resampler is None else resampler(),
+        resampler() if searches and resampler is not None else None,
     )
     return {
         **history,
@@ -432,6 +459,7 @@ def combine_records(
         "resample_every": settings.resample_every,
         "damping": settings.damping,
         "geodesic_acceleration": settings.geodesic_acceleration,
+        "search_next_points": settings.search_next_points,
         "methods": methods,
     }
 
@@ -456,6 +484,8 @@ def _solve(results: dict[str, Any]) -> str:
         inverse += f" on the moving average G_t = {average:g}·G_(t−1) + {1 - average:g}·JᵀJ, G_0 = 0"
     if results.get("geodesic_acceleration"):
         inverse += ", geodesic acceleration (search along θ − αd − ½α²a)"
+    if results.get("search_next_points"):
+        inverse += ", α chosen on the next draw's points"
     return inverse + ("" if every is None else f", fresh collocation points every {every} step(s)")
 
 

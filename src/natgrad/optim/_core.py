@@ -114,6 +114,8 @@ class StepProblem:
         lr: learning rate of every parameter (its group's).
         momentum: μ of every parameter (its group's).
         generator: generator of the Monte-Carlo labels (None without Monte Carlo).
+        search: ``params -> z`` the line search evaluates the loss of instead of ``forward`` (held-out points);
+            None searches on ``forward``. The direction always comes from ``forward``.
     """
 
     forward: Forward
@@ -122,6 +124,7 @@ class StepProblem:
     lr: Mapping[str, float]
     momentum: Mapping[str, float]
     generator: torch.Generator | None = None
+    search: Forward | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,9 @@ def ngd_step(
         jp = jvp(model, (theta,), (prior,))[1]
         engine_loss = shifted_loss(engine_loss, curvature.matvec(jp))
     line_search = settings.line_search or FullStep()
+    search = forward if problem.search is None else problem.search
+    # the loss the search must beat: L at θ on the search's outputs (the step's own loss when it has none)
+    search_loss0 = loss0 if problem.search is None else _search_loss(loss, _outputs(search, theta))
     # a line search guards the step by itself (it never accepts a larger loss); the safeguard guards α = 1
     safeguarded = settings.safeguard and isinstance(line_search, FullStep)
     adapts = settings.adaptive_damping or safeguarded
@@ -278,9 +284,9 @@ def ngd_step(
             curvature_term = curvature.scale * float((jd * curvature.matvec(jd)).sum())  # dᵀ (sG) d
 
         def loss_at(alpha: float) -> float:
-            return float(loss(forward(_moved(theta, step_vec, accel, alpha))).detach())
+            return float(loss(search(_moved(theta, step_vec, accel, alpha))).detach())
 
-        alpha, loss_new = line_search.search(LineProblem(loss_at, loss0, slope, curvature_term))
+        alpha, loss_new = line_search.search(LineProblem(loss_at, search_loss0, slope, curvature_term))
         return _Attempt(solved, direction, step_vec, slope, curvature_term, loss_at, alpha, loss_new, accel)
 
     damping, attempts = start, 0
@@ -322,6 +328,17 @@ def ngd_step(
 
     momentum = {name: direction[name].detach().clone() for name in direction if problem.momentum[name] > 0}
     update = None if alpha == 0.0 else _update(step_vec, tried.accel, alpha)
+    searched: dict[str, float | None] = {}
+    if (
+        problem.search is not None
+    ):  # the search saw held-out losses; the step's own loss after it is one more call
+        searched = {"search_loss": search_loss0, "search_loss_after": loss_new}
+        loss_new = (
+            loss0
+            if alpha == 0.0
+            else float(loss(forward(_moved(theta, step_vec, tried.accel, alpha))).detach())
+        )
+        trial_loss = loss_new
     info = {
         "loss": loss0,
         "loss_after": loss_new,
@@ -335,6 +352,7 @@ def ngd_step(
         "method": solved.method,
         "certificate": solved.certificate,
         "started_damped": starts_damped,
+        **searched,
     }
     if tried.accel is not None:  # ‖a‖ / ‖d‖: the correction against the step (small: a nearly straight path)
         size = float(ng.flatten_params(step_vec).norm())
@@ -542,6 +560,16 @@ def _curvature_along(
         return 0.0
     jg = jvp(forward, (theta,), (grad,))[1]
     return curvature.scale * float((jg * curvature.matvec(jg)).sum()) / norm2
+
+
+def _search_loss(loss: Loss, z: Tensor) -> float:
+    """L at θ on the line search's own outputs; ValueError (naming them) when it is not a finite scalar."""
+    try:
+        return scalar_loss(loss, z)
+    except ValueError as error:
+        raise ValueError(
+            f"NGD.step: the line search's forward (search=...) at the current parameters: {error}"
+        ) from None
 
 
 def _outputs(forward: Forward, theta: dict[str, Tensor]) -> Tensor:

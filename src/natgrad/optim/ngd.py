@@ -246,6 +246,7 @@ class NGD(torch.optim.Optimizer):
         loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
         *,
         closure: Callable[[], Any] | None = None,
+        search: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One natural gradient step; returns the loss before the step.
 
@@ -257,6 +258,12 @@ class NGD(torch.optim.Optimizer):
             loss: ``z -> scalar``; None means ½‖z‖² with the Euclidean metric (Gauss–Newton on residuals).
             closure: the torch-style closure by keyword, as ``optimizer.step(closure=closure)`` (PyTorch
                 Lightning's call).
+            search: ``params -> z'`` whose loss the grid line search minimises instead of ``forward``'s, e.g.
+                the residuals on held-out collocation points (``loss`` applies to its outputs too). The direction
+                still comes from ``forward``; α = 0 when no grid factor lowers the search's loss below its
+                value at θ. ``last_step`` then also reports ``search_loss`` and ``search_loss_after``, and
+                ``loss_after`` is ``forward``'s loss after the step. Needs ``line_search="grid"`` (or a
+                `GridSearch`) without adaptive damping.
 
         Raises:
             ValueError: the loss is not finite (the parameters are left unchanged).
@@ -267,6 +274,8 @@ class NGD(torch.optim.Optimizer):
             if forward is not None or loss is not None:
                 raise TypeError("NGD.step: pass either closure=... or forward (and loss), not both")
             forward = closure
+        if search is not None:
+            self._check_search(search, forward)
         if not callable(forward):
             raise TypeError(
                 "NGD.step: expected forward, a callable params -> outputs (with a loss z -> scalar), or a "
@@ -281,8 +290,28 @@ class NGD(torch.optim.Optimizer):
             return self._closure_step(forward)
         loss = LeastSquares() if loss is None else loss
         named = self.named_parameters()
-        self._take_step(named, forward, loss, self._settings())
+        self._take_step(named, forward, loss, self._settings(), search)
         return torch.tensor(self.last_step["loss"], dtype=self._dtype(named), device=self._device(named))
+
+    def _check_search(self, search: Any, forward: Any) -> None:
+        """``search`` needs a callable, a forward with arguments and a grid search without adaptive damping."""
+        if not callable(search):
+            raise TypeError(
+                f"NGD.step: search must be a callable params -> outputs (e.g. residuals on held-out points), "
+                f"got {type(search).__name__}"
+            )
+        if not isinstance(self._line_search, GridSearch) or self.adaptive_damping:
+            raise ValueError(
+                "NGD.step: search=... replaces the loss a grid line search compares and needs "
+                f"line_search='grid' without adaptive_damping (got line_search={self.line_search!r}, "
+                f"adaptive_damping={self.adaptive_damping}); the Armijo test and the damping rule compare the "
+                "step's own loss with its quadratic model"
+            )
+        if callable(forward) and is_closure(forward):
+            raise TypeError(
+                "NGD.step: search=... needs forward as params -> outputs; a torch-style closure has no "
+                "parameters to evaluate the search at"
+            )
 
     def _settings(self) -> StepSettings:
         return StepSettings(
@@ -305,6 +334,7 @@ class NGD(torch.optim.Optimizer):
         forward: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         loss: Callable[[torch.Tensor], torch.Tensor],
         settings: StepSettings,
+        search: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
     ) -> None:
         """Run the functional core, then apply its update and store its state (nothing before it returns)."""
         for index, group in enumerate(self.param_groups):  # a scheduler or a user may have changed them
@@ -321,6 +351,7 @@ class NGD(torch.optim.Optimizer):
             self._group_settings(named, "lr"),
             self._group_settings(named, "momentum"),
             self._mc_generator(next(iter(theta.values()))),
+            search,
         )
         outcome = ngd_step(state, problem, settings, self.factorize)
         with torch.no_grad():
