@@ -7,6 +7,7 @@ generalized inverse G⁻, computed by the cheapest exact route and checkable aga
 from importlib import metadata as _metadata
 
 from natgrad import exceptions, metrics, reference
+from natgrad._allocator import keep_freed_memory
 from natgrad._factorize import GramFactorization, factorize
 from natgrad._result import SolveInfo
 from natgrad._tree import Parametrisation, flatten_params, num_params, unflatten_like
@@ -29,6 +30,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that was n
     __version__ = "0+unknown"
 
 __all__ = [
+    "keep_freed_memory",
     "ConvergenceError",
     "Damped",
     "FactorizationError",
