@@ -138,3 +138,53 @@ def test_broken_config_is_that_experiments_error_only(tmp_path):
     assert outcomes[0].error_summary == "ValueError: config: steps must be positive"
     assert outcomes[0].error.startswith("config failed:")
     assert calls == Counter({"fine": 1})
+
+
+def test_results_from_before_a_new_config_field_at_its_default_are_reused(tmp_path):
+    """A stored record without a field the config gained since, requested at its default, is the same record."""
+    calls = Counter()
+    experiment = make_experiment("a", calls)
+    folder = RunFolder.create(tmp_path / "run")
+    reproduce(folder, [experiment], quick=True, seed=1)
+    path = folder.experiment_dir("a") / "results.json"
+    envelope = read_json(path)
+    del envelope["record"]["config"]["sizes"]  # as if computed before FakeConfig had `sizes` (default (1, 2))
+    folder.write_results("a", envelope)
+    reproduce(folder, [experiment], quick=True, seed=1)
+    assert calls == Counter({"a": 1})
+
+    del envelope["record"]["config"]["steps"]  # a field without a default: the results may depend on it
+    folder.write_results("a", envelope)
+    with pytest.raises(ConfigConflictError, match=r"steps: None -> 3"):
+        reproduce(folder, [experiment], quick=True, seed=1)
+    assert calls == Counter({"a": 1})
+
+
+def test_only_new_nested_fields_at_their_defaults_are_filled_in():
+    from natgrad.report.runner import _upgraded
+
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        a: int
+        added: bool = False
+
+    @dataclasses.dataclass(frozen=True)
+    class Outer:
+        inner: Inner
+        also_added: tuple[int, ...] = (1, 2)
+
+    old = {"quick": True, "seed": 0, "config": {"inner": {"a": 1}}}
+
+    def record(config):
+        return {"quick": True, "seed": 0, "config": json_round_trip(dataclasses.asdict(config))}
+
+    same = Outer(Inner(1))
+    assert _upgraded(old, record(same), same) == record(same)
+    for changed in (Outer(Inner(1, added=True)), Outer(Inner(1), also_added=(3,)), Outer(Inner(2))):
+        assert _upgraded(old, record(changed), changed) != record(changed)
+
+
+def json_round_trip(value):
+    import json
+
+    return json.loads(json.dumps(value))

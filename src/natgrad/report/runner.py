@@ -1,7 +1,9 @@
 """Run experiments into a run folder, resume interrupted runs, rebuild claims and figures from results.
 
 Resume rule: an experiment is skipped when its ``results.json`` exists and the record stored in it
-(``{"quick", "seed", "config"}``) equals the requested one. When the stored record differs, nothing is run
+(``{"quick", "seed", "config"}``) equals the requested one. A setting the stored record lacks counts as equal
+when the requested value is that config field's default: a field added to a config after the results were
+computed, left at its default, changes nothing they depend on. When the stored record differs, nothing is run
 and :class:`ConfigConflictError` names the experiments and the differing settings; ``force=True`` instead
 recomputes the selected experiments, replacing what was stored. Results are written only after ``run``
 returns, so an interruption loses at most the experiment in progress.
@@ -15,7 +17,9 @@ throughout (:meth:`RunFolder.lock`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
+import json
 import random
 import time
 import traceback
@@ -71,6 +75,50 @@ def _differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]
     ]
 
 
+@dataclass(frozen=True)
+class _Nested:
+    """The field defaults of a nested config dataclass (see `_field_defaults`)."""
+
+    fields: dict[str, Any]
+
+
+def _field_defaults(config: Any) -> dict[str, Any]:
+    """{field: JSON form of its default} of a config dataclass, nested dataclasses as `_Nested`."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return {}
+    defaults: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            defaults[f.name] = _Nested(_field_defaults(value))
+        elif f.default is not dataclasses.MISSING:
+            defaults[f.name] = json.loads(json.dumps(f.default, default=str))
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = json.loads(json.dumps(f.default_factory(), default=str))
+    return defaults
+
+
+def _with_new_defaults(stored: Any, requested: Any, defaults: dict[str, Any]) -> Any:
+    """``stored`` with the keys it lacks taken from ``requested`` where those hold their field's default."""
+    if not isinstance(stored, dict) or not isinstance(requested, dict):
+        return stored
+    filled = dict(stored)
+    for key, value in requested.items():
+        default = defaults.get(key, dataclasses.MISSING)
+        if key not in filled:
+            if not isinstance(default, _Nested) and default is not dataclasses.MISSING and default == value:
+                filled[key] = value
+        elif isinstance(default, _Nested):
+            filled[key] = _with_new_defaults(filled[key], value, default.fields)
+    return filled
+
+
+def _upgraded(stored: dict[str, Any], requested: dict[str, Any], config: Any) -> dict[str, Any]:
+    """The stored record as it reads with the config fields added since at their defaults."""
+    config_part = _with_new_defaults(stored.get("config"), requested["config"], _field_defaults(config))
+    return {**stored, "config": config_part}
+
+
 def plan(
     folder: RunFolder, experiments: list[Experiment], quick: bool, seed: int, force: bool = False
 ) -> list[_Planned]:
@@ -90,9 +138,10 @@ def plan(
             planned.append(_Planned(experiment, None, record, False, config_error=traceback.format_exc()))
             continue
         envelope = folder.read_results_file(experiment.name)
-        reuse = envelope is not None and not force and envelope["record"] == record
-        if envelope is not None and not force and not reuse:
-            changes = "; ".join(_differences(envelope["record"], record))
+        stored = None if envelope is None else _upgraded(envelope["record"], record, config)
+        reuse = stored is not None and not force and stored == record
+        if stored is not None and not force and not reuse:
+            changes = "; ".join(_differences(stored, record))
             conflicts.append(f"  {experiment.name}: {changes}")
         planned.append(_Planned(experiment, config, record, reuse, envelope if reuse else None))
     if conflicts:
