@@ -329,9 +329,7 @@ def ngd_step(
     momentum = {name: direction[name].detach().clone() for name in direction if problem.momentum[name] > 0}
     update = None if alpha == 0.0 else _update(step_vec, tried.accel, alpha)
     searched: dict[str, float | None] = {}
-    if (
-        problem.search is not None
-    ):  # the search saw held-out losses; the step's own loss after it is one more call
+    if problem.search is not None:  # the search saw held-out losses; the step's own one costs one more call
         searched = {"search_loss": search_loss0, "search_loss_after": loss_new}
         loss_new = (
             loss0
