@@ -126,7 +126,9 @@ def main() -> None:
             f"{s['system_s_per_step']:.2f} system), {s['minor_faults_per_step']:.0f} page faults, "
             f"peak {s['max_rss_gib']:.1f} GiB"
         )
-    print(f"keep / plain CPU: {summary['cpu_ratio_keep_to_plain']:.2f}; bitwise the same parameters: {same}")
+    print(
+        f"keep / plain CPU: {summary['keep']['cpu_ratio_to_plain']:.2f}; bitwise the same parameters: {same}"
+    )
     path = atomic_write_json(
         args.out,
         {

@@ -329,8 +329,6 @@ def method_record(
             f"method_record: resample_every={settings.resample_every!r} needs a resampler factory and a "
             "resampler factory needs resample_every; pass both or neither"
         )
-    # every method's large per-step tensors reuse freed heap blocks instead of new, zeroed pages (``_allocator``)
-    keeps_memory = ng.keep_freed_memory()
     problem = make_problem()
     searches = settings.search_next_points and method == "ngd" and resampler is not None
     history = train(
@@ -356,7 +354,6 @@ def method_record(
         "time_to": {f"{t:g}": first_reached(history, t, "time") for t in THRESHOLDS},
         "cpu_time_to": {f"{t:g}": first_reached(history, t, "cpu_time") for t in THRESHOLDS},
         "steps_to": {f"{t:g}": first_reached(history, t, "step") for t in THRESHOLDS},
-        "keeps_freed_memory": keeps_memory,
     }
 
 
