@@ -88,6 +88,7 @@ def run_one(name: str, method: str, out: Path, quick: bool, cpu_budget: float | 
     error_of = _reporting(method, error_of)
     # an experiment that resamples its collocation points says how (a factory of seeded resamplers)
     resampler = getattr(module, "resampler", lambda cfg: None)(cfg)
+    environment = collect_environment()  # at the start: the checkout the run used, not the one it ended on
     with fixed_threads(cfg.training.threads):
         warm_up(make())
         record = method_record(method, steps[method], make, error_of, cfg.training, no_progress, resampler)
@@ -96,7 +97,7 @@ def run_one(name: str, method: str, out: Path, quick: bool, cpu_budget: float | 
         {
             "experiment": name,
             "config": config_to_dict(cfg),
-            "environment": collect_environment(),
+            "environment": environment,
             "record": record,
         },
     )

@@ -125,6 +125,8 @@ def test_a_bad_search_is_refused_and_nothing_changes() -> None:
         opt.step(forward, search=3)
     with pytest.raises(ValueError, match=r"line search's forward \(search=...\) at the current parameters"):
         opt.step(forward, search=lambda p: residuals(p["w"]) * math.nan)
+    with pytest.raises(TypeError, match="search=... needs forward as params -> outputs"):
+        opt.step(closure=lambda: residuals(w).pow(2).sum(), search=forward)
     for settings in ({}, {"line_search": "backtracking"}, {"line_search": "grid", "adaptive_damping": True}):
         other = NGD([("w", w)], damping=1e-2, **settings)
         with pytest.raises(ValueError, match="search=... replaces the loss a grid line search compares"):
