@@ -33,7 +33,7 @@ sys.path.insert(0, sys.argv[4])
 import torch
 import natgrad as ng
 from natgrad.experiments import pinn_poisson_5d
-from natgrad.optim import NGD
+from natgrad.optim import NGD, default_grid
 
 torch.set_num_threads(1)
 kept = ng.keep_freed_memory() if sys.argv[1] == "keep" else None
@@ -44,7 +44,7 @@ problem.network.module.load_state_dict(torch.load(sys.argv[3]))
 opt = NGD(
     problem.network.module.named_parameters(),
     line_search="grid",
-    line_search_grid=tuple(0.5**k for k in range(cfg.training.grid_size)),
+    line_search_grid=default_grid(cfg.training.grid_size),
     damping=cfg.training.damping,
     geodesic_acceleration=cfg.training.geodesic_acceleration,
 )

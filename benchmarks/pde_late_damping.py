@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from natgrad import pde  # noqa: E402
 from natgrad.experiments import _poisson, pinn_poisson_5d  # noqa: E402
-from natgrad.optim import NGD  # noqa: E402
+from natgrad.optim import NGD, default_grid  # noqa: E402
 from natgrad.report import atomic_write_json, collect_environment  # noqa: E402
 
 # λ of the trunk: the straight-search run the stored step-150 checkpoints come from (the full setting's λ then;
@@ -43,7 +42,7 @@ TRUNK_DAMPING = 1e-8
 
 def _grid(grid_size: int, top: float = 1.0) -> tuple[float, ...]:
     """The PDE experiments' grid (`_pde_training.train`) 1, ½, …, 2^(1 − grid_size), scaled by ``top``."""
-    return tuple(top * 0.5**k for k in range(grid_size))
+    return tuple(top * alpha for alpha in default_grid(grid_size))
 
 
 def _optimizer(
@@ -91,11 +90,7 @@ def _train(
     opt = _optimizer(module, damping, grid, momentum, geodesic)
     means = {beta: [p.detach().clone() for p in module.parameters()] for beta in averages}
     # the grid search on the next draw's points: a copy of the problem (same network) one draw ahead
-    search = (
-        None
-        if search_resampler is None
-        else pde.Problem(problem.network, [replace(c) for c in problem.conditions])
-    )
+    search = None if search_resampler is None else problem.held_out()
     records = []
     for step in range(first, first + steps):
         resampler.update(problem, step)
@@ -244,9 +239,8 @@ def main() -> None:
                 if args.sobol:
                     raise SystemExit("pde_late_damping: --search-next runs on the setting's uniform draws")
                 search_resampler = draws()
-                scratch = make()
                 for step in range(args.checkpoint + 1):
-                    search_resampler.update(scratch, step)
+                    search_resampler(step)
             branches[_label(lam, mu)] = _train(
                 problem,
                 resampler,
@@ -328,6 +322,9 @@ def _sobol_resampler(cfg: Any) -> pde.Resampler:
 
 class _FixedPoints:
     """The quick setting keeps its points: a resampler that changes nothing."""
+
+    def __call__(self, step: int) -> None:
+        return None
 
     def update(self, problem: Any, step: int) -> None:
         return None

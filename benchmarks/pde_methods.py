@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from natgrad.experiments import pinn_poisson_5d, pinn_poisson_10k  # noqa: E402
 from natgrad.experiments._base import config_to_dict, no_progress  # noqa: E402
 from natgrad.experiments._pde_training import (  # noqa: E402
-    NGD_ONLY_FIELDS,  # noqa: E402
+    NGD_ONLY_FIELDS,
     combine_records,
     method_record,
     warm_up,

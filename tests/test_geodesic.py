@@ -15,11 +15,11 @@ from torch.func import hessian, jacrev
 import natgrad as ng
 from cases import curved_residuals
 from natgrad import pde
-from natgrad.optim import NGD
+from natgrad.optim import NGD, default_grid
 from natgrad.optim._core import second_directional_derivative
 
 DT = torch.float64
-GRID = tuple(0.5**k for k in range(20))
+GRID = default_grid(20)
 
 
 def _literal_step(residuals, flat: torch.Tensor, damping: float) -> tuple[torch.Tensor, float]:

@@ -381,6 +381,18 @@ def test_set_points_replaces_a_conditions_points_with_the_same_checks() -> None:
         problem.set_points("edge", fresh)
 
 
+def test_a_held_out_copy_shares_the_network_and_keeps_its_own_points() -> None:
+    problem = _poisson_problem((2, 4, 1), per_side=3)
+    held = problem.held_out()
+    assert held.network is problem.network
+    params = problem.network.params()
+    assert torch.equal(held.residuals(params), problem.residuals(params))
+    before = problem.conditions[0].points
+    held.set_points("interior", pde.uniform(7, BOX2, _gen(4)))
+    assert problem.conditions[0].points is before and held.num_residuals == 7 + 12
+    assert problem.num_residuals == before.shape[0] + 12
+
+
 def test_float32_networks_and_points_work_and_agree_with_float64() -> None:
     module64 = pde.mlp([2, 8, 1], generator=_gen(12))
     module32 = pde.mlp([2, 8, 1], dtype=torch.float32, generator=_gen(12))

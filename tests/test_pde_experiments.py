@@ -19,7 +19,7 @@ from natgrad.experiments._pde_training import (
     method_record,
     run_methods,
 )
-from natgrad.optim import NGD, AveragedGram
+from natgrad.optim import NGD, AveragedGram, default_grid
 
 
 @pytest.mark.slow
@@ -143,6 +143,17 @@ def test_training_settings_are_checked(options, message) -> None:
         Training(**settings)
 
 
+def _grid_ngd(problem, damping: float, grid_size: int, **options) -> NGD:
+    """ENGD as `Training` builds it: damping λ and the grid search on 1, ½, …, 2^(1 − grid_size)."""
+    return NGD(
+        problem.network.module.named_parameters(),
+        damping=damping,
+        line_search="grid",
+        line_search_grid=default_grid(grid_size),
+        **options,
+    )
+
+
 def test_gram_average_setting_trains_ngd_with_the_averaged_gram_and_its_damping() -> None:
     make, error_of = _tiny_poisson()
     settings = Training(
@@ -150,13 +161,7 @@ def test_gram_average_setting_trains_ngd_with_the_averaged_gram_and_its_damping(
     )
     record = method_record("ngd", 5, make, error_of, settings, no_progress)
     problem = make()
-    opt = NGD(
-        problem.network.module.named_parameters(),
-        damping=1e-8,
-        line_search="grid",
-        line_search_grid=tuple(0.5**k for k in range(12)),
-        factorize=AveragedGram(0.6),
-    )
+    opt = _grid_ngd(problem, 1e-8, 12, factorize=AveragedGram(0.6))
     losses = [float(opt.step(problem)) for _ in range(5)]
     assert record["loss"] == losses and record["error"][-1] == error_of(problem)
 
@@ -171,13 +176,7 @@ def test_geodesic_setting_trains_ngd_with_the_accelerated_search_and_leaves_base
     )
     record = method_record("ngd", 4, make, error_of, settings, no_progress)
     problem = make()
-    opt = NGD(
-        problem.network.module.named_parameters(),
-        damping=1e-8,
-        line_search="grid",
-        line_search_grid=tuple(0.5**k for k in range(settings.grid_size)),
-        geodesic_acceleration=True,
-    )
+    opt = _grid_ngd(problem, 1e-8, settings.grid_size, geodesic_acceleration=True)
     losses = [float(opt.step(problem)) for _ in range(4)]
     assert record["loss"] == losses and record["error"][-1] == error_of(problem)
     plain = dataclasses.replace(settings, geodesic_acceleration=False)
@@ -227,16 +226,9 @@ def test_search_on_next_points_takes_each_step_s_factor_from_the_next_draw(every
 def _engd_on_draws(make, draws, every, search_next):
     """4 ENGD steps on ``draws[s // every]``, searching on the next draw's points or the step's own: the losses,
     the trained problem and the step sizes."""
-    from natgrad import pde
-
     problem = make()
-    search = pde.Problem(problem.network, [dataclasses.replace(c) for c in problem.conditions])
-    opt = NGD(
-        problem.network.module.named_parameters(),
-        damping=1e-6,
-        line_search="grid",
-        line_search_grid=tuple(0.5**k for k in range(12)),
-    )
+    search = problem.held_out()
+    opt = _grid_ngd(problem, 1e-6, 12)
     losses, sizes = [], []
     for step in range(4):
         for condition in problem.conditions:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from natgrad import pde
 from natgrad.experiments._base import Claim, Progress, no_progress
 from natgrad.experiments._figures import pyplot, save_figure
 from natgrad.experiments._timing import TrainingClock, fixed_threads
-from natgrad.optim import NGD, AveragedGram
+from natgrad.optim import NGD, AveragedGram, default_grid
 
 THRESHOLDS = (1e-4, 1e-5, 1e-6)
 LABELS = {
@@ -172,7 +172,7 @@ def train(
     """
     module = problem.network.module
     named = dict(module.named_parameters())
-    grid = tuple(0.5**k for k in range(settings.grid_size))
+    grid = default_grid(settings.grid_size)
     search: pde.Problem | None = None  # ENGD's grid search on the next draw's points (search_resampler)
 
     def loss_of_model() -> torch.Tensor:
@@ -216,8 +216,8 @@ def train(
         if search_resampler is not None:
             if resampler is None:
                 raise ValueError("train: a search_resampler needs the resampler it runs one draw ahead of")
-            search = pde.Problem(problem.network, [replace(c) for c in problem.conditions])
-            search_resampler.update(search, 0)  # the training points' first draw: from here on one draw ahead
+            search = problem.held_out()
+            search_resampler(0)  # the training points' first draw: from here on one draw ahead
 
         def step() -> float:
             return float(opt.step(problem, search=search))
@@ -330,7 +330,7 @@ def method_record(
             "resampler factory needs resample_every; pass both or neither"
         )
     problem = make_problem()
-    searches = settings.search_next_points and method == "ngd" and resampler is not None
+    searches = settings.search_next_points and method == "ngd"
     history = train(
         method,
         steps,
@@ -340,7 +340,7 @@ def method_record(
         settings,
         progress,
         None if resampler is None else resampler(),
-        resampler() if searches and resampler is not None else None,
+        None if resampler is None or not searches else resampler(),
     )
     return {
         **history,

@@ -14,6 +14,7 @@ N backward passes through the whole batch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -137,6 +138,14 @@ class Problem:
         raise KeyError(
             f"pde.Problem.set_points: no condition {label!r}; have {[c.label for c in self.conditions]}"
         )
+
+    def held_out(self) -> Problem:
+        """The same network and conditions on points of its own: `set_points` on either leaves the other's.
+
+        For a loss the step does not fit, e.g. ``NGD.step(problem, search=held)`` with ``held`` given other
+        points (``Resampler.update(held, ...)``); it starts on this problem's points.
+        """
+        return Problem(self.network, [dataclasses.replace(c) for c in self.conditions])
 
     @property
     def num_residuals(self) -> int:

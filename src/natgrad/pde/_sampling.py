@@ -101,8 +101,10 @@ def _coordinate(i: object) -> int | None:
         return None
 
 
-def _faces(call: str, box: Box, dims: Sequence[int] | None) -> tuple[Tensor, Tensor, list[int], Tensor]:
-    """(lo, hi, the face coordinates, the (D−1)-volumes of the faces lo_i, hi_i of each in turn)."""
+def _faces(
+    call: str, box: Box, dims: Sequence[int] | None
+) -> tuple[Tensor, Tensor, Tensor, list[int], Tensor]:
+    """(lo, hi, hi − lo, the face coordinates, the (D−1)-volumes of the faces lo_i, hi_i of each in turn)."""
     lo, hi = _box(call, box)
     dim = lo.numel()
     given = list(range(dim)) if dims is None else [_coordinate(i) for i in dims]
@@ -114,7 +116,8 @@ def _faces(call: str, box: Box, dims: Sequence[int] | None) -> tuple[Tensor, Ten
             f"got {dims!r}; e.g. dims=(0,) for the faces x_0 = lo_0 and x_0 = hi_0"
         )
     widths = hi - lo
-    return lo, hi, faces, torch.stack([widths.prod() / widths[i] for i in faces]).repeat_interleave(2)
+    areas = torch.stack([widths.prod() / widths[i] for i in faces]).repeat_interleave(2)
+    return lo, hi, widths, faces, areas
 
 
 def uniform_boundary(
@@ -130,8 +133,8 @@ def uniform_boundary(
     For a time-dependent problem pass the spatial ``dims`` only (the lateral boundary).
     """
     _count("pde.uniform_boundary", "n", n)
-    lo, hi, dims, areas = _faces("pde.uniform_boundary", box, dims)
-    dim, widths = lo.numel(), hi - lo
+    lo, hi, widths, dims, areas = _faces("pde.uniform_boundary", box, dims)
+    dim = lo.numel()
     faces = torch.multinomial(areas / areas.sum(), n, replacement=True, generator=generator)
     points = lo + widths * torch.rand(n, dim, generator=generator, dtype=torch.float64)
     for j, i in enumerate(dims):
@@ -169,8 +172,8 @@ def sobol_boundary(
     its own scrambled Sobol set of the face's D − 1 coordinates; a 1-D box's two faces are its end points.
     """
     _count("pde.sobol_boundary", "n", n)
-    lo, hi, dims, areas = _faces("pde.sobol_boundary", box, dims)
-    dim, widths = lo.numel(), hi - lo
+    lo, hi, widths, dims, areas = _faces("pde.sobol_boundary", box, dims)
+    dim = lo.numel()
     quota = areas / areas.sum() * n
     counts = quota.floor().long()
     rest = int(n - counts.sum())
